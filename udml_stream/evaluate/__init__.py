@@ -1,0 +1,1 @@
+"""Evaluation of trained checkpoints under the benchmark's corruption conditions."""

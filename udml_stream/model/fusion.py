@@ -1,0 +1,313 @@
+"""UDML for M ≥ 2 modalities, and its peers, behind one model class with named outputs.
+
+``FusionNet`` owns the preprocessing, one encoder per modality, the embedding heads and one
+fusion rule chosen by ``ModelConfig.method`` (see ``METHODS``). Its forward takes sensor-domain
+tensors (pixels, waveform samples, MFCC frames), a per-sample presence mask and, for training and
+the oracle, the injected noise level; it returns a ``FusionOutput``. Schedules (clean epochs,
+when quality weighting switches on) stay in the training loop and arrive as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from udml_stream.errors import ConfigError
+from udml_stream.model import encoders
+from udml_stream.model.preprocess import build_prep
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What distinguishes one fusion method from another."""
+
+    fusion: str  # "concat" | "udml" | "qmf" | "pdf"
+    probabilistic: bool = False  # μ/σ embedding heads
+    quality: str = "none"  # "none" | "estimator" | "raw_sigma" | "oracle"
+    dependency: bool = False  # divide quality weights by the modality dependency D_m
+    noise_augment: bool = True  # the training loop injects noise after its clean epochs
+
+
+METHODS: dict[str, MethodSpec] = {
+    "static_concat": MethodSpec("concat", noise_augment=False),
+    "static_concat_aug": MethodSpec("concat"),
+    "qmf": MethodSpec("qmf"),
+    "pdf": MethodSpec("pdf"),
+    "udml_no_dependency": MethodSpec("udml", True, "estimator", False),
+    "udml_no_estimator": MethodSpec("udml", True, "raw_sigma", True),
+    "dependency_only": MethodSpec("udml", True, "none", True),
+    "udml": MethodSpec("udml", True, "estimator", True),
+    "oracle": MethodSpec("udml", True, "oracle", True),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a ``FusionNet`` (stored as JSON in checkpoints)."""
+
+    modalities: tuple[str, ...]
+    encoders: dict[str, str]
+    preprocess: dict[str, dict[str, Any]]
+    num_classes: int
+    method: str = "udml"
+    embed_dim: int = 64
+    gamma: float = 1.0  # weight of the auxiliary unimodal losses
+    beta: float = 1e-5  # weight of the KL term
+    estimator_weight: float = 0.1
+    rank_weight: float = 0.1  # QMF ranking regulariser
+    dependency_momentum: float = 0.9  # EMA of the per-step dependency statistic
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        if self.method not in METHODS:
+            raise ConfigError(f"model.method = {self.method!r}; expected one of {list(METHODS)}")
+        if len(self.modalities) < 2:
+            raise ConfigError(f"model.modalities = {list(self.modalities)}; expected at least 2")
+        for m in self.modalities:
+            if m not in self.encoders:
+                raise ConfigError(f"model.encoders.{m} is missing; expected one of "
+                                  f"{encoders.available()}")
+            if m not in self.preprocess:
+                raise ConfigError(f"model.preprocess.{m} is missing")
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's ``MethodSpec``."""
+        return METHODS[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of ``to_dict``."""
+        return cls(**dict(d))
+
+
+@dataclass
+class FusionOutput:
+    """Named outputs of one forward pass (per-sample tensors have a leading batch axis)."""
+
+    logits: Tensor  # [B, K] fused
+    unimodal_logits: dict[str, Tensor]  # [B, K] per modality
+    weights: dict[str, Tensor]  # [B] fusion weight per modality (0 where absent)
+    present: dict[str, Tensor]  # [B] bool
+    sigma_hat: dict[str, Tensor] = field(default_factory=dict)  # [B] predicted noise scale
+    dependency: dict[str, Tensor] = field(default_factory=dict)  # scalar D_m used
+    aux: dict[str, Tensor] = field(default_factory=dict)  # method-specific terms for the loss
+
+
+class _Embed(nn.Module):
+    """1×1 conv + BatchNorm heads on a feature map: μ (and log-variance when probabilistic)."""
+
+    def __init__(self, cin: int, dim: int, probabilistic: bool) -> None:
+        super().__init__()
+        self.mu = nn.Sequential(nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.logvar = (
+            nn.Sequential(nn.Conv2d(cin, dim, 1, bias=False), nn.BatchNorm2d(dim))
+            if probabilistic else None
+        )
+
+
+class FusionNet(nn.Module):
+    """Multimodal classifier: preprocessing → encoders → embeddings → one fusion rule."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        spec, d, k = cfg.spec, cfg.embed_dim, cfg.num_classes
+        self.prep = nn.ModuleDict({m: build_prep(cfg.preprocess[m]) for m in cfg.modalities})
+        in_ch = {"image": 1, "logmel": 1, "mfcc": 13}
+        self.enc = nn.ModuleDict({
+            m: encoders.create(cfg.encoders[m], in_channels=in_ch[cfg.preprocess[m]["kind"]])
+            for m in cfg.modalities
+        })
+        self.embed = nn.ModuleDict({
+            m: _Embed(self.enc[m].out_channels, d, spec.probabilistic) for m in cfg.modalities
+        })
+        if spec.fusion in ("concat", "udml"):
+            self.head = nn.Linear(d * len(cfg.modalities), k)
+        else:
+            self.heads = nn.ModuleDict({m: nn.Linear(d, k) for m in cfg.modalities})
+        if spec.quality == "estimator":
+            self.estimator = nn.ModuleDict({
+                m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1),
+                                 nn.Linear(d // 2, 1))
+                for m in cfg.modalities
+            })
+        if spec.fusion == "pdf":
+            self.confidence = nn.ModuleDict({
+                m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Linear(d // 2, 1))
+                for m in cfg.modalities
+            })
+        # Dependency statistics are model state: saved in and restored from the checkpoint.
+        self.register_buffer("dependency_ema", torch.ones(len(cfg.modalities)))
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _embed(self, m: str, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        fmap = self.enc[m](self.prep[m](x))
+        head = self.embed[m]
+        mu = head.mu(fmap)
+        if head.logvar is None:
+            return mu.mean(dim=(2, 3)), None, None
+        logvar = head.logvar(fmap)
+        sigma = torch.exp(0.5 * logvar)
+        z = mu + torch.randn_like(mu) * sigma if self.training else mu
+        # KL(N(μ, σ²) ‖ N(0, L)) is computed by the loss from these maps.
+        return z.mean(dim=(2, 3)), sigma.mean(dim=(2, 3)), torch.stack([mu, logvar])
+
+    def _block_logits(self, m_index: int, z: Tensor) -> Tensor:
+        d = self.cfg.embed_dim
+        w = self.head.weight[:, m_index * d : (m_index + 1) * d]
+        return z @ w.t() + self.head.bias
+
+    # ---- forward -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        inputs: Mapping[str, Tensor],
+        present: Mapping[str, Tensor] | None = None,
+        levels: Mapping[str, Tensor] | None = None,
+        quality_on: bool = True,
+    ) -> FusionOutput:
+        """Fuse one batch.
+
+        Args:
+            inputs: modality → sensor-domain tensor; a modality left out is absent for the batch.
+            present: modality → bool ``[B]``; absent samples get weight 0 and a zero embedding.
+            levels: modality → injected noise level ``[B]`` (training targets; the oracle's weights).
+            quality_on: the training loop's switch; when False the quality weights are all 1.
+        """
+        cfg, spec = self.cfg, self.cfg.spec
+        ref = next((inputs[m] for m in cfg.modalities if m in inputs), None)
+        if ref is None:
+            raise ConfigError(f"no input for any modality of {list(cfg.modalities)}")
+        b, dev = ref.shape[0], ref.device
+        pres: dict[str, Tensor] = {}
+        z: dict[str, Tensor] = {}
+        sig: dict[str, Tensor] = {}
+        maps: dict[str, Tensor] = {}
+        for m in cfg.modalities:
+            p = torch.zeros(b, dtype=torch.bool, device=dev) if m not in inputs else (
+                present[m].to(dev).bool() if present is not None and m in present
+                else torch.ones(b, dtype=torch.bool, device=dev))
+            pres[m] = p
+            if m in inputs:
+                zm, sm, mp = self._embed(m, inputs[m])
+                z[m] = zm * p[:, None]
+                if sm is not None:
+                    sig[m], maps[m] = sm, mp
+            else:
+                z[m] = torch.zeros(b, cfg.embed_dim, device=dev)
+                if spec.probabilistic:
+                    sig[m] = torch.ones(b, cfg.embed_dim, device=dev)
+        fuse = {"concat": self._fuse_concat, "udml": self._fuse_udml,
+                "qmf": self._fuse_qmf, "pdf": self._fuse_pdf}[spec.fusion]
+        out = fuse(z, sig, pres, levels, quality_on)
+        if maps:
+            out.aux["embedding_maps"] = maps  # type: ignore[assignment]
+        return out
+
+    def _fuse_concat(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+        ms = self.cfg.modalities
+        logits = self.head(torch.cat([z[m] for m in ms], dim=1))
+        uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
+        weights = {m: pres[m].float() for m in ms}
+        return FusionOutput(logits, uni, weights, pres)
+
+    def _fuse_udml(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+        cfg, spec, ms = self.cfg, self.cfg.spec, self.cfg.modalities
+        uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
+        mask = torch.stack([pres[m] for m in ms], dim=1).float()  # [B, M]
+        n_present = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+        sigma_hat: dict[str, Tensor] = {}
+        aux: dict[str, Tensor] = {}
+        if spec.quality == "estimator":
+            for m in ms:
+                o = self.estimator[m](sig[m].detach()).squeeze(1)
+                aux[f"estimator_out/{m}"] = o
+                sigma_hat[m] = torch.exp(0.5 * o)
+        elif spec.quality == "raw_sigma":
+            sigma_hat = {m: sig[m].detach().mean(dim=1) for m in ms}
+        elif spec.quality == "oracle":
+            if levels is None:
+                raise ConfigError("the oracle method needs the true noise levels in forward()")
+            sigma_hat = {m: levels[m].to(mask).float() for m in ms}
+
+        if sigma_hat and quality_on:
+            s2 = torch.stack([sigma_hat[m] for m in ms], dim=1).clamp(min=1e-3) ** 2
+            inv = mask / s2
+            u = n_present * inv / inv.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        else:
+            u = mask.clone()
+
+        if self.training:
+            # D_m = Σ_classes mean_batch |z_m| over the samples where m is present (detached).
+            with torch.no_grad():
+                dep_now = torch.stack([
+                    (uni[m].abs().sum(dim=1) * pres[m]).sum() / pres[m].sum().clamp(min=1)
+                    for m in ms
+                ])
+                mom = cfg.dependency_momentum
+                self.dependency_ema.mul_(mom).add_((1 - mom) * dep_now)
+            dep = dep_now
+        else:
+            dep = self.dependency_ema
+        if spec.dependency:
+            r = u / dep.clamp(min=1e-6)[None, :]
+            w = n_present * r / r.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        else:
+            w = u
+        w = w * mask
+        scaled = torch.cat([(1.0 + w[:, i : i + 1]) * z[m] for i, m in enumerate(ms)], dim=1)
+        logits = self.head(scaled)
+        return FusionOutput(
+            logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres, sigma_hat,
+            {m: dep[i] for i, m in enumerate(ms)}, aux,
+        )
+
+    def _fuse_qmf(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+        ms = self.cfg.modalities
+        uni = {m: self.heads[m](z[m]) for m in ms}
+        # Energy-based confidence: the negative free energy logsumexp(logits), scaled.
+        conf = {m: torch.logsumexp(uni[m], dim=1) / 10.0 for m in ms}
+        weights = {m: conf[m].detach().clamp(min=0.0) * pres[m] for m in ms}
+        logits = sum(weights[m][:, None] * uni[m] for m in ms)
+        aux = {f"confidence/{m}": conf[m] for m in ms}
+        return FusionOutput(logits, uni, weights, pres, aux=aux)
+
+    def _fuse_pdf(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+        ms, k = self.cfg.modalities, self.cfg.num_classes
+        uni = {m: self.heads[m](z[m]) for m in ms}
+        conf = {m: torch.sigmoid(self.confidence[m](z[m].detach())).squeeze(1) for m in ms}
+        c = torch.stack([conf[m].detach() for m in ms], dim=1).clamp(1e-4, 1 - 1e-4)
+        mask = torch.stack([pres[m] for m in ms], dim=1)
+        if not self.training:
+            # Relative calibration: shrink a modality's confidence when its prediction is more
+            # uniform (less certain) than the most certain other modality's.
+            probs = torch.stack([F.softmax(uni[m], dim=1) for m in ms], dim=1)
+            du = (probs - 1.0 / k).abs().sum(dim=2) * mask
+            others = torch.stack([
+                torch.cat([du[:, :i], du[:, i + 1 :]], dim=1).max(dim=1).values
+                for i in range(len(ms))
+            ], dim=1)
+            c = c * torch.where(others > 0, (du / others.clamp(min=1e-6)).clamp(max=1.0),
+                                torch.ones_like(du))
+        logc = torch.log(c.clamp(min=1e-4)) * mask
+        total = logc.sum(dim=1, keepdim=True)
+        holo = (total - logc) / total.clamp(max=-1e-6)  # log Π_{k≠m} c_k / log Π_k c_k
+        co_belief = (c + holo).masked_fill(~mask, float("-inf"))
+        wt = torch.softmax(co_belief, dim=1).nan_to_num(0.0) * mask
+        logits = sum(wt[:, i : i + 1] * uni[m] for i, m in enumerate(ms))
+        aux = {f"confidence/{m}": conf[m] for m in ms}
+        return FusionOutput(logits, uni, {m: wt[:, i] for i, m in enumerate(ms)}, pres, aux=aux)

@@ -1,0 +1,109 @@
+"""The training program's one config object, loaded from TOML and validated on load."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from udml_stream.errors import ConfigError
+from udml_stream.model.fusion import METHODS
+
+DEFAULT_ENCODERS = {"image": "cnn_image_small", "audio": "cnn_audio_small", "mfcc": "conv1d_mfcc"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Strict):
+    """Where the training data comes from."""
+
+    preset: str = "imbalanced"
+    build_seed: int = 0
+    cache_dir: Path = Path("data_cache")
+    train_subset: int = Field(0, ge=0, description="0 = the whole train split")
+    val_subset: int = Field(0, ge=0)
+
+
+class ModelSection(_Strict):
+    """The fusion model."""
+
+    method: str = "udml"
+    encoders: dict[str, str] = Field(default_factory=dict)
+    embed_dim: int = Field(64, gt=0)
+    gamma: float = Field(1.0, ge=0)
+    beta: float = Field(1e-5, ge=0)
+    estimator_weight: float = Field(0.1, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"expected one of {list(METHODS)}")
+        return v
+
+
+class TrainSection(_Strict):
+    """The optimisation schedule (decisions of the loop, never read by the model)."""
+
+    seed: int = 0
+    epochs: int = Field(8, gt=0)
+    samples_per_epoch: int = Field(3500, ge=0, description="0 = one pass over the train split")
+    clean_epochs: int = Field(2, ge=0, description="epochs on clean data before noise starts")
+    quality_start_epoch: int = Field(3, ge=0, description="quality weights forced to 1 before")
+    batch_size: int = Field(64, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_drop_epoch: int = Field(6, ge=0, description="lr × 0.1 from this epoch")
+    grad_clip: float = Field(40.0, gt=0)
+    clean_fraction: float = Field(0.5, ge=0, le=1, description="share of clean samples once noisy")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave as is")
+    device: str = "auto"
+    out_dir: Path = Path("runs/default")
+
+
+class TrainConfig(_Strict):
+    """Complete configuration of ``udml train``."""
+
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        lines.append(f"{source}: {key} = {got!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
+    """Validate a config mapping; the error names each bad key, its value and the expectation."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load ``path`` (TOML), apply dotted ``overrides`` (``{"train.seed": 3}``) and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, str(path))

@@ -1,0 +1,197 @@
+"""The training loop: seeded, resumable, validation-selected, with a progress bar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from udml_stream.data import avdigits
+from udml_stream.data.batching import Batch, draw_training_levels, make_batch
+from udml_stream.model import checkpoint
+from udml_stream.model.fusion import FusionNet, ModelConfig
+from udml_stream.model.loss import compute_loss
+from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
+from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_torch(batch: Batch, device: torch.device) -> tuple[dict, dict, dict, torch.Tensor]:
+    """Move a numpy ``Batch`` to ``device`` as (inputs, present, levels, labels)."""
+    inputs = {m: torch.from_numpy(x).to(device) for m, x in batch.inputs.items()}
+    present = {m: torch.from_numpy(p).to(device) for m, p in batch.present.items()}
+    levels = {m: torch.from_numpy(v).to(device) for m, v in batch.levels.items()}
+    return inputs, present, levels, torch.from_numpy(batch.labels).to(device)
+
+
+def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split) -> dict[str, dict[str, Any]]:
+    """Preprocessing parameters per modality, fitted on clean training data where needed."""
+    params: dict[str, dict[str, Any]] = {}
+    for m in data.modalities:
+        if m == "image":
+            params[m] = ImagePrep().params()
+        elif m == "audio":
+            prep = LogMelPrep(sample_rate=data.sample_rate, window_samples=avdigits.WINDOW_SAMPLES)
+            rows = np.arange(min(len(train), 1000))
+            fit_logmel_stats(prep, train.batch(rows)["audio"])
+            params[m] = prep.params()
+        else:
+            params[m] = MfccPrep(frames=avdigits.MFCC_FRAMES).params()
+    return params
+
+
+@dataclass
+class TrainResult:
+    """Where the selected checkpoint went and how training went."""
+
+    best_path: Path
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def _validation_batches(val: avdigits.Split, seed: int, bs: int) -> list[Batch]:
+    """A fixed validation set: every sample clean, and every sample in the noisy mixture."""
+    rng = np.random.default_rng(seed + 10_007)
+    out = []
+    mods = tuple(val.tables)
+    for noisy in (False, True):
+        for start in range(0, len(val), bs):
+            rows = np.arange(start, min(start + bs, len(val)))
+            lv = (draw_training_levels(len(rows), mods, rng, 0.0) if noisy
+                  else {m: np.ones(len(rows), dtype=np.int64) for m in mods})
+            out.append(make_batch(val, rows, lv, rng))
+    return out
+
+
+@torch.no_grad()
+def _score(model: FusionNet, batches: list[Batch], device: torch.device) -> float:
+    model.eval()
+    correct = total = 0
+    for b in batches:
+        inputs, present, levels, y = to_torch(b, device)
+        out = model(inputs, present, levels)
+        correct += int((out.logits.argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train one model as ``cfg`` says; the best validation epoch is saved to ``out_dir/best``."""
+    t0 = time.perf_counter()
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+
+    data = avdigits.load(cfg.data.preset, cfg.data.cache_dir, seed=cfg.data.build_seed)
+    train_split, val_split = data.splits["train"], data.splits["val"]
+    if cfg.data.train_subset:
+        train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)
+    if cfg.data.val_subset:
+        val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
+
+    encs = {m: cfg.model.encoders.get(m, DEFAULT_ENCODERS[m]) for m in data.modalities}
+    mcfg = ModelConfig(
+        modalities=data.modalities, encoders=encs,
+        preprocess=preprocess_params(data, train_split), num_classes=len(data.class_names),
+        method=cfg.model.method, embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma,
+        beta=cfg.model.beta, estimator_weight=cfg.model.estimator_weight,
+    )
+    model = FusionNet(mcfg).to(device)
+    params = model.parameters()
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay) if tc.optimizer == "adam"
+        else torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+    )
+    out_dir = Path(tc.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / "train_state.pt"
+    start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
+    if resume and state_path.exists() and (out_dir / "last").exists():
+        # weights_only=True: the resume state holds tensors and plain containers, nothing pickled.
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        last, _ = checkpoint.load(out_dir / "last", device)
+        model.load_state_dict(last.state_dict())
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["torch_rng"])
+        rng.bit_generator.state = json.loads(st["numpy_rng"])
+        start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
+        history = json.loads(st["history"])
+        log.info("resuming %s from epoch %d", out_dir, start_epoch)
+
+    val_batches = _validation_batches(val_split, tc.seed, 256)
+    spec = mcfg.spec
+    history_loss = {m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
+                    for m in data.modalities}
+    meta = {"preset": cfg.data.preset, "build_seed": cfg.data.build_seed, "seed": tc.seed,
+            "config": json.loads(cfg.model_dump_json())}
+
+    for epoch in range(start_epoch, tc.epochs):
+        model.train()
+        lr = tc.lr * (0.1 if epoch >= tc.lr_drop_epoch else 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        noisy = spec.noise_augment and epoch >= tc.clean_epochs
+        quality_on = epoch >= tc.quality_start_epoch
+        order = rng.permutation(len(train_split))[: tc.samples_per_epoch or None]
+        n_batches = len(order) // tc.batch_size  # drop the ragged tail in training only
+        sums: dict[str, float] = {}
+        bar = tqdm(range(n_batches), desc=f"{mcfg.method} ep {epoch + 1}/{tc.epochs}",
+                   disable=not progress, leave=False)
+        for bi in bar:
+            rows = order[bi * tc.batch_size : (bi + 1) * tc.batch_size]
+            lv = (draw_training_levels(len(rows), data.modalities, rng, tc.clean_fraction)
+                  if noisy else {m: np.ones(len(rows), dtype=np.int64) for m in data.modalities})
+            batch = make_batch(train_split, rows, lv, rng)
+            inputs, present, levels, y = to_torch(batch, device)
+            out = model(inputs, present, levels, quality_on=quality_on)
+            hist = ({m: torch.from_numpy(history_loss[m][rows]).to(device) for m in history_loss}
+                    if spec.fusion == "qmf" else None)
+            terms = compute_loss(model, out, y, levels, hist)
+            opt.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            for m, per in terms.unimodal_per_sample.items():
+                history_loss[m][rows] = 0.9 * history_loss[m][rows] + 0.1 * per.cpu().numpy()
+            for k, v in terms.parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
+        score = _score(model, val_batches, device)
+        row = {"epoch": epoch, "val_acc": score, "lr": lr,
+               **{k: v / max(n_batches, 1) for k, v in sums.items()}}
+        history.append(row)
+        log.info("%s epoch %d: val %.4f loss %.3f", mcfg.method, epoch, score,
+                 row.get("ce_fused", float("nan")))
+        ckpt_meta = {**meta, "epoch": epoch, "val_acc": score}
+        if score >= best_score:
+            best_score, best_epoch = score, epoch
+            checkpoint.save(model, out_dir / "best", list(data.class_names), ckpt_meta)
+        checkpoint.save(model, out_dir / "last", list(data.class_names), ckpt_meta)
+        torch.save({
+            "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state), "epoch": epoch,
+            "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
+        }, state_path)
+    return TrainResult(out_dir / "best", best_epoch, best_score, history,
+                       time.perf_counter() - t0)
+
