@@ -243,11 +243,22 @@ def _pca_weaken(images: np.ndarray, train_mask: np.ndarray, energy: float) -> tu
     return np.clip(rec, 0, 255).astype(np.float32).reshape(images.shape), k
 
 
-def load(preset: Preset | str, cache_dir: Path, seed: int = 0, build_if_missing: bool = True) -> AVDigits:
-    """Load (building first if needed) AV-Digits and apply ``preset`` deterministically."""
+def load(
+    preset: Preset | str,
+    cache_dir: Path,
+    seed: int = 0,
+    build_if_missing: bool = True,
+    variants_per_accent: int = 12,
+    renditions: int = 3,
+) -> AVDigits:
+    """Load (building first if needed) AV-Digits and apply ``preset`` deterministically.
+
+    ``variants_per_accent`` and ``renditions`` size the raw track (smaller builds for tests).
+    """
     if isinstance(preset, str):
         preset = get_preset(preset)
-    spec = BuildSpec(track=preset.track, seed=seed)
+    spec = BuildSpec(track=preset.track, seed=seed, variants_per_accent=variants_per_accent,
+                     renditions=renditions)
     path = spec.path(cache_dir)
     if not path.exists():
         if not build_if_missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import itertools
 import logging
 import shutil
 import subprocess
@@ -67,7 +68,7 @@ def load_fsdd_mfcc() -> tuple[list[np.ndarray], np.ndarray]:
     with np.load(path) as data:
         frames, labels, lengths = data["X"], data["y"], data["lengths"]
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    seqs = [frames[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    seqs = [frames[a:b].astype(np.float32) for a, b in itertools.pairwise(bounds)]
     return seqs, labels.astype(np.int64)
 
 

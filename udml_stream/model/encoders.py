@@ -98,7 +98,7 @@ class _BasicBlock(nn.Module):
                                       nn.BatchNorm2d(cout))
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x):  # noqa: ANN001, ANN201 - standard nn.Module signature
+    def forward(self, x):
         return self.act(self.body(x) + self.skip(x))
 
 

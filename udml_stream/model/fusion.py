@@ -105,6 +105,41 @@ class FusionOutput:
     aux: dict[str, Tensor] = field(default_factory=dict)  # method-specific terms for the loss
 
 
+def udml_weights(sigma_hat: Tensor | None, dependency: Tensor | None, mask: Tensor) -> Tensor:
+    """Bias-corrected UDML fusion weights for M modalities, ``[B, M]``.
+
+    u_m = M'·(1/σ̂_m²) / Σ_k (1/σ̂_k²) (inverse-variance quality; all 1 when ``sigma_hat`` is None),
+    w_m = M'·(u_m/D_m) / Σ_k (u_k/D_k) (dependency correction; skipped when ``dependency`` is None),
+    where sums and M' run over the modalities present in that sample (``mask``), so an absent
+    modality is excluded from both sums and gets weight 0. For M = 2 with both present this is the
+    reference's u_a = 2σ̂_v²/(σ̂_a² + σ̂_v²) and w_a + w_v = 2.
+    """
+    mask = mask.float()
+    n_present = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if sigma_hat is None:
+        u = mask.clone()
+    else:
+        inv = mask / sigma_hat.clamp(min=1e-3) ** 2
+        u = n_present * inv / inv.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    if dependency is None:
+        return u * mask
+    r = u / dependency.clamp(min=1e-6)[None, :]
+    return n_present * r / r.sum(dim=1, keepdim=True).clamp(min=1e-12) * mask
+
+
+def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
+    """D_m = Σ_classes mean over the batch (samples where m is present) of |z_m|, ``[M]``.
+
+    ``z_m`` are the logits of the shared fusion head with every other modality's features zeroed,
+    so D_m measures how strongly the head responds to modality m alone.
+    """
+    mask = mask.float()
+    return torch.stack([
+        (z.abs().sum(dim=1) * mask[:, i]).sum() / mask[:, i].sum().clamp(min=1)
+        for i, z in enumerate(unimodal_logits)
+    ])
+
+
 class _Embed(nn.Module):
     """1×1 conv + BatchNorm heads on a feature map: μ (and log-variance when probabilistic)."""
 
@@ -217,18 +252,17 @@ class FusionNet(nn.Module):
             out.aux["embedding_maps"] = maps  # type: ignore[assignment]
         return out
 
-    def _fuse_concat(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+    def _fuse_concat(self, z, sig, pres, levels, quality_on) -> FusionOutput:
         ms = self.cfg.modalities
         logits = self.head(torch.cat([z[m] for m in ms], dim=1))
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         weights = {m: pres[m].float() for m in ms}
         return FusionOutput(logits, uni, weights, pres)
 
-    def _fuse_udml(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+    def _fuse_udml(self, z, sig, pres, levels, quality_on) -> FusionOutput:
         cfg, spec, ms = self.cfg, self.cfg.spec, self.cfg.modalities
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         mask = torch.stack([pres[m] for m in ms], dim=1).float()  # [B, M]
-        n_present = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
 
         sigma_hat: dict[str, Tensor] = {}
         aux: dict[str, Tensor] = {}
@@ -244,31 +278,17 @@ class FusionNet(nn.Module):
                 raise ConfigError("the oracle method needs the true noise levels in forward()")
             sigma_hat = {m: levels[m].to(mask).float() for m in ms}
 
-        if sigma_hat and quality_on:
-            s2 = torch.stack([sigma_hat[m] for m in ms], dim=1).clamp(min=1e-3) ** 2
-            inv = mask / s2
-            u = n_present * inv / inv.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        else:
-            u = mask.clone()
-
+        q = (torch.stack([sigma_hat[m] for m in ms], dim=1) if sigma_hat and quality_on
+             else None)
         if self.training:
-            # D_m = Σ_classes mean_batch |z_m| over the samples where m is present (detached).
             with torch.no_grad():
-                dep_now = torch.stack([
-                    (uni[m].abs().sum(dim=1) * pres[m]).sum() / pres[m].sum().clamp(min=1)
-                    for m in ms
-                ])
+                dep_now = dependency_statistic([uni[m] for m in ms], mask)
                 mom = cfg.dependency_momentum
                 self.dependency_ema.mul_(mom).add_((1 - mom) * dep_now)
-            dep = dep_now
+            dep = dep_now  # the reference recomputes D every step; the EMA serves evaluation
         else:
             dep = self.dependency_ema
-        if spec.dependency:
-            r = u / dep.clamp(min=1e-6)[None, :]
-            w = n_present * r / r.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        else:
-            w = u
-        w = w * mask
+        w = udml_weights(q, dep if spec.dependency else None, mask)
         scaled = torch.cat([(1.0 + w[:, i : i + 1]) * z[m] for i, m in enumerate(ms)], dim=1)
         logits = self.head(scaled)
         return FusionOutput(
@@ -276,7 +296,7 @@ class FusionNet(nn.Module):
             {m: dep[i] for i, m in enumerate(ms)}, aux,
         )
 
-    def _fuse_qmf(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+    def _fuse_qmf(self, z, sig, pres, levels, quality_on) -> FusionOutput:
         ms = self.cfg.modalities
         uni = {m: self.heads[m](z[m]) for m in ms}
         # Energy-based confidence: the negative free energy logsumexp(logits), scaled.
@@ -286,7 +306,7 @@ class FusionNet(nn.Module):
         aux = {f"confidence/{m}": conf[m] for m in ms}
         return FusionOutput(logits, uni, weights, pres, aux=aux)
 
-    def _fuse_pdf(self, z, sig, pres, levels, quality_on) -> FusionOutput:  # noqa: ANN001
+    def _fuse_pdf(self, z, sig, pres, levels, quality_on) -> FusionOutput:
         ms, k = self.cfg.modalities, self.cfg.num_classes
         uni = {m: self.heads[m](z[m]) for m in ms}
         conf = {m: torch.sigmoid(self.confidence[m](z[m].detach())).squeeze(1) for m in ms}

@@ -23,6 +23,8 @@ class DataSection(_Strict):
 
     preset: str = "imbalanced"
     build_seed: int = 0
+    variants_per_accent: int = Field(12, gt=0, description="raw track: voices per accent")
+    renditions: int = Field(3, gt=0, description="raw track: utterances per voice and digit")
     cache_dir: Path = Path("data_cache")
     train_subset: int = Field(0, ge=0, description="0 = the whole train split")
     val_subset: int = Field(0, ge=0)

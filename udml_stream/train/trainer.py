@@ -55,6 +55,13 @@ def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split) -> dict[st
     return params
 
 
+def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
+    """The data set a training config names (built on first use)."""
+    d = cfg.data
+    return avdigits.load(d.preset, d.cache_dir, seed=d.build_seed,
+                         variants_per_accent=d.variants_per_accent, renditions=d.renditions)
+
+
 @dataclass
 class TrainResult:
     """Where the selected checkpoint went and how training went."""
@@ -102,7 +109,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Train
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
-    data = avdigits.load(cfg.data.preset, cfg.data.cache_dir, seed=cfg.data.build_seed)
+    data = load_data(cfg)
     train_split, val_split = data.splits["train"], data.splits["val"]
     if cfg.data.train_subset:
         train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)

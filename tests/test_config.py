@@ -1,0 +1,42 @@
+"""Configs: a bad value names its key, the value and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from udml_stream.errors import ConfigError
+from udml_stream.train.config import load_config, parse_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path: Path) -> None:
+    load_config(path)
+
+
+def test_bad_value_names_key_value_and_expectation() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"train": {"epochs": -3}}, "x.toml")
+    msg = str(err.value)
+    assert "x.toml: train.epochs = -3" in msg and "greater than 0" in msg
+
+
+def test_unknown_method_and_unknown_key() -> None:
+    with pytest.raises(ConfigError, match=r"model.method = 'magic'.*expected one of"):
+        parse_config({"model": {"method": "magic"}})
+    with pytest.raises(ConfigError, match=r"train.epoch = 3.*[Ee]xtra"):
+        parse_config({"train": {"epoch": 3}})
+
+
+def test_overrides_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[train]\nseed = 1\n")
+    assert load_config(p, {"train.seed": 5, "model.method": "qmf"}).train.seed == 5
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    p.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)

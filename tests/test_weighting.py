@@ -1,0 +1,58 @@
+"""The UDML weighting math: M = 2 reproduces the reference formulas; M = 3; absent modalities."""
+
+from __future__ import annotations
+
+import torch
+
+from udml_stream.model.fusion import dependency_statistic, udml_weights
+
+
+def test_two_modalities_match_reference_formulas() -> None:
+    s = torch.tensor([[1.0, 3.0], [2.0, 2.0], [5.0, 0.5]])
+    both = torch.ones(3, 2, dtype=torch.bool)
+    u = udml_weights(s, None, both)
+    sa2, sv2 = s[:, 0] ** 2, s[:, 1] ** 2
+    torch.testing.assert_close(u[:, 0], 2 * sv2 / (sa2 + sv2))
+    torch.testing.assert_close(u[:, 1], 2 * sa2 / (sa2 + sv2))
+    dep = torch.tensor([4.0, 1.0])
+    w = udml_weights(s, dep, both)
+    wa, wv = u[:, 0] / dep[0], u[:, 1] / dep[1]
+    torch.testing.assert_close(w[:, 0], 2 * wa / (wa + wv))
+    torch.testing.assert_close(w.sum(dim=1), torch.full((3,), 2.0))
+
+
+def test_three_modalities_sum_to_m_and_follow_inverse_variance() -> None:
+    s = torch.tensor([[1.0, 2.0, 4.0]])
+    w = udml_weights(s, None, torch.ones(1, 3, dtype=torch.bool))
+    inv = 1 / s**2
+    torch.testing.assert_close(w, 3 * inv / inv.sum())
+    assert w[0, 0] > w[0, 1] > w[0, 2]
+    dep = torch.tensor([1.0, 1.0, 0.25])  # the head under-uses modality 3 → boost it
+    wd = udml_weights(s, dep, torch.ones(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(wd.sum(), torch.tensor(3.0))
+    assert wd[0, 2] > w[0, 2]
+
+
+def test_absent_modality_gets_zero_and_is_excluded_from_the_sums() -> None:
+    s = torch.tensor([[1.0, 2.0, 4.0]])
+    mask = torch.tensor([[True, False, True]])
+    w = udml_weights(s, torch.tensor([1.0, 2.0, 3.0]), mask)
+    assert w[0, 1] == 0
+    # Same as the two present modalities alone.
+    w2 = udml_weights(s[:, [0, 2]], torch.tensor([1.0, 3.0]), torch.ones(1, 2, dtype=torch.bool))
+    torch.testing.assert_close(w[0, [0, 2]], w2[0])
+    only = udml_weights(s, None, torch.tensor([[False, False, True]]))
+    torch.testing.assert_close(only, torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+def test_quality_off_gives_unit_weights() -> None:
+    w = udml_weights(None, None, torch.ones(4, 2, dtype=torch.bool))
+    torch.testing.assert_close(w, torch.ones(4, 2))
+
+
+def test_dependency_statistic_is_mean_abs_logit_sum_over_present_samples() -> None:
+    za = torch.tensor([[1.0, -2.0], [3.0, 0.0], [100.0, 100.0]])
+    zv = torch.tensor([[0.5, 0.5], [-0.5, 0.5], [1.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, True], [False, True]])
+    d = dependency_statistic([za, zv], mask)
+    torch.testing.assert_close(d, torch.tensor([(3.0 + 3.0) / 2, (1.0 + 1.0 + 2.0) / 3]))

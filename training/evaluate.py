@@ -1,0 +1,29 @@
+"""Program: evaluate a checkpoint on the AV-Digits test split under every condition."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from udml_stream.data import avdigits
+from udml_stream.evaluate.conditions import evaluate_model
+from udml_stream.model import checkpoint
+from udml_stream.train.trainer import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str) -> dict[str, Any]:
+    """Load ``ckpt`` with no other flags needed and score it; the preset defaults to the one the
+    checkpoint was trained on."""
+    dev = resolve_device(device)
+    model, meta = checkpoint.load(ckpt, dev)
+    data_cfg = meta.get("config", {}).get("data", {})
+    name = preset or meta.get("preset", "balanced")
+    data = avdigits.load(name, cache_dir, seed=meta.get("build_seed", 0),
+                         variants_per_accent=data_cfg.get("variants_per_accent", 12),
+                         renditions=data_cfg.get("renditions", 3))
+    result = evaluate_model(model, data.splits["test"], seed=seed, device=dev)
+    result.update({"preset": name, "method": meta["model"]["method"], "checkpoint": str(ckpt)})
+    return result

@@ -1,0 +1,159 @@
+"""The ``udml`` command: dataset, training, evaluation, benchmark and demo subcommands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from udml_stream.errors import UdmlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="udml_stream: robust real-time multimodal fusion (UDML).")
+dataset_app = typer.Typer(no_args_is_help=True, help="Build the AV-Digits benchmark data.")
+app.add_typer(dataset_app, name="dataset")
+
+CacheOpt = Annotated[Path, typer.Option(help="Folder of the cached data sets.")]
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UdmlError(f"--set {item!r}: expected KEY=VALUE, e.g. train.seed=3")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _run(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except UdmlError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@dataset_app.command("build")
+def dataset_build(
+    track: Annotated[str, typer.Option(help="raw, real or all")] = "raw",
+    seed: int = 0,
+    cache_dir: CacheOpt = Path("data_cache"),
+    force: bool = False,
+) -> None:
+    """Build AV-Digits deterministically from SEED and cache it."""
+    from udml_stream_apps.training import build_dataset
+
+    tracks = ["raw", "real"] if track == "all" else [track]
+    for p in _run(build_dataset.main, tracks, seed, cache_dir, force):
+        typer.echo(str(p))
+
+
+@app.command()
+def train(
+    config: Path,
+    set_: Annotated[list[str], typer.Option("--set", help="Override, e.g. train.seed=3")] = [],  # noqa: B006
+    resume: Annotated[bool, typer.Option(help="Resume from out_dir if it holds a run")] = True,
+    export: Annotated[Path | None, typer.Option(help="Copy the selected checkpoint here")] = None,
+) -> None:
+    """Train a model from a TOML CONFIG (seeded, resumable, validation-selected)."""
+    from udml_stream_apps.training import train as prog
+
+    res = _run(prog.main, config, _parse_set(set_), resume, export)
+    typer.echo(f"best epoch {res.best_epoch}: val acc {res.best_score:.4f} → {res.best_path}")
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """Print an evaluation result as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{result.get('method')} on {result.get('preset')} "
+                    f"({result['n_test']} test samples)")
+    t.add_column("condition")
+    t.add_column("accuracy", justify="right")
+    mods = list(result["sweep"])
+    for m in mods:
+        t.add_column(f"{m} weight", justify="right")
+    for name, c in result["conditions"].items():
+        t.add_row(name, f"{100 * c['acc']:.1f}%",
+                  *[f"{c['weight_share'][m]:.2f}" for m in mods])
+    Console().print(t)
+    typer.echo(f"clean {100 * result['clean']:.1f}%   corrupted mean "
+               f"{100 * result['corrupted_mean']:.1f}%   estimator Spearman "
+               + ", ".join(f"{m} {v:.3f}" for m, v in result["spearman"].items()))
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path,
+    cache_dir: CacheOpt = Path("data_cache"),
+    seed: int = 0,
+    preset: Annotated[str | None, typer.Option(help="Default: the checkpoint's")] = None,
+    device: str = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here")] = None,
+) -> None:
+    """Score CHECKPOINT on every test sample under every condition."""
+    from udml_stream_apps.training import evaluate
+
+    result = _run(evaluate.main, checkpoint, cache_dir, seed, preset, device)
+    print_summary(result)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=1))
+
+
+@app.command()
+def benchmark(
+    presets: Annotated[str, typer.Option(help="Comma-separated")] = "balanced,imbalanced,real",
+    methods: Annotated[str, typer.Option(help="Comma-separated; default all")] = "",
+    seeds: Annotated[str, typer.Option(help="Comma-separated")] = "0,1,2",
+    workers: int = 2,
+    runs_dir: Path = Path("runs/benchmark"),
+    cache_dir: CacheOpt = Path("data_cache"),
+    out_dir: Path = Path("docs/results"),
+) -> None:
+    """Train and evaluate every preset × method × seed (resumable), then write the report."""
+    from udml_stream_apps.training import benchmark as prog
+
+    from udml_stream.evaluate.benchmark import BENCH_METHODS
+
+    ms = [m for m in methods.split(",") if m] or list(BENCH_METHODS)
+    cmd = "udml " + " ".join(sys.argv[1:]) if sys.argv[1:] else "udml benchmark"
+    path = _run(prog.main, presets.split(","), ms, [int(s) for s in seeds.split(",")],
+                runs_dir, cache_dir, out_dir, workers, cmd)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    checkpoint: Path = Path("checkpoints/default"),
+    config: Path = Path("configs/default.toml"),
+    cache_dir: CacheOpt = Path("data_cache"),
+) -> None:
+    """The main job on its embedded default: build the data, train the default model if no
+    checkpoint is shipped, and print its evaluation summary."""
+    from udml_stream_apps.training import evaluate
+    from udml_stream_apps.training import train as prog
+
+    if not (checkpoint / "config.json").exists():
+        typer.echo(f"no checkpoint at {checkpoint}: training one from {config}")
+        _run(prog.main, config, {"data.cache_dir": str(cache_dir)}, True, checkpoint)
+    result = _run(evaluate.main, checkpoint, cache_dir, 0, None, "auto")
+    print_summary(result)
+
+
+if __name__ == "__main__":
+    app()
