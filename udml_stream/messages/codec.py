@@ -1,0 +1,287 @@
+"""Encode messages to ZeroMQ multipart frames and decode them with full validation.
+
+A message is ``[topic, header, *payload]``: the topic as UTF-8 bytes (the SUB prefix filter),
+a msgpack map, and zero or more raw payload frames (one for camera frames and audio chunks).
+Decoding never trusts the peer: every field is type-checked, the dtype comes from a whitelist,
+payload sizes must match ``shape`` exactly and stay under the limits; any violation raises
+``DecodeError``. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import msgpack
+import numpy as np
+
+from udml_stream.errors import UdmlError
+
+FORMAT_VERSION = 1
+Clock = Literal["monotonic", "realtime"]
+CLOCKS = ("monotonic", "realtime")
+#: dtypes a payload may carry (little-endian on the wire).
+DTYPES = {"uint8": np.dtype("u1"), "int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_DIMS = 4
+MAX_TOPIC_BYTES = 256
+#: Payloads at least this large are handed to ZeroMQ without a copy (FIELD.md: ~64 kB break-even).
+ZERO_COPY_MIN_BYTES = 64 * 1024
+
+
+class DecodeError(UdmlError):
+    """A received message is malformed; it must be counted and dropped, never crash a node."""
+
+
+@dataclass
+class Message:
+    """Fields every message carries. Timestamps are integer nanoseconds of ``clock``."""
+
+    stream: str
+    seq: int
+    capture_ns: int
+    publish_ns: int = 0
+    clock: Clock = "monotonic"
+    topic: str = ""  # defaults to ``stream`` when encoding
+
+    kind: ClassVar[str] = ""
+
+
+@dataclass
+class CameraFrame(Message):
+    """One video frame, ``image`` ``[H, W, C]`` (or ``[H, W]``) uint8, with its pixel encoding."""
+
+    image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
+    encoding: str = "bgr8"  # bgr8 | rgb8 | mono8
+
+    kind: ClassVar[str] = "camera_frame"
+
+
+@dataclass
+class AudioChunk(Message):
+    """A block of audio samples ``[N]`` or ``[N, channels]`` (float32 in [-1, 1] or int16).
+    ``capture_ns`` is the time of the block's first sample (ADC time mapped to ``clock``)."""
+
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sample_rate: int = 16000
+
+    kind: ClassVar[str] = "audio_chunk"
+
+
+@dataclass
+class FusionResult(Message):
+    """The fusion node's output for one camera frame."""
+
+    probs: list[float] = field(default_factory=list)
+    pred: int = -1
+    class_names: list[str] = field(default_factory=list)
+    sigma_hat: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    present: dict[str, bool] = field(default_factory=dict)
+    source_seq: dict[str, int] = field(default_factory=dict)
+    latency_ns: dict[str, int] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "fusion_result"
+
+
+@dataclass
+class Heartbeat(Message):
+    """Liveness of a node: its name, state and free-form counters."""
+
+    node: str = ""
+    state: str = "ok"
+    counters: dict[str, int] = field(default_factory=dict)
+
+    kind: ClassVar[str] = "heartbeat"
+
+
+@dataclass
+class Label(Message):
+    """Ground truth for the samples captured from ``capture_ns`` on (logs, demos, training)."""
+
+    label: int = -1
+    name: str = ""
+
+    kind: ClassVar[str] = "label"
+
+
+KINDS: dict[str, type[Message]] = {
+    c.kind: c for c in (CameraFrame, AudioChunk, FusionResult, Heartbeat, Label)
+}
+_ENCODINGS = {"bgr8": 3, "rgb8": 3, "mono8": 1}
+
+
+# ---- encoding ------------------------------------------------------------------------------
+
+
+def _payload_frame(arr: np.ndarray) -> tuple[dict[str, Any], Any]:
+    name = next((n for n, dt in DTYPES.items() if dt == arr.dtype.newbyteorder("<")
+                 or dt == arr.dtype), None)
+    if name is None:
+        raise UdmlError(f"payload dtype {arr.dtype} is not allowed; use one of {sorted(DTYPES)}")
+    arr = np.ascontiguousarray(arr, dtype=DTYPES[name])
+    meta = {"dtype": name, "shape": list(arr.shape)}
+    # Large payloads travel as the array's own buffer (pyzmq sends it without copying).
+    return meta, (arr if arr.nbytes >= ZERO_COPY_MIN_BYTES else arr.tobytes())
+
+
+def encode(msg: Message) -> list[Any]:
+    """Multipart frames ``[topic, header, *payload]`` for ``msg`` (send with ``copy=False``
+    for large payloads; small ones are already bytes)."""
+    header: dict[str, Any] = {
+        "v": FORMAT_VERSION, "kind": msg.kind, "stream": msg.stream, "seq": int(msg.seq),
+        "t_capture_ns": int(msg.capture_ns), "t_publish_ns": int(msg.publish_ns),
+        "clock": msg.clock,
+    }
+    payload: list[Any] = []
+    if isinstance(msg, CameraFrame):
+        meta, frame = _payload_frame(msg.image)
+        header.update(meta, encoding=msg.encoding)
+        payload.append(frame)
+    elif isinstance(msg, AudioChunk):
+        meta, frame = _payload_frame(msg.samples)
+        header.update(meta, encoding="pcm", sample_rate=int(msg.sample_rate),
+                      n_samples=int(msg.samples.shape[0]))
+        payload.append(frame)
+    elif isinstance(msg, FusionResult):
+        header.update(
+            probs=[float(p) for p in msg.probs], pred=int(msg.pred),
+            class_names=list(msg.class_names),
+            sigma_hat={k: float(v) for k, v in msg.sigma_hat.items()},
+            weights={k: float(v) for k, v in msg.weights.items()},
+            present={k: bool(v) for k, v in msg.present.items()},
+            source_seq={k: int(v) for k, v in msg.source_seq.items()},
+            latency_ns={k: int(v) for k, v in msg.latency_ns.items()},
+        )
+    elif isinstance(msg, Heartbeat):
+        header.update(node=msg.node, state=msg.state,
+                      counters={k: int(v) for k, v in msg.counters.items()})
+    elif isinstance(msg, Label):
+        header.update(label=int(msg.label), name=msg.name)
+    topic = (msg.topic or msg.stream).encode()
+    return [topic, msgpack.packb(header, use_bin_type=True), *payload]
+
+
+# ---- decoding ------------------------------------------------------------------------------
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")
+
+
+def _get(h: dict[str, Any], key: str, typ: type | tuple[type, ...], kind: str) -> Any:
+    if key not in h:
+        raise DecodeError(f"{kind} header lacks {key!r}")
+    val = h[key]
+    if (typ is int and isinstance(val, bool)) or not isinstance(val, typ):
+        raise DecodeError(f"{kind} header field {key!r} has type {type(val).__name__}; "
+                          f"expected {typ}")
+    return val
+
+
+def _map(h: dict[str, Any], key: str, vtyp: type | tuple[type, ...], kind: str) -> dict[str, Any]:
+    val = _get(h, key, dict, kind)
+    for k, v in val.items():
+        if not isinstance(k, str) or not isinstance(v, vtyp):
+            raise DecodeError(f"{kind} header field {key!r} must map str to {vtyp}")
+    return val
+
+
+def _array(h: dict[str, Any], frames: list[Any], kind: str) -> np.ndarray:
+    if len(frames) != 3:
+        raise DecodeError(f"{kind} needs exactly one payload frame, got {len(frames) - 2}")
+    dtype_name = _get(h, "dtype", str, kind)
+    if dtype_name not in DTYPES:
+        raise DecodeError(f"{kind} dtype {dtype_name!r} is not allowed; expected one of "
+                          f"{sorted(DTYPES)}")
+    shape = _get(h, "shape", list, kind)
+    if not 1 <= len(shape) <= MAX_DIMS or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES
+            for d in shape):
+        raise DecodeError(f"{kind} shape {shape!r} is invalid (1..{MAX_DIMS} non-negative ints)")
+    dt = DTYPES[dtype_name]
+    want = math.prod(shape) * dt.itemsize
+    if want > MAX_PAYLOAD_BYTES:
+        raise DecodeError(f"{kind} shape {shape} needs {want} bytes; limit {MAX_PAYLOAD_BYTES}")
+    buf = frames[2]
+    view = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
+    if view.nbytes != want:
+        raise DecodeError(f"{kind} payload has {view.nbytes} bytes; shape {shape} × "
+                          f"{dtype_name} needs {want}")
+    # Copy out of the ZeroMQ frame: holding received zero-copy buffers leaks memory (FIELD.md).
+    return np.frombuffer(view, dtype=dt).reshape(shape).copy()
+
+
+def decode(frames: list[Any]) -> Message:
+    """Validate and decode multipart ``frames`` (bytes or ``zmq.Frame``); raises ``DecodeError``."""
+    if len(frames) < 2:
+        raise DecodeError(f"a message has at least 2 frames (topic, header), got {len(frames)}")
+    raw = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in frames[:2]]
+    topic_b, header_b = raw
+    if len(topic_b) > MAX_TOPIC_BYTES:
+        raise DecodeError(f"topic is {len(topic_b)} bytes; limit {MAX_TOPIC_BYTES}")
+    if len(header_b) > MAX_HEADER_BYTES:
+        raise DecodeError(f"header is {len(header_b)} bytes; limit {MAX_HEADER_BYTES}")
+    try:
+        topic = topic_b.decode()
+        h = msgpack.unpackb(header_b, raw=False, ext_hook=_ext_hook, strict_map_key=True)
+    except DecodeError:
+        raise
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"header is not valid msgpack/UTF-8: {err}") from None
+    if not isinstance(h, dict):
+        raise DecodeError(f"header must be a map, got {type(h).__name__}")
+    version = h.get("v")
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"wire format version {version!r} is not supported (expected "
+                          f"{FORMAT_VERSION})")
+    kind = _get(h, "kind", str, "message")
+    if kind not in KINDS:
+        raise DecodeError(f"unknown message kind {kind!r}; expected one of {sorted(KINDS)}")
+    clock = _get(h, "clock", str, kind)
+    if clock not in CLOCKS:
+        raise DecodeError(f"{kind} clock {clock!r}; expected one of {CLOCKS}")
+    common = {
+        "stream": _get(h, "stream", str, kind), "seq": _get(h, "seq", int, kind),
+        "capture_ns": _get(h, "t_capture_ns", int, kind),
+        "publish_ns": _get(h, "t_publish_ns", int, kind), "clock": clock, "topic": topic,
+    }
+    if kind in ("camera_frame", "audio_chunk"):
+        arr = _array(h, frames, kind)
+        if kind == "camera_frame":
+            enc = _get(h, "encoding", str, kind)
+            channels = 1 if arr.ndim == 2 else arr.shape[-1]
+            if enc not in _ENCODINGS or arr.ndim not in (2, 3) or channels != _ENCODINGS[enc] \
+                    or arr.dtype != np.uint8:
+                raise DecodeError(f"camera_frame encoding {enc!r} does not fit a "
+                                  f"{arr.dtype} array of shape {list(arr.shape)}")
+            return CameraFrame(**common, image=arr, encoding=enc)
+        rate = _get(h, "sample_rate", int, kind)
+        n = _get(h, "n_samples", int, kind)
+        if not 0 < rate <= 384_000 or arr.ndim > 2 or n != arr.shape[0] or arr.dtype == np.uint8:
+            raise DecodeError(f"audio_chunk with rate {rate}, n_samples {n}, shape "
+                              f"{list(arr.shape)}, dtype {arr.dtype} is inconsistent")
+        return AudioChunk(**common, samples=arr, sample_rate=rate)
+    if len(frames) != 2:
+        raise DecodeError(f"{kind} carries no payload frames, got {len(frames) - 2}")
+    num = (int, float)
+    if kind == "fusion_result":
+        probs = _get(h, "probs", list, kind)
+        if not all(isinstance(p, num) for p in probs):
+            raise DecodeError("fusion_result probs must be numbers")
+        names = _get(h, "class_names", list, kind)
+        if not all(isinstance(n, str) for n in names):
+            raise DecodeError("fusion_result class_names must be strings")
+        return FusionResult(
+            **common, probs=[float(p) for p in probs], pred=_get(h, "pred", int, kind),
+            class_names=names, sigma_hat=_map(h, "sigma_hat", num, kind),
+            weights=_map(h, "weights", num, kind), present=_map(h, "present", bool, kind),
+            source_seq=_map(h, "source_seq", int, kind),
+            latency_ns=_map(h, "latency_ns", int, kind))
+    if kind == "heartbeat":
+        return Heartbeat(**common, node=_get(h, "node", str, kind),
+                         state=_get(h, "state", str, kind),
+                         counters=_map(h, "counters", int, kind))
+    return Label(**common, label=_get(h, "label", int, kind), name=_get(h, "name", str, kind))
