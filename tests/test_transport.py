@@ -1,0 +1,83 @@
+"""Transport over real ZeroMQ sockets on loopback (random ports, bounded waits)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from udml_stream.messages import AudioChunk, CameraFrame, Heartbeat
+from udml_stream.transport import Publisher, Subscriber
+
+
+@pytest.fixture
+def ctx():  # noqa: ANN201
+    """A private context; the test fails if it leaves a socket open."""
+    c = zmq.Context()
+    yield c
+    leaked = [s for s in c._sockets if not s.closed]  # pyzmq tracks its sockets in a WeakSet
+    c.destroy(linger=0)
+    assert not leaked, f"{len(leaked)} socket(s) left open"
+
+
+def connect(pub: Publisher, sub: Subscriber, deadline_s: float = 5.0) -> None:
+    """Beat until the subscriber hears one (PUB/SUB slow joiner), within a deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        pub.publish(Heartbeat("sync", 0, 0, node="test"))
+        if sub.recv_one(50) is not None:
+            sub.stats.clear()
+            return
+    raise TimeoutError("subscriber never connected")
+
+
+def test_audio_in_order_video_latest_only_gaps_counted(ctx) -> None:  # noqa: ANN001
+    with Publisher("tcp://127.0.0.1:*", ctx=ctx, hwm=100) as pub, \
+            Subscriber([pub.endpoint], latest_only=["camera"], ctx=ctx) as sub:
+        connect(pub, sub)
+        img = np.zeros((48, 64, 3), np.uint8)
+        for i in range(5):
+            img[:] = i
+            pub.publish(CameraFrame("camera", i, i, image=img.copy()))
+        for i in (0, 1, 2, 4, 5):  # seq 3 lost
+            pub.publish(AudioChunk("mic", i, i, samples=np.full(160, i, np.float32)))
+        time.sleep(0.2)
+        msgs = sub.receive(1000)
+        cams = [m for m in msgs if m.stream == "camera"]
+        mics = [m for m in msgs if m.stream == "mic"]
+        assert len(cams) == 1 and cams[0].seq == 4 and cams[0].image[0, 0, 0] == 4
+        assert [m.seq for m in mics] == [0, 1, 2, 4, 5]
+        assert sub.stats["camera"].dropped_stale == 4
+        assert sub.stats["mic"].gaps == 1
+        assert sub.receive(50) == []  # bounded wait, nothing left
+
+
+def test_malformed_messages_are_counted_and_dropped(ctx) -> None:  # noqa: ANN001
+    with Publisher("tcp://127.0.0.1:*", ctx=ctx) as pub, Subscriber([pub.endpoint], ctx=ctx) as sub:
+        connect(pub, sub)
+        pub.send_raw([b"mic", b"\x00garbage"])
+        pub.send_raw([b"mic"])
+        pub.publish(AudioChunk("mic", 0, 0, samples=np.zeros(16, np.float32)))
+        got = sub.recv_one(2000)
+        assert got is not None and got.stream == "mic"
+        assert sub.decode_errors == {"mic": 2}
+
+
+def test_ipc_and_connecting_publisher(ctx, tmp_path) -> None:  # noqa: ANN001
+    ep = f"ipc://{tmp_path}/bus"
+    with Subscriber([ep], bind=True, ctx=ctx) as sub, Publisher(ep, bind=False, ctx=ctx) as pub:
+        connect(pub, sub)
+        pub.publish(Heartbeat("cam", 1, 1, node="cam"))
+        msg = sub.recv_one(2000)
+        assert isinstance(msg, Heartbeat) and msg.publish_ns > 0
+
+
+def test_transport_and_messages_import_without_torch() -> None:
+    code = ("import sys, udml_stream.transport, udml_stream.messages, udml_stream.corrupt; "
+            "bad=[m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
