@@ -15,7 +15,7 @@ from udml_stream.transport import Publisher, Subscriber
 
 
 @pytest.fixture
-def ctx():  # noqa: ANN201
+def ctx():
     """A private context; the test fails if it leaves a socket open."""
     c = zmq.Context()
     yield c
@@ -35,7 +35,7 @@ def connect(pub: Publisher, sub: Subscriber, deadline_s: float = 5.0) -> None:
     raise TimeoutError("subscriber never connected")
 
 
-def test_audio_in_order_video_latest_only_gaps_counted(ctx) -> None:  # noqa: ANN001
+def test_audio_in_order_video_latest_only_gaps_counted(ctx) -> None:
     with Publisher("tcp://127.0.0.1:*", ctx=ctx, hwm=100) as pub, \
             Subscriber([pub.endpoint], latest_only=["camera"], ctx=ctx) as sub:
         connect(pub, sub)
@@ -56,7 +56,7 @@ def test_audio_in_order_video_latest_only_gaps_counted(ctx) -> None:  # noqa: AN
         assert sub.receive(50) == []  # bounded wait, nothing left
 
 
-def test_malformed_messages_are_counted_and_dropped(ctx) -> None:  # noqa: ANN001
+def test_malformed_messages_are_counted_and_dropped(ctx) -> None:
     with Publisher("tcp://127.0.0.1:*", ctx=ctx) as pub, Subscriber([pub.endpoint], ctx=ctx) as sub:
         connect(pub, sub)
         pub.send_raw([b"mic", b"\x00garbage"])
@@ -67,7 +67,7 @@ def test_malformed_messages_are_counted_and_dropped(ctx) -> None:  # noqa: ANN00
         assert sub.decode_errors == {"mic": 2}
 
 
-def test_ipc_and_connecting_publisher(ctx, tmp_path) -> None:  # noqa: ANN001
+def test_ipc_and_connecting_publisher(ctx, tmp_path) -> None:
     ep = f"ipc://{tmp_path}/bus"
     with Subscriber([ep], bind=True, ctx=ctx) as sub, Publisher(ep, bind=False, ctx=ctx) as pub:
         connect(pub, sub)
