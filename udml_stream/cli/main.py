@@ -137,22 +137,81 @@ def benchmark(
     typer.echo(f"report: {path}")
 
 
-@app.command()
-def demo(
-    checkpoint: Path = Path("checkpoints/default"),
-    config: Path = Path("configs/default.toml"),
-    cache_dir: CacheOpt = Path("data_cache"),
-) -> None:
-    """The main job on its embedded default: build the data, train the default model if no
-    checkpoint is shipped, and print its evaluation summary."""
-    from udml_stream_apps.training import evaluate
+def _ensure_checkpoint(checkpoint: Path, config: Path, cache_dir: Path) -> None:
     from udml_stream_apps.training import train as prog
 
     if not (checkpoint / "config.json").exists():
         typer.echo(f"no checkpoint at {checkpoint}: training one from {config}")
         _run(prog.main, config, {"data.cache_dir": str(cache_dir)}, True, checkpoint)
-    result = _run(evaluate.main, checkpoint, cache_dir, 0, None, "auto")
-    print_summary(result)
+
+
+@app.command()
+def demo(
+    checkpoint: Path = Path("checkpoints/default"),
+    config: Path = Path("configs/default.toml"),
+    cache_dir: CacheOpt = Path("data_cache"),
+    out_dir: Path = Path("runs/demo"),
+    offline: Annotated[bool, typer.Option(help="Only print the offline evaluation summary")] = False,
+    pulse: Annotated[bool | None, typer.Option(
+        help="Feed the microphone through PulseAudio (default: when a server answers)")] = None,
+) -> None:
+    """The main job on its embedded default: an AV-Digits scene played through the live
+    camera → microphone → fusion pipeline with scripted degradations, scored per segment."""
+    from udml_stream_apps.training import evaluate
+
+    _ensure_checkpoint(checkpoint, config, cache_dir)
+    if offline:
+        print_summary(_run(evaluate.main, checkpoint, cache_dir, 0, None, "auto"))
+        return
+    from udml_stream_apps.training import demo as prog
+
+    _run(prog.main, checkpoint, cache_dir, out_dir, pulse)
+
+
+@app.command()
+def launch(
+    file: Path,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = until Ctrl-C)")] = 0.0,
+) -> None:
+    """Start every node of a launch FILE, restart per policy, show a live status table."""
+    from udml_stream_apps.nodes import launch as prog
+
+    raise typer.Exit(_run(prog.main, file, duration))
+
+
+@app.command()
+def topics(
+    endpoints: Annotated[list[str], typer.Argument(help="Endpoints to listen to")],
+    seconds: float = 2.0,
+) -> None:
+    """List the streams heard on ENDPOINTS with their rates."""
+    from udml_stream_apps.nodes import introspect
+
+    _run(introspect.topics, endpoints, seconds)
+
+
+@app.command()
+def echo(
+    topic: str,
+    endpoints: Annotated[list[str], typer.Argument(help="Endpoints to listen to")],
+    count: int = 0,
+) -> None:
+    """Print messages of TOPIC (headers; payload shapes, not bytes)."""
+    from udml_stream_apps.nodes import introspect
+
+    _run(introspect.echo, topic, endpoints, count)
+
+
+@app.command()
+def hz(
+    topic: str,
+    endpoints: Annotated[list[str], typer.Argument(help="Endpoints to listen to")],
+    seconds: float = 5.0,
+) -> None:
+    """Measure the rate and inter-arrival jitter of TOPIC."""
+    from udml_stream_apps.nodes import introspect
+
+    _run(introspect.hz, topic, endpoints, seconds)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,10 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 
 
 class ImagePrep(nn.Module):
-    """Pixels 0..255 (``[B, H, W]`` grey or ``[B, H, W, 3]`` BGR) → ``[B, 1, S, S]`` normalised."""
+    """Pixels 0..255 (``[B, H, W]`` grey or ``[B, H, W, 3]`` BGR) → ``[B, 1, S, S]`` normalised.
+
+    Non-square frames are centre-cropped to a square first, then area-resized to S×S.
+    """
 
     def __init__(self, size: int = 28, mean: float = 0.13, std: float = 0.3) -> None:
         super().__init__()
@@ -45,6 +48,11 @@ class ImagePrep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # BGR frames from a camera: ITU-R BT.601 luma
             x = x[..., 0] * 0.114 + x[..., 1] * 0.587 + x[..., 2] * 0.299
+        h, w = x.shape[-2:]
+        if h != w:  # a camera frame: centre square crop, so the digit keeps its aspect ratio
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            x = x[..., top : top + side, left : left + side]
         x = x.unsqueeze(1) / 255.0
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="area")

@@ -1,0 +1,68 @@
+"""Programs: ``udml topics``, ``udml echo`` and ``udml hz``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import typer
+
+from udml_stream.messages import AudioChunk, CameraFrame, Message
+from udml_stream.transport import Subscriber
+
+
+def _describe(m: Message) -> str:
+    fields = {k: v for k, v in vars(m).items() if not isinstance(v, np.ndarray)}
+    if isinstance(m, CameraFrame):
+        fields["image"] = f"{m.image.dtype}{list(m.image.shape)}"
+    elif isinstance(m, AudioChunk):
+        fields["samples"] = f"{m.samples.dtype}{list(m.samples.shape)}"
+    return f"{type(m).__name__} " + " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def topics(endpoints: list[str], seconds: float) -> None:
+    """Listen for ``seconds`` and list every topic with its rate."""
+    counts: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    with Subscriber(endpoints) as sub:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for m in sub.receive(100):
+                counts[m.topic] = counts.get(m.topic, 0) + 1
+                kinds[m.topic] = type(m).__name__
+        errors = sub.total_decode_errors
+    for t in sorted(counts):
+        typer.echo(f"{t:24s} {kinds[t]:14s} {counts[t] / seconds:8.1f} Hz")
+    if errors:
+        typer.echo(f"({errors} malformed messages dropped)")
+    if not counts:
+        typer.echo("no messages heard")
+
+
+def echo(topic: str, endpoints: list[str], count: int) -> None:
+    """Print ``count`` messages of ``topic`` (0 = until Ctrl-C)."""
+    seen = 0
+    with Subscriber(endpoints, topics=[topic]) as sub:
+        while count == 0 or seen < count:
+            m = sub.recv_one(1000)
+            if m is not None and m.topic == topic:
+                typer.echo(_describe(m))
+                seen += 1
+
+
+def hz(topic: str, endpoints: list[str], seconds: float) -> None:
+    """Rate and inter-arrival statistics of ``topic`` over ``seconds``."""
+    arrivals = []
+    with Subscriber(endpoints, topics=[topic]) as sub:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            m = sub.recv_one(100)
+            if m is not None and m.topic == topic:
+                arrivals.append(time.monotonic())
+    if len(arrivals) < 2:
+        typer.echo(f"{topic}: {len(arrivals)} messages in {seconds:.1f} s")
+        return
+    d = np.diff(arrivals) * 1000
+    typer.echo(f"{topic}: {(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):.2f} Hz  "
+               f"period mean {d.mean():.1f} ms  std {d.std():.1f} ms  min {d.min():.1f}  "
+               f"max {d.max():.1f}  ({len(arrivals)} msgs)")

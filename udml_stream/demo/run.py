@@ -1,0 +1,165 @@
+"""Run the demo scene through camera, microphone and fusion nodes, then score it per segment."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from udml_stream.data.avdigits import AVDigits
+from udml_stream.demo.scene import Scene, build_scene
+from udml_stream.launch.config import load_launch
+from udml_stream.launch.monitor import Monitor
+from udml_stream.launch.supervisor import Supervisor
+from udml_stream.messages import FusionResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentScore:
+    """Fusion outcome over the scored results of one condition."""
+
+    condition: str
+    results: int
+    accuracy: float
+    weight_share: dict[str, float]
+    camera_absent: float
+
+
+def pulse_available() -> bool:
+    """Whether a PulseAudio server answers (``pactl info``)."""
+    if shutil.which("pactl") is None or shutil.which("paplay") is None:
+        return False
+    try:
+        return subprocess.run(["pactl", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_null_sink(name: str) -> None:
+    """Create the PulseAudio null sink ``name`` (idempotent) and make its monitor the default source."""
+    sinks = subprocess.run(["pactl", "list", "short", "sinks"], capture_output=True, text=True,
+                           timeout=5).stdout
+    if name not in sinks.split():
+        subprocess.run(["pactl", "load-module", "module-null-sink", f"sink_name={name}"],
+                       check=True, capture_output=True, timeout=5)
+    subprocess.run(["pactl", "set-default-source", f"{name}.monitor"], check=True,
+                   capture_output=True, timeout=5)
+
+
+def write_launch(scene: Scene, out_dir: Path, checkpoint: Path, start_at: float,
+                 pulse: bool) -> Path:
+    """The demo's launch file: the robot configuration with file and null-sink sources."""
+    ep = {n: f"ipc://{out_dir.resolve()}/{n}.sock" for n in ("camera", "mic", "fusion")}
+    mic = ('source = "device"\ndevice = "pulse"\n' if pulse
+           else f'source = "file"\nfile = "{scene.audio.resolve()}"\n')
+    text = f"""# Written by `udml demo`: the robot configuration (configs/robot.toml) with the camera
+# playing a video file and the microphone fed {'through a PulseAudio null sink' if pulse
+                                                  else 'from a WAV file'}.
+[nodes.camera]
+program = "camera"
+source = "{scene.video.resolve()}"
+fps = {scene.spec.fps}
+start_at_unix = {start_at}
+endpoint = "{ep['camera']}"
+restart = "always"
+restart_delay_s = 3.0
+
+[nodes.mic]
+program = "microphone"
+{mic}start_at_unix = {start_at}
+chunk_ms = 20.0
+endpoint = "{ep['mic']}"
+restart = "always"
+
+[nodes.fusion]
+program = "fusion"
+checkpoint = "{checkpoint.resolve()}"
+device = "auto"
+threads = 1
+subscribe = ["{ep['camera']}", "{ep['mic']}"]
+endpoint = "{ep['fusion']}"
+restart = "on-failure"
+"""
+    path = out_dir / "launch.toml"
+    path.write_text(text)
+    return path
+
+
+def score_results(scene: Scene, results: list[FusionResult], start_mono_ns: int,
+                  window_s: float) -> list[SegmentScore]:
+    """Per condition: accuracy and mean weight share over results whose audio window lies inside
+    their own segment (camera-only results count too when the audio was absent)."""
+    by: dict[str, list[tuple[bool, dict[str, float], bool]]] = defaultdict(list)
+    for r in results:
+        t = (r.capture_ns - start_mono_ns) / 1e9
+        seg = scene.segment_at(t)
+        if seg is None or t - seg.start_s < window_s:
+            continue
+        total = sum(r.weights.values()) or 1.0
+        share = {m: w / total for m, w in r.weights.items()}
+        by[seg.condition].append((r.pred == seg.label, share, not r.present.get("image", False)))
+    out = []
+    for cond in dict.fromkeys(s.condition for s in scene.segments):
+        rows = by.get(cond, [])
+        mods = sorted({m for _, sh, _ in rows for m in sh})
+        out.append(SegmentScore(
+            cond, len(rows), float(np.mean([c for c, _, _ in rows])) if rows else float("nan"),
+            {m: float(np.mean([sh.get(m, 0.0) for _, sh, _ in rows])) for m in mods},
+            float(np.mean([a for _, _, a in rows])) if rows else float("nan")))
+    return out
+
+
+def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None = None,
+             startup_s: float = 8.0) -> tuple[list[SegmentScore], dict[str, object]]:
+    """Build the scene, run the nodes under a supervisor, kill and restart the camera node in
+    its segment, and score the fusion results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scene = build_scene(data, out_dir)
+    use_pulse = pulse_available() if pulse is None else pulse
+    sink = "udml_vmic"
+    if use_pulse:
+        ensure_null_sink(sink)
+    start_at = time.time() + startup_s
+    start_mono_ns = time.monotonic_ns() + int((start_at - time.time()) * 1e9)
+    path = write_launch(scene, out_dir, checkpoint, start_at, use_pulse)
+    launch = load_launch(path)
+    sup = Supervisor(path, launch, log_dir=out_dir / "logs")
+    monitor = Monitor([launch.nodes["fusion"].endpoint])
+    player: threading.Thread | None = None
+    if use_pulse:
+        def _play() -> None:
+            time.sleep(max(0.0, start_at - time.time()))
+            subprocess.run(["paplay", "-d", sink, str(scene.audio)], check=False, timeout=600)
+        player = threading.Thread(target=_play, daemon=True)
+        player.start()
+    kill_seg = next(s for s in scene.segments if s.condition == "camera_killed")
+    kill_at = start_at + kill_seg.start_s + 0.3
+    killed = False
+    events: list[str] = []
+    sup.start()
+    try:
+        end = start_at + scene.duration_s + 1.0
+        while time.time() < end:
+            monitor.pump(50)
+            events += sup.poll()
+            if not killed and time.time() >= kill_at:
+                sup.kill("camera")
+                events.append(f"camera killed at scene t={time.time() - start_at:.1f}s")
+                killed = True
+    finally:
+        codes = sup.stop()
+        monitor.close()
+    scores = score_results(scene, monitor.results, start_mono_ns, 1.0)
+    facts = {"audio_path": "pulseaudio null sink" if use_pulse else "wav file source",
+             "results": len(monitor.results), "events": events, "exit_codes": codes,
+             "duration_s": scene.duration_s}
+    return scores, facts

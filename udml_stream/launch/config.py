@@ -1,0 +1,120 @@
+"""The launch file: one TOML table per node, validated with errors that name the key.
+
+```toml
+[nodes.camera]
+program = "camera"          # camera | microphone | fusion
+restart = "on-failure"      # never | on-failure | always
+source = "0"                # device index, video file or stream URL
+endpoint = "tcp://127.0.0.1:5601"
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from udml_stream.errors import ConfigError
+
+
+class _Node(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    restart: Literal["never", "on-failure", "always"] = "on-failure"
+    restart_delay_s: float = Field(0.5, ge=0)
+    max_restarts: int = Field(20, ge=0)
+    endpoint: str = Field(description="where this node publishes (PUB socket)")
+    bind: bool = True
+    heartbeat_s: float = Field(1.0, gt=0)
+
+
+class CameraNode(_Node):
+    """A camera capture node."""
+
+    program: Literal["camera"]
+    stream: str = "camera"
+    source: str = Field(description="device index, video file path or stream URL")
+    fps: float | None = Field(None, gt=0, description="pacing for files; default: the file's")
+    loop: bool = False
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    start_at_unix: float | None = None
+
+
+class MicrophoneNode(_Node):
+    """A microphone capture node (a PortAudio device or a WAV file played in real time)."""
+
+    program: Literal["microphone"]
+    stream: str = "mic"
+    source: Literal["device", "file"] = "device"
+    device: str | None = Field(None, description="name or index; default: the system default")
+    file: Path | None = None
+    sample_rate: int = Field(16000, gt=0)
+    chunk_ms: float = Field(20.0, gt=0)
+    loop: bool = False
+    start_at_unix: float | None = None
+
+
+class FusionNode(_Node):
+    """The fusion node."""
+
+    program: Literal["fusion"]
+    stream: str = "fused"
+    checkpoint: Path = Path("checkpoints/default")
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+    subscribe: list[str] = Field(description="endpoints of the sensor nodes")
+    streams: dict[str, str] = Field(
+        default_factory=lambda: {"image": "camera", "audio": "mic"},
+        description="model modality → stream name")
+    slop_ms: float = Field(60.0, ge=0)
+    camera_deadline_ms: float = Field(500.0, gt=0)
+    audio_deadline_ms: float = Field(300.0, gt=0)
+    fallback_hz: float = Field(10.0, gt=0)
+
+
+NodeSpec = Annotated[CameraNode | MicrophoneNode | FusionNode, Field(discriminator="program")]
+
+
+class LaunchFile(BaseModel):
+    """A whole launch file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: dict[str, NodeSpec]
+    status_endpoints: list[str] = Field(default_factory=list,
+                                        description="extra endpoints the status view listens to")
+
+
+def _fmt(err: ValidationError, source: str) -> str:
+    return "\n".join(
+        f"{source}: {'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}"
+        for e in err.errors())
+
+
+def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
+    """Validate a launch mapping; errors name the key, the value and the expectation."""
+    try:
+        return LaunchFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_fmt(err, source)) from None
+
+
+def load_launch(path: Path) -> LaunchFile:
+    """Load and validate a launch TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"launch file {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_launch(data, str(path))
+
+
+def node_adapter() -> TypeAdapter[Any]:
+    """A validator for one node table."""
+    return TypeAdapter(NodeSpec)

@@ -1,0 +1,108 @@
+"""Pairing policy: for each camera frame, the audio window that ends at its capture time.
+
+A frame waits for its audio at most ``slop_ns`` beyond its capture time (audio arrives in
+chunks, so the newest chunk may not cover the frame's instant yet). A stream silent for longer
+than its ``deadline_ns`` is treated as absent: the sample goes out without it, flagged. When the
+camera itself is stale, the pairer emits audio-only samples at ``fallback_hz`` so that the
+prediction continues from the healthy stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from udml_stream.messages import AudioChunk, CameraFrame, Message
+from udml_stream.sync.audio_ring import AudioRing
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """Timing policy of the pairer (all durations in nanoseconds)."""
+
+    sample_rate: int = 16000
+    window_samples: int = 16000
+    slop_ns: int = 60_000_000  # how long a frame may wait for audio covering its instant
+    camera_deadline_ns: int = 500_000_000  # no frame for this long → camera absent
+    audio_deadline_ns: int = 300_000_000  # no audio for this long → audio absent
+    fallback_hz: float = 10.0  # audio-only results while the camera is absent
+
+
+@dataclass
+class SyncedSample:
+    """One fusion input: a frame and/or an audio window, with their provenance."""
+
+    frame: CameraFrame | None
+    audio: np.ndarray | None
+    t_ns: int  # the capture instant the sample describes
+    source_seq: dict[str, int] = field(default_factory=dict)
+    wait_ns: int = 0  # how long the frame waited for its audio (sync wait)
+    rx_ns: int = 0  # when the frame was received (monotonic)
+
+
+class Pairer:
+    """Consumes camera frames and audio chunks; yields synced samples when they are ready."""
+
+    def __init__(self, cfg: PairingConfig, camera: str = "camera", audio: str = "mic") -> None:
+        self.cfg = cfg
+        self.camera_stream, self.audio_stream = camera, audio
+        self.ring = AudioRing(cfg.sample_rate, capacity_s=max(5.0, 3 * cfg.window_samples
+                                                               / cfg.sample_rate))
+        self.pending: CameraFrame | None = None
+        self.pending_since_ns = 0
+        self.frames_superseded = 0  # frames replaced by a newer one before they were fused
+        self.last_frame_rx_ns: int | None = None
+        self.last_audio_rx_ns: int | None = None
+        self.last_audio_seq = -1
+        self._last_fallback_ns = 0
+
+    def add(self, msg: Message, now_ns: int) -> None:
+        """Take one received message (other streams and kinds are ignored)."""
+        if isinstance(msg, CameraFrame) and msg.stream == self.camera_stream:
+            if self.pending is not None:
+                self.frames_superseded += 1
+            self.pending, self.pending_since_ns = msg, now_ns
+            self.last_frame_rx_ns = now_ns
+        elif isinstance(msg, AudioChunk) and msg.stream == self.audio_stream:
+            self.ring.push(msg)
+            self.last_audio_rx_ns = now_ns
+            self.last_audio_seq = msg.seq
+
+    def camera_alive(self, now_ns: int) -> bool:
+        """Whether a frame arrived within the camera deadline."""
+        return (self.last_frame_rx_ns is not None
+                and now_ns - self.last_frame_rx_ns <= self.cfg.camera_deadline_ns)
+
+    def audio_alive(self, now_ns: int) -> bool:
+        """Whether audio arrived within the audio deadline."""
+        return (self.last_audio_rx_ns is not None
+                and now_ns - self.last_audio_rx_ns <= self.cfg.audio_deadline_ns)
+
+    def ready(self, now_ns: int) -> SyncedSample | None:
+        """The next sample to fuse, if one is due now."""
+        cfg = self.cfg
+        f = self.pending
+        if f is not None:
+            covered = self.ring.end_ns is not None and self.ring.end_ns >= f.capture_ns
+            waited = now_ns - self.pending_since_ns
+            if covered or waited >= cfg.slop_ns or not self.audio_alive(now_ns):
+                self.pending = None
+                audio = None
+                if self.audio_alive(now_ns):
+                    end = min(f.capture_ns, self.ring.end_ns or f.capture_ns)
+                    audio = self.ring.window(end, cfg.window_samples)
+                seq = {self.camera_stream: f.seq}
+                if audio is not None:
+                    seq[self.audio_stream] = self.last_audio_seq
+                return SyncedSample(f, audio, f.capture_ns, seq, waited, self.pending_since_ns)
+            return None
+        if (not self.camera_alive(now_ns) and self.audio_alive(now_ns)
+                and now_ns - self._last_fallback_ns >= 1e9 / cfg.fallback_hz
+                and self.ring.end_ns is not None):
+            self._last_fallback_ns = now_ns
+            audio = self.ring.window(self.ring.end_ns, cfg.window_samples)
+            if audio is not None:
+                return SyncedSample(None, audio, self.ring.end_ns,
+                                    {self.audio_stream: self.last_audio_seq})
+        return None
