@@ -70,7 +70,7 @@ source = "{scene.video.resolve()}"
 fps = {scene.spec.fps}
 start_at_unix = {start_at}
 endpoint = "{ep['camera']}"
-restart = "always"
+restart = "on-failure"
 restart_delay_s = 3.0
 
 [nodes.mic]
@@ -78,7 +78,7 @@ program = "microphone"
 {mic}start_at_unix = {start_at}
 chunk_ms = 20.0
 endpoint = "{ep['mic']}"
-restart = "always"
+restart = "on-failure"
 
 [nodes.fusion]
 program = "fusion"

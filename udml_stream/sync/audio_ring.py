@@ -16,7 +16,7 @@ class AudioRing:
     counted; a backward jump means the source restarted, and the ring is cleared).
     """
 
-    def __init__(self, sample_rate: int, capacity_s: float = 5.0, tolerance_ns: int = 50_000_000):
+    def __init__(self, sample_rate: int, capacity_s: float = 5.0, tolerance_ns: int = 150_000_000):
         self.sample_rate = sample_rate
         self.capacity = int(capacity_s * sample_rate)
         self.tolerance_ns = tolerance_ns
