@@ -21,6 +21,8 @@ from udml_stream.errors import ConfigError
 from udml_stream.model import encoders
 from udml_stream.model.preprocess import build_prep
 
+_T = dict[str, Tensor]
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -252,14 +254,16 @@ class FusionNet(nn.Module):
             out.aux["embedding_maps"] = maps  # type: ignore[assignment]
         return out
 
-    def _fuse_concat(self, z, sig, pres, levels, quality_on) -> FusionOutput:
+    def _fuse_concat(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
+                   quality_on: bool) -> FusionOutput:
         ms = self.cfg.modalities
         logits = self.head(torch.cat([z[m] for m in ms], dim=1))
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         weights = {m: pres[m].float() for m in ms}
         return FusionOutput(logits, uni, weights, pres)
 
-    def _fuse_udml(self, z, sig, pres, levels, quality_on) -> FusionOutput:
+    def _fuse_udml(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
+                   quality_on: bool) -> FusionOutput:
         cfg, spec, ms = self.cfg, self.cfg.spec, self.cfg.modalities
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         mask = torch.stack([pres[m] for m in ms], dim=1).float()  # [B, M]
@@ -296,7 +300,8 @@ class FusionNet(nn.Module):
             {m: dep[i] for i, m in enumerate(ms)}, aux,
         )
 
-    def _fuse_qmf(self, z, sig, pres, levels, quality_on) -> FusionOutput:
+    def _fuse_qmf(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
+                   quality_on: bool) -> FusionOutput:
         ms = self.cfg.modalities
         uni = {m: self.heads[m](z[m]) for m in ms}
         # Energy-based confidence: the negative free energy logsumexp(logits), scaled.
@@ -306,7 +311,8 @@ class FusionNet(nn.Module):
         aux = {f"confidence/{m}": conf[m] for m in ms}
         return FusionOutput(logits, uni, weights, pres, aux=aux)
 
-    def _fuse_pdf(self, z, sig, pres, levels, quality_on) -> FusionOutput:
+    def _fuse_pdf(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
+                   quality_on: bool) -> FusionOutput:
         ms, k = self.cfg.modalities, self.cfg.num_classes
         uni = {m: self.heads[m](z[m]) for m in ms}
         conf = {m: torch.sigmoid(self.confidence[m](z[m].detach())).squeeze(1) for m in ms}
