@@ -214,5 +214,22 @@ def hz(
     _run(introspect.hz, topic, endpoints, seconds)
 
 
+@app.command()
+def bench(
+    what: Annotated[str, typer.Argument(help="latency")] = "latency",
+    checkpoint: Path = Path("checkpoints/default"),
+    cache_dir: CacheOpt = Path("data_cache"),
+    seconds: float = 20.0,
+    out: Path = Path("docs/results/latency.json"),
+) -> None:
+    """Benchmarks (printed as a table and written to OUT): ``latency`` of the live pipeline."""
+    from udml_stream_apps.training import bench_latency
+
+    if what != "latency":
+        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency'")
+    cmd = "udml " + " ".join(sys.argv[1:])
+    typer.echo(_run(bench_latency.main, checkpoint, cache_dir, seconds, out, cmd))
+
+
 if __name__ == "__main__":
     app()

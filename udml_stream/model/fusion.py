@@ -190,8 +190,9 @@ class FusionNet(nn.Module):
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _embed(self, m: str, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        fmap = self.enc[m](self.prep[m](x))
+    def _embed(self, m: str, x: Tensor, preprocessed: bool
+               ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        fmap = self.enc[m](x if preprocessed else self.prep[m](x))
         head = self.embed[m]
         mu = head.mu(fmap)
         if head.logvar is None:
@@ -215,6 +216,7 @@ class FusionNet(nn.Module):
         present: Mapping[str, Tensor] | None = None,
         levels: Mapping[str, Tensor] | None = None,
         quality_on: bool = True,
+        preprocessed: bool = False,
     ) -> FusionOutput:
         """Fuse one batch.
 
@@ -223,6 +225,7 @@ class FusionNet(nn.Module):
             present: modality → bool ``[B]``; absent samples get weight 0 and a zero embedding.
             levels: modality → injected noise level ``[B]`` (training targets; the oracle's weights).
             quality_on: the training loop's switch; when False the quality weights are all 1.
+            preprocessed: the inputs already went through ``self.prep`` (serving times it apart).
         """
         cfg, spec = self.cfg, self.cfg.spec
         ref = next((inputs[m] for m in cfg.modalities if m in inputs), None)
@@ -239,7 +242,7 @@ class FusionNet(nn.Module):
                 else torch.ones(b, dtype=torch.bool, device=dev))
             pres[m] = p
             if m in inputs:
-                zm, sm, mp = self._embed(m, inputs[m])
+                zm, sm, mp = self._embed(m, inputs[m], preprocessed)
                 z[m] = zm * p[:, None]
                 if sm is not None:
                     sig[m], maps[m] = sm, mp

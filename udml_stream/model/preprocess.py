@@ -46,13 +46,14 @@ class ImagePrep(nn.Module):
         self.size, self.mean, self.std = size, mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:  # BGR frames from a camera: ITU-R BT.601 luma
-            x = x[..., 0] * 0.114 + x[..., 1] * 0.587 + x[..., 2] * 0.299
-        h, w = x.shape[-2:]
+        h, w = (x.shape[1], x.shape[2])
         if h != w:  # a camera frame: centre square crop, so the digit keeps its aspect ratio
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
-            x = x[..., top : top + side, left : left + side]
+            x = x[:, top : top + side, left : left + side]
+        x = x.contiguous().float()  # after the crop: camera frames arrive as uint8
+        if x.dim() == 4:  # BGR frames from a camera: ITU-R BT.601 luma, one matmul
+            x = x @ x.new_tensor([0.114, 0.587, 0.299])
         x = x.unsqueeze(1) / 255.0
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="area")

@@ -63,13 +63,14 @@ class FusionRunner:
         """Fuse one sample; a modality that is None (or missing) is absent (weight 0)."""
         t0 = time.perf_counter_ns()
         tensors = {
-            m: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+            m: self.model.prep[m](torch.from_numpy(np.ascontiguousarray(
+                x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))[None].to(self.device))
             for m, x in inputs.items() if x is not None and m in self.modalities
         }
         if not tensors:
             raise ValueError("no modality present: nothing to fuse")
         t1 = time.perf_counter_ns()
-        out = self.model(tensors)
+        out = self.model(tensors, preprocessed=True)
         probs = torch.softmax(out.logits, dim=1)[0].cpu().numpy()
         t2 = time.perf_counter_ns()
         return Prediction(
