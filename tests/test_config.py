@@ -9,7 +9,8 @@ import pytest
 from udml_stream.errors import ConfigError
 from udml_stream.train.config import load_config, parse_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+CONFIGS = [p for p in ALL if "[nodes." not in p.read_text()]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -40,3 +41,23 @@ def test_overrides_and_missing_file(tmp_path: Path) -> None:
     p.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(p)
+
+
+LAUNCH_FILES = [p for p in ALL if "[nodes." in p.read_text()]
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=[p.name for p in LAUNCH_FILES])
+def test_shipped_launch_files_validate(path: Path) -> None:
+    from udml_stream.launch.config import load_launch
+
+    assert load_launch(path).nodes
+
+
+def test_launch_file_errors_name_the_key() -> None:
+    from udml_stream.launch.config import parse_launch
+
+    with pytest.raises(ConfigError, match=r"nodes\.cam\.camera\.fps = -1"):
+        parse_launch({"nodes": {"cam": {"program": "camera", "source": "0", "endpoint": "x",
+                                        "fps": -1}}}, "l.toml")
+    with pytest.raises(ConfigError, match="program"):
+        parse_launch({"nodes": {"x": {"program": "teleporter", "endpoint": "x"}}})

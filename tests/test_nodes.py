@@ -17,15 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from udml_stream.demo.scene import SceneSpec, build_scene
 from udml_stream.launch.config import load_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat, encode
-from udml_stream.train.config import parse_config
-from udml_stream.train.trainer import train
 from udml_stream.transport import Publisher, Subscriber
-
-from .conftest import SMALL
 
 ROOT = Path(__file__).parent.parent
 
@@ -52,25 +47,6 @@ def node_cmd(launch: Path, node: str, *sets: str) -> list[str]:
     for s in sets:
         cmd += ["--set", s]
     return cmd
-
-
-@pytest.fixture(scope="module")
-def scene(small_data, tmp_path_factory):
-    spec = SceneSpec(plan=(("clean", 4),), segment_s=1.5)
-    return build_scene(small_data, tmp_path_factory.mktemp("scene"), spec)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(cache_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    cfg = parse_config({
-        "data": {"preset": "balanced", "cache_dir": str(cache_dir), "train_subset": 640,
-                 "val_subset": 100, **SMALL},
-        "model": {"method": "udml"},
-        "train": {"epochs": 1, "samples_per_epoch": 0, "clean_epochs": 0,
-                  "quality_start_epoch": 0, "out_dir": str(out), "device": "cpu"},
-    })
-    return train(cfg, progress=False).best_path
 
 
 def test_camera_node_from_video_file(scene, tmp_path: Path) -> None:

@@ -231,5 +231,81 @@ def bench(
     typer.echo(_run(bench_latency.main, checkpoint, cache_dir, seconds, out, cmd))
 
 
+log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")
+app.add_typer(log_app, name="log")
+
+
+@app.command()
+def record(
+    endpoints: Annotated[list[str], typer.Argument(help="Endpoints to record from")],
+    output: Annotated[Path, typer.Option("-o", "--output")] = Path("session.mcap"),
+    topic: Annotated[list[str], typer.Option(help="Topic name or pattern (repeatable)")] = ["*"],  # noqa: B006
+    exclude: Annotated[list[str], typer.Option(help="Pattern to leave out")] = ["hb.*"],  # noqa: B006
+    compression: Annotated[str, typer.Option(help="zstd, lz4 or none")] = "zstd",
+    split_seconds: float = 0.0,
+    split_mb: float = 0.0,
+    duration: float = 0.0,
+) -> None:
+    """Record topics from ENDPOINTS into MCAP with their exact wire frames."""
+    from udml_stream_apps.nodes import record as prog
+
+    from udml_stream.logs import RecorderConfig
+
+    cfg = RecorderConfig(endpoints, output, topic, exclude, compression,
+                         split_seconds=split_seconds, split_bytes=int(split_mb * 1e6))
+    for f in _run(prog.main, cfg, duration):
+        typer.echo(str(f))
+
+
+@app.command()
+def replay(
+    path: Path,
+    endpoint: Annotated[str, typer.Option(help="Where to publish")] = "tcp://127.0.0.1:5610",
+    rate: float = 1.0,
+    loop: bool = False,
+    start: Annotated[float | None, typer.Option(help="Seconds from the log start")] = None,
+    end: Annotated[float | None, typer.Option(help="Seconds from the log start")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="Only these topics")] = None,
+    remap: Annotated[list[str] | None, typer.Option(help="OLD=NEW topic")] = None,
+    order: Annotated[str, typer.Option(help="log or capture")] = "log",
+    lossless: Annotated[bool, typer.Option(help="Consumer-paced; needs --results")] = False,
+    results: Annotated[str | None, typer.Option(help="The fusion node's endpoint")] = None,
+) -> None:
+    """Publish a recorded log on its topics (timed, or lossless and consumer-paced)."""
+    from udml_stream_apps.nodes import replay as prog
+
+    from udml_stream.logs.replay import ReplayConfig
+
+    cfg = ReplayConfig(path, endpoint, rate=rate, loop=loop, start_s=start, end_s=end,
+                       topics=topic, remap=dict(r.split("=", 1) for r in remap or []),
+                       order=order, lossless=lossless, results_endpoint=results)
+    typer.echo(prog.summary(_run(prog.main, cfg)))
+
+
+@log_app.command("info")
+def log_info(path: Path) -> None:
+    """Topics, message counts, duration, rates, gaps and drops of a log."""
+    from udml_stream.logs import info
+
+    i = _run(info, path)
+    typer.echo(f"{i.path}: {'complete' if i.complete else 'NO SUMMARY (run `udml log recover`)'}"
+               f", {i.messages} messages, {i.duration_s:.2f} s")
+    for t, ti in sorted(i.topics.items()):
+        dur = max((ti.last_ns - ti.first_ns) / 1e9, 1e-9)
+        rate = (ti.messages - 1) / dur if ti.messages > 1 else 0.0
+        typer.echo(f"  {t:20s} {ti.kind:14s} {ti.messages:7d} msgs {rate:8.2f} Hz "
+                   f"{ti.bytes / 1e6:9.2f} MB  gaps {ti.gaps}  recorder drops {ti.recorded_drops}")
+
+
+@log_app.command("recover")
+def log_recover(path: Path, output: Annotated[Path | None, typer.Option("-o")] = None) -> None:
+    """Write a complete, indexed copy of every readable message of a damaged log."""
+    from udml_stream.logs import recover
+
+    out = output or path.with_name(path.stem + ".recovered.mcap")
+    n = _run(recover, path, out)
+    typer.echo(f"recovered {n} messages into {out}")
+
+
 if __name__ == "__main__":
     app()
