@@ -143,7 +143,8 @@ def test_replay_rates_and_seek(tmp_path: Path) -> None:
         time.sleep(0.3)
         rec.stop()
         th.join(10)
-    span = (list(iter_wire(out))[-1].log_ns - list(iter_wire(out))[0].log_ns) / 1e9
+    recs = list(iter_wire(out))
+    span = (recs[-1].log_ns - recs[0].log_ns) / 1e9
     for rate in (1.0, 4.0):
         rep = Replayer(ReplayConfig(out, f"ipc://{tmp_path}/rep{rate}", rate=rate,
                                     wait_subscribers_s=0.1))
