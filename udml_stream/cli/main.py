@@ -216,19 +216,24 @@ def hz(
 
 @app.command()
 def bench(
-    what: Annotated[str, typer.Argument(help="latency")] = "latency",
+    what: Annotated[str, typer.Argument(help="latency or logs")] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
-    out: Path = Path("docs/results/latency.json"),
+    out: Annotated[Path | None, typer.Option(help="Default: docs/results/<what>.json")] = None,
 ) -> None:
-    """Benchmarks (printed as a table and written to OUT): ``latency`` of the live pipeline."""
-    from udml_stream_apps.training import bench_latency
+    """Benchmarks, printed as a table and written to OUT (+ .md): ``latency`` of the live
+    pipeline; ``logs``: recording throughput, compression, replay speed and timing."""
+    from udml_stream_apps.training import bench_latency, bench_logs
 
-    if what != "latency":
-        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency'")
     cmd = "udml " + " ".join(sys.argv[1:])
-    typer.echo(_run(bench_latency.main, checkpoint, cache_dir, seconds, out, cmd))
+    out = out or Path(f"docs/results/{what}.json")
+    if what == "latency":
+        typer.echo(_run(bench_latency.main, checkpoint, cache_dir, seconds, out, cmd))
+    elif what == "logs":
+        typer.echo(_run(bench_logs.main, checkpoint, cache_dir, seconds, out, cmd))
+    else:
+        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency' or 'logs'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")

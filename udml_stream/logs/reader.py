@@ -27,7 +27,7 @@ class WireRecord:
     """One recorded message: its topic, exact wire frames and the three stamps."""
 
     topic: str
-    frames: list[bytes]  # [topic, header, *payload], ready to send
+    frames: list[bytes | memoryview]  # [topic, header, *payload], ready to send
     log_ns: int
     capture_ns: int
     seq: int
@@ -70,7 +70,7 @@ def iter_wire(path: Path, topics: Iterable[str] | None = None, start_ns: int | N
                 frames = [ch.topic.encode(), *unpack_frames(msg.data)]
                 n += 1
                 yield WireRecord(ch.topic, frames, msg.log_time, msg.publish_time, msg.sequence,
-                                 dict(ch.metadata))
+                                 ch.metadata)
         except Exception as err:  # mcap raises many types on truncated or corrupt data
             text = f"{path} is damaged after {n} readable messages: {type(err).__name__}: {err}"
             if strict:
@@ -124,7 +124,7 @@ def info(path: Path) -> LogInfo:
         t = out.topics.setdefault(rec.topic, TopicInfo(first_ns=rec.log_ns,
                                                        kind=rec.channel_meta.get("kind", "")))
         t.messages += 1
-        t.bytes += sum(len(f) for f in rec.frames[1:])
+        t.bytes += sum(memoryview(f).nbytes for f in rec.frames[1:])
         t.last_ns = rec.log_ns
         prev = last_seq.get(rec.topic)
         if prev is not None and rec.seq > prev + 1:

@@ -1,0 +1,22 @@
+"""Program: the recording and replay benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from udml_stream.benchmarks import logs
+from udml_stream.data import avdigits
+from udml_stream.model import checkpoint as ckpt
+
+
+def main(checkpoint: Path, cache_dir: Path, seconds: float, out: Path, command: str) -> str:
+    """Run the benchmark, write JSON and Markdown next to ``out``; return the Markdown."""
+    _, meta = ckpt.load(checkpoint)
+    data = avdigits.load(meta.get("preset", "balanced"), cache_dir, seed=meta.get("build_seed", 0))
+    res = logs.run(data, Path("runs/bench_logs"), seconds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    md = logs.to_markdown(res, command)
+    out.with_suffix(".md").write_text(md + "\n")
+    return md
