@@ -217,3 +217,35 @@ endpoint = "{eps['fusion']}"
     assert stats.published["camera"] == n_frames
     assert stats.frames_without_result == 0
     assert len(frames) == n_frames
+
+
+def test_foxglove_viewer_channels(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    ep = f"ipc://{tmp_path}/bus"
+    out = tmp_path / "fx.mcap"
+    with Publisher(ep, bind=True) as pub:
+        rec = Recorder(RecorderConfig([ep], out, foxglove=True))
+        th = threading.Thread(target=rec.run)
+        th.start()
+        time.sleep(0.5)
+        img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        pub.publish(CameraFrame("camera", 0, 1, image=img))
+        pub.publish(AudioChunk("mic", 0, 1, samples=np.full(160, 0.5, np.float32)))
+        time.sleep(0.5)
+        rec.stop()
+        th.join(10)
+    with open(out, "rb") as fh:
+        reader = make_reader(fh)
+        chans = {c.topic: c for c in reader.get_summary().channels.values()}
+        schemas = reader.get_summary().schemas
+        assert schemas[chans["camera/foxglove"].schema_id].name == "foxglove.RawImage"
+        assert schemas[chans["mic/foxglove"].schema_id].name == "foxglove.RawAudio"
+        msgs = {c.topic: json.loads(m.data) for _, c, m in reader.iter_messages(
+            topics=["camera/foxglove", "mic/foxglove"])}
+    raw = np.frombuffer(base64.b64decode(msgs["camera/foxglove"]["data"]), np.uint8)
+    np.testing.assert_array_equal(raw.reshape(48, 64, 3), img)
+    assert msgs["mic/foxglove"]["format"] == "pcm-s16" and msgs["mic/foxglove"]["sample_rate"] == 16000
+    # The wire channels are untouched: the reader of udml logs ignores the viewer channels.
+    assert [r.topic for r in iter_wire(out)] == ["camera", "mic"]

@@ -250,6 +250,7 @@ def record(
     split_seconds: float = 0.0,
     split_mb: float = 0.0,
     duration: float = 0.0,
+    foxglove: Annotated[bool, typer.Option(help="Also write Foxglove viewer channels")] = False,
 ) -> None:
     """Record topics from ENDPOINTS into MCAP with their exact wire frames."""
     from udml_stream_apps.nodes import record as prog
@@ -257,7 +258,8 @@ def record(
     from udml_stream.logs import RecorderConfig
 
     cfg = RecorderConfig(endpoints, output, topic, exclude, compression,
-                         split_seconds=split_seconds, split_bytes=int(split_mb * 1e6))
+                         split_seconds=split_seconds, split_bytes=int(split_mb * 1e6),
+                         foxglove=foxglove)
     for f in _run(prog.main, cfg, duration):
         typer.echo(str(f))
 

@@ -23,6 +23,7 @@ import zmq
 from mcap.writer import CompressionType, Writer
 
 from udml_stream.logs.format import MESSAGE_ENCODING, SCHEMA_NAME, pack_frames
+from udml_stream.logs.foxglove import viewer_message
 from udml_stream.messages import DecodeError, decode
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class RecorderConfig:
     split_seconds: float = 0.0  # 0 = no split by duration
     split_bytes: int = 0  # 0 = no split by size
     queue_messages: int = 2000
+    foxglove: bool = False  # also write viewer channels in Foxglove schemas (see logs/foxglove.py)
 
 
 class _FlushingFile(io.BufferedWriter):
@@ -107,7 +109,7 @@ class Recorder:
                 item = self._q.get()
                 if item is None:
                     break
-                topic, frames, seq, capture_ns, rx_ns, kind, stream, clock = item
+                topic, frames, seq, capture_ns, rx_ns, kind, stream, clock, msg = item
                 split = writer is not None and (
                     (self.cfg.split_seconds and time.monotonic() - opened_at >= self.cfg.split_seconds)
                     or (self.cfg.split_bytes and written >= self.cfg.split_bytes))
@@ -123,6 +125,7 @@ class Recorder:
                     writer.start(profile="udml", library="udml_stream")
                     self._schema = writer.register_schema(SCHEMA_NAME, "", b"")
                     channels, opened_at, written = {}, time.monotonic(), 0
+                    viewer_schemas: dict[str, int] = {}
                     self.files.append(path)
                 if topic not in channels:
                     channels[topic] = writer.register_channel(
@@ -132,6 +135,19 @@ class Recorder:
                 writer.add_message(channels[topic], log_time=rx_ns, data=data,
                                    publish_time=capture_ns, sequence=seq & 0xFFFFFFFF)
                 written += len(data)
+                view = viewer_message(msg, rx_ns) if msg is not None else None
+                if view is not None:
+                    name, schema, payload = view
+                    vtopic = f"{topic}/foxglove"
+                    if name not in viewer_schemas:
+                        viewer_schemas[name] = writer.register_schema(
+                            name, "jsonschema", json.dumps(schema).encode())
+                    if vtopic not in channels:
+                        channels[vtopic] = writer.register_channel(vtopic, "json",
+                                                                   viewer_schemas[name])
+                    writer.add_message(channels[vtopic], log_time=rx_ns, data=payload,
+                                       publish_time=capture_ns, sequence=seq & 0xFFFFFFFF)
+                    written += len(payload)
         except BaseException as err:  # surfaced by run(); the receive side keeps counting
             self._writer_error = err
             log.exception("writer failed")
@@ -194,7 +210,7 @@ class Recorder:
             st.gaps += msg.seq - st.last_seq - 1
         st.last_seq = msg.seq
         item = (msg.topic, frames[1:], msg.seq, msg.capture_ns, rx_ns, msg.kind, msg.stream,
-                msg.clock)
+                msg.clock, msg if self.cfg.foxglove else None)
         try:
             self._q.put_nowait(item)
         except queue.Full:
