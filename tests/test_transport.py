@@ -77,7 +77,9 @@ def test_ipc_and_connecting_publisher(ctx, tmp_path) -> None:
 
 
 def test_transport_and_messages_import_without_torch() -> None:
-    code = ("import sys, udml_stream.transport, udml_stream.messages, udml_stream.corrupt; "
+    code = ("import sys, udml_stream.transport, udml_stream.messages, udml_stream.corrupt, "
+            "udml_stream.sensors, udml_stream.sync, udml_stream.logs, "
+            "udml_stream_apps.nodes.camera, udml_stream_apps.nodes.microphone; "
             "bad=[m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
