@@ -249,3 +249,41 @@ def test_foxglove_viewer_channels(tmp_path: Path) -> None:
     assert msgs["mic/foxglove"]["format"] == "pcm-s16" and msgs["mic/foxglove"]["sample_rate"] == 16000
     # The wire channels are untouched: the reader of udml logs ignores the viewer channels.
     assert [r.topic for r in iter_wire(out)] == ["camera", "mic"]
+
+
+def test_labels_in_a_log_become_scored_segments(tmp_path: Path) -> None:
+    from udml_stream.demo.logeval import segments_from_log
+    from udml_stream.demo.run import score_results
+    from udml_stream.messages import FusionResult, Label
+
+    ep = f"ipc://{tmp_path}/bus"
+    out = tmp_path / "l.mcap"
+    base = 10**12
+    with Publisher(ep, bind=True) as pub:
+        rec = Recorder(RecorderConfig([ep], out))
+        th = threading.Thread(target=rec.run)
+        th.start()
+        time.sleep(0.5)
+        for i, (digit, cond) in enumerate([(3, "clean"), (5, "audio_noise"), (7, "clean")]):
+            t = base + i * 2_000_000_000
+            pub.publish(Label("label", i, t, label=digit, name=str(digit)))
+            pub.publish(Label("condition", i, t, label=0, name=cond))
+        time.sleep(0.5)
+        rec.stop()
+        th.join(10)
+    segs, t0 = segments_from_log(out)
+    assert t0 == base
+    assert [(s.label, s.condition, s.start_s, s.end_s) for s in segs] == [
+        (3, "clean", 0.0, 2.0), (5, "audio_noise", 2.0, 4.0), (7, "clean", 4.0, 6.0)]
+
+    def res(t_s: float, pred: int) -> FusionResult:
+        return FusionResult("fused", 0, base + int(t_s * 1e9), pred=pred,
+                            weights={"image": 1.5, "audio": 0.5},
+                            present={"image": True, "audio": True})
+
+    # Only results whose 1 s audio window lies inside their segment are scored.
+    scores = score_results(segs, [res(0.5, 3), res(1.5, 3), res(3.2, 1), res(5.5, 7)], t0, 1.0)
+    by = {s.condition: s for s in scores}
+    assert by["clean"].results == 2 and by["clean"].accuracy == 1.0
+    assert by["audio_noise"].results == 1 and by["audio_noise"].accuracy == 0.0
+    assert by["clean"].weight_share == {"audio": 0.25, "image": 0.75}

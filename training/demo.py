@@ -35,15 +35,9 @@ def verdicts(scores: list[SegmentScore]) -> list[str]:
     return lines
 
 
-def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None) -> int:
-    """Run the demo and print its report."""
-    _, meta = ckpt.load(checkpoint)
-    data_cfg = meta.get("config", {}).get("data", {})
-    data = avdigits.load(meta.get("preset", "balanced"), cache_dir, seed=meta.get("build_seed", 0),
-                         variants_per_accent=data_cfg.get("variants_per_accent", 12),
-                         renditions=data_cfg.get("renditions", 3))
-    scores, facts = run_demo(checkpoint, data, out_dir, pulse)
-    t = Table(title=f"live demo: {facts['results']} fusion results, audio via {facts['audio_path']}")
+def print_scores(scores: list[SegmentScore], title: str) -> None:
+    """The per-segment table and the verdicts."""
+    t = Table(title=title)
     for col in ("segment", "scored", "fused acc", "image weight", "audio weight", "camera absent"):
         t.add_column(col, justify="left" if col == "segment" else "right")
     for s in scores:
@@ -52,6 +46,24 @@ def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None) -
                   f"{100 * s.camera_absent:.0f}%")
     con = Console()
     con.print(t)
-    for line in verdicts(scores) + [f"event: {e}" for e in facts["events"]]:
+    for line in verdicts(scores):
         con.print(line)
+
+
+def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None,
+         record: Path | None = None) -> int:
+    """Run the demo and print its report."""
+    _, meta = ckpt.load(checkpoint)
+    data_cfg = meta.get("config", {}).get("data", {})
+    data = avdigits.load(meta.get("preset", "balanced"), cache_dir, seed=meta.get("build_seed", 0),
+                         variants_per_accent=data_cfg.get("variants_per_accent", 12),
+                         renditions=data_cfg.get("renditions", 3))
+    scores, facts = run_demo(checkpoint, data, out_dir, pulse, record=record)
+    print_scores(scores, f"live demo: {facts['results']} fusion results, audio via "
+                         f"{facts['audio_path']}")
+    con = Console()
+    for e in facts["events"]:
+        con.print(f"event: {e}")
+    if record is not None:
+        con.print(f"recorded to {record}; evaluate it offline with `udml log eval {record}`")
     return 0

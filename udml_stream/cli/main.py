@@ -154,6 +154,8 @@ def demo(
     offline: Annotated[bool, typer.Option(help="Only print the offline evaluation summary")] = False,
     pulse: Annotated[bool | None, typer.Option(
         help="Feed the microphone through PulseAudio (default: when a server answers)")] = None,
+    record: Annotated[Path | None, typer.Option(
+        help="Also record every stream and the labels to this MCAP file")] = None,
 ) -> None:
     """The main job on its embedded default: an AV-Digits scene played through the live
     camera → microphone → fusion pipeline with scripted degradations, scored per segment."""
@@ -165,7 +167,7 @@ def demo(
         return
     from udml_stream_apps.training import demo as prog
 
-    _run(prog.main, checkpoint, cache_dir, out_dir, pulse)
+    _run(prog.main, checkpoint, cache_dir, out_dir, pulse, record)
 
 
 @app.command()
@@ -302,6 +304,24 @@ def log_info(path: Path) -> None:
         rate = (ti.messages - 1) / dur if ti.messages > 1 else 0.0
         typer.echo(f"  {t:20s} {ti.kind:14s} {ti.messages:7d} msgs {rate:8.2f} Hz "
                    f"{ti.bytes / 1e6:9.2f} MB  gaps {ti.gaps}  recorder drops {ti.recorded_drops}")
+
+
+@log_app.command("eval")
+def log_eval(
+    path: Path,
+    checkpoint: Path = Path("checkpoints/default"),
+    out_dir: Path = Path("runs/log_eval"),
+) -> None:
+    """Replay a recorded session losslessly through a fusion node and score it against the
+    labels recorded in the log (accuracy per segment, weights over time as a PNG)."""
+    from udml_stream_apps.training.demo import print_scores
+
+    from udml_stream.demo.logeval import evaluate_log
+
+    res = _run(evaluate_log, path, checkpoint, out_dir)
+    print_scores(res["scores"], f"{path}: {res['frames']} frames replayed, {res['results']} "
+                                f"results, {res['frames_without_result']} frames without one")
+    typer.echo(f"weights over time: {res['plot']}")
 
 
 @log_app.command("recover")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import shutil
 import subprocess
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from udml_stream.data.avdigits import AVDigits
-from udml_stream.demo.scene import Scene, build_scene
+from udml_stream.demo.scene import Scene, Segment, build_scene
 from udml_stream.launch.config import load_launch
 from udml_stream.launch.monitor import Monitor
 from udml_stream.launch.supervisor import Supervisor
-from udml_stream.messages import FusionResult
+from udml_stream.logs import Recorder, RecorderConfig
+from udml_stream.messages import FusionResult, Label
+from udml_stream.transport import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +97,27 @@ restart = "on-failure"
     return path
 
 
-def score_results(scene: Scene, results: list[FusionResult], start_mono_ns: int,
+def segment_at(segments: list[Segment], t_s: float) -> Segment | None:
+    """The segment playing at scene time ``t_s`` (segments sorted by start)."""
+    i = bisect.bisect_right([s.start_s for s in segments], t_s) - 1
+    return segments[i] if 0 <= i < len(segments) and t_s < segments[i].end_s else None
+
+
+def score_results(segments: list[Segment], results: list[FusionResult], start_mono_ns: int,
                   window_s: float) -> list[SegmentScore]:
     """Per condition: accuracy and mean weight share over results whose audio window lies inside
     their own segment (camera-only results count too when the audio was absent)."""
     by: dict[str, list[tuple[bool, dict[str, float], bool]]] = defaultdict(list)
     for r in results:
         t = (r.capture_ns - start_mono_ns) / 1e9
-        seg = scene.segment_at(t)
+        seg = segment_at(segments, t)
         if seg is None or t - seg.start_s < window_s:
             continue
         total = sum(r.weights.values()) or 1.0
         share = {m: w / total for m, w in r.weights.items()}
         by[seg.condition].append((r.pred == seg.label, share, not r.present.get("image", False)))
     out = []
-    for cond in dict.fromkeys(s.condition for s in scene.segments):
+    for cond in dict.fromkeys(s.condition for s in segments):
         rows = by.get(cond, [])
         mods = sorted({m for _, sh, _ in rows for m in sh})
         out.append(SegmentScore(
@@ -118,10 +127,39 @@ def score_results(scene: Scene, results: list[FusionResult], start_mono_ns: int,
     return out
 
 
+class LabelPublisher:
+    """Publishes the ground truth as it plays: ``label`` (the digit) and ``condition`` (the
+    scripted degradation) at each segment's start, so recordings carry their own labels."""
+
+    def __init__(self, endpoint: str, segments: list[Segment], start_mono_ns: int) -> None:
+        self.pub = Publisher(endpoint)
+        self.segments, self.start_mono_ns = segments, start_mono_ns
+        self.conditions = list(dict.fromkeys(s.condition for s in segments))
+        self._next = 0
+
+    def tick(self, now_mono_ns: int) -> None:
+        """Publish the labels of every segment that has started by ``now_mono_ns``."""
+        while self._next < len(self.segments):
+            seg = self.segments[self._next]
+            t_ns = self.start_mono_ns + int(seg.start_s * 1e9)
+            if t_ns > now_mono_ns:
+                return
+            self.pub.publish(Label("label", seg.index, t_ns, label=seg.label, name=str(seg.label)))
+            self.pub.publish(Label("condition", seg.index, t_ns,
+                                   label=self.conditions.index(seg.condition), name=seg.condition))
+            self._next += 1
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.pub.close()
+
+
 def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None = None,
-             startup_s: float = 8.0) -> tuple[list[SegmentScore], dict[str, object]]:
+             startup_s: float = 8.0, record: Path | None = None
+             ) -> tuple[list[SegmentScore], dict[str, object]]:
     """Build the scene, run the nodes under a supervisor, kill and restart the camera node in
-    its segment, and score the fusion results."""
+    its segment, and score the fusion results; with ``record``, also record every stream and the
+    ground-truth labels into that MCAP file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = build_scene(data, out_dir)
     use_pulse = pulse_available() if pulse is None else pulse
@@ -141,6 +179,15 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
             subprocess.run(["paplay", "-d", sink, str(scene.audio)], check=False, timeout=600)
         player = threading.Thread(target=_play, daemon=True)
         player.start()
+    labels = LabelPublisher(f"ipc://{out_dir.resolve()}/labels.sock", scene.segments,
+                            start_mono_ns)
+    recorder = None
+    rec_thread = None
+    if record is not None:
+        eps = [n.endpoint for n in launch.nodes.values()] + [labels.pub.endpoint]
+        recorder = Recorder(RecorderConfig(eps, record))
+        rec_thread = threading.Thread(target=recorder.run, name="recorder", daemon=True)
+        rec_thread.start()
     kill_seg = next(s for s in scene.segments if s.condition == "camera_killed")
     kill_at = start_at + kill_seg.start_s + 0.3
     killed = False
@@ -150,6 +197,7 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
         end = start_at + scene.duration_s + 1.0
         while time.time() < end:
             monitor.pump(50)
+            labels.tick(time.monotonic_ns())
             events += sup.poll()
             if not killed and time.time() >= kill_at:
                 sup.kill("camera")
@@ -158,8 +206,12 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
     finally:
         codes = sup.stop()
         monitor.close()
-    scores = score_results(scene, monitor.results, start_mono_ns, 1.0)
+        labels.close()
+        if recorder is not None and rec_thread is not None:
+            recorder.stop()
+            rec_thread.join(30)
+    scores = score_results(scene.segments, monitor.results, start_mono_ns, 1.0)
     facts = {"audio_path": "pulseaudio null sink" if use_pulse else "wav file source",
              "results": len(monitor.results), "events": events, "exit_codes": codes,
-             "duration_s": scene.duration_s}
+             "duration_s": scene.duration_s, "log": str(record) if record else None}
     return scores, facts

@@ -64,11 +64,6 @@ class Scene:
         """Length of the scene."""
         return self.segments[-1].end_s
 
-    def segment_at(self, t_s: float) -> Segment | None:
-        """The segment playing at scene time ``t_s``."""
-        i = int(t_s // self.spec.segment_s)
-        return self.segments[i] if 0 <= i < len(self.segments) else None
-
 
 def build_scene(data: AVDigits, out_dir: Path, spec: SceneSpec | None = None) -> Scene:
     """Write ``scene.avi`` (MJPEG), ``scene.wav`` (16 kHz) and ``scene.json`` into ``out_dir``."""
