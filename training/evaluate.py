@@ -14,9 +14,10 @@ from udml_stream.train.trainer import resolve_device
 log = logging.getLogger(__name__)
 
 
-def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str) -> dict[str, Any]:
+def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str,
+         limit: int = 0) -> dict[str, Any]:
     """Load ``ckpt`` with no other flags needed and score it; the preset defaults to the one the
-    checkpoint was trained on."""
+    checkpoint was trained on. ``limit`` > 0 scores only the first ``limit`` test samples."""
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
     data_cfg = meta.get("config", {}).get("data", {})
@@ -24,6 +25,10 @@ def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str
     data = avdigits.load(name, cache_dir, seed=meta.get("build_seed", 0),
                          variants_per_accent=data_cfg.get("variants_per_accent", 12),
                          renditions=data_cfg.get("renditions", 3))
-    result = evaluate_model(model, data.splits["test"], seed=seed, device=dev)
+    test = data.splits["test"]
+    if limit:
+        test = avdigits.Split(test.name, test.labels[:limit], test.tables,
+                              {m: ix[:limit] for m, ix in test.index.items()})
+    result = evaluate_model(model, test, seed=seed, device=dev)
     result.update({"preset": name, "method": meta["model"]["method"], "checkpoint": str(ckpt)})
     return result

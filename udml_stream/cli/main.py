@@ -105,11 +105,13 @@ def eval_(
     preset: Annotated[str | None, typer.Option(help="Default: the checkpoint's")] = None,
     device: str = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here")] = None,
+    limit: Annotated[int, typer.Option(
+        help="Quick look: score only the first N test samples (0 = all, as reports do)")] = 0,
 ) -> None:
     """Score CHECKPOINT on every test sample under every condition."""
     from udml_stream_apps.training import evaluate
 
-    result = _run(evaluate.main, checkpoint, cache_dir, seed, preset, device)
+    result = _run(evaluate.main, checkpoint, cache_dir, seed, preset, device, limit)
     print_summary(result)
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))
