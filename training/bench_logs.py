@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 from udml_stream.benchmarks import logs
-from udml_stream.data import avdigits
 from udml_stream.model import checkpoint as ckpt
+from udml_stream.train.trainer import load_data_for_checkpoint
 
 
 def main(checkpoint: Path, cache_dir: Path, seconds: float, out: Path, command: str) -> str:
     """Run the benchmark, write JSON and Markdown next to ``out``; return the Markdown."""
-    _, meta = ckpt.load(checkpoint)
-    data = avdigits.load(meta.get("preset", "balanced"), cache_dir, seed=meta.get("build_seed", 0))
+    data = load_data_for_checkpoint(ckpt.read_meta(checkpoint), cache_dir)
     res = logs.run(data, Path("runs/bench_logs"), seconds)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))

@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from udml_stream.data import avdigits
 from udml_stream.demo.run import SegmentScore, run_demo
 from udml_stream.model import checkpoint as ckpt
+from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ def print_scores(scores: list[SegmentScore], title: str) -> None:
 def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None,
          record: Path | None = None) -> int:
     """Run the demo and print its report."""
-    _, meta = ckpt.load(checkpoint)
-    data_cfg = meta.get("config", {}).get("data", {})
-    data = avdigits.load(meta.get("preset", "balanced"), cache_dir, seed=meta.get("build_seed", 0),
-                         variants_per_accent=data_cfg.get("variants_per_accent", 12),
-                         renditions=data_cfg.get("renditions", 3))
+    data = load_data_for_checkpoint(ckpt.read_meta(checkpoint), cache_dir)
     scores, facts = run_demo(checkpoint, data, out_dir, pulse, record=record)
     print_scores(scores, f"live demo: {facts['results']} fusion results, audio via "
                          f"{facts['audio_path']}")

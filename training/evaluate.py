@@ -9,7 +9,7 @@ from typing import Any
 from udml_stream.data import avdigits
 from udml_stream.evaluate.conditions import evaluate_model
 from udml_stream.model import checkpoint
-from udml_stream.train.trainer import resolve_device
+from udml_stream.train.trainer import load_data_for_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +20,8 @@ def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str
     checkpoint was trained on. ``limit`` > 0 scores only the first ``limit`` test samples."""
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
-    data_cfg = meta.get("config", {}).get("data", {})
-    name = preset or meta.get("preset", "balanced")
-    data = avdigits.load(name, cache_dir, seed=meta.get("build_seed", 0),
-                         variants_per_accent=data_cfg.get("variants_per_accent", 12),
-                         renditions=data_cfg.get("renditions", 3))
+    data = load_data_for_checkpoint(meta, cache_dir, preset)
+    name = data.preset.name
     test = data.splits["test"]
     if limit:
         test = avdigits.Split(test.name, test.labels[:limit], test.tables,

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from udml_stream.errors import ConfigError
+from udml_stream.validation import format_validation_error
 
 
 class _Node(BaseModel):
@@ -89,18 +90,12 @@ class LaunchFile(BaseModel):
                                         description="extra endpoints the status view listens to")
 
 
-def _fmt(err: ValidationError, source: str) -> str:
-    return "\n".join(
-        f"{source}: {'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}"
-        for e in err.errors())
-
-
 def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
     """Validate a launch mapping; errors name the key, the value and the expectation."""
     try:
         return LaunchFile.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_fmt(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_launch(path: Path) -> LaunchFile:

@@ -8,8 +8,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from udml_stream.messages import Heartbeat
+from udml_stream.sensors import Source, SourceError
 from udml_stream.transport import Publisher
 
 log = logging.getLogger(__name__)
@@ -58,3 +60,29 @@ class Beater:
                                    topic=HEARTBEAT_PREFIX + self.node, node=self.node,
                                    state=state, counters=counters))
         self._seq += 1
+
+
+def publish_source(name: str, src: Source, endpoint: str, bind: bool, heartbeat_s: float,
+                   stop: threading.Event, read_timeout_s: float,
+                   counters: Callable[[], dict[str, int]]) -> int:
+    """The loop of every capture node: open ``src`` (exit code 3 with its message if it cannot
+    be opened), publish what it reads until ``stop`` or the end of a finite source, beat."""
+    try:
+        src.connect()
+    except SourceError as err:
+        log.error("%s", err)
+        return EXIT_SOURCE_UNAVAILABLE
+    with Publisher(endpoint, bind=bind) as pub:
+        beat = Beater(pub, name, heartbeat_s)
+        log.info("publishing on %s", pub.endpoint)
+        try:
+            while not stop.is_set() and not src.finished:
+                msg = src.read(read_timeout_s)
+                if msg is not None:
+                    pub.publish(msg)
+                beat.tick({"sent": pub.sent, **counters()})
+        finally:
+            beat.tick({"sent": pub.sent}, state="stopping", force=True)
+            src.close()
+    log.info("stopped after %d messages", pub.sent)
+    return 0

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from udml_stream.errors import ConfigError
 from udml_stream.model.fusion import METHODS
+from udml_stream.validation import format_validation_error
 
 DEFAULT_ENCODERS = {"image": "cnn_image_small", "audio": "cnn_audio_small", "mfcc": "conv1d_mfcc"}
 
@@ -76,21 +77,12 @@ class TrainConfig(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        got = e.get("input")
-        lines.append(f"{source}: {key} = {got!r}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
     """Validate a config mapping; the error names each bad key, its value and the expectation."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

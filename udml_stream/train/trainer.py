@@ -62,6 +62,16 @@ def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
                          variants_per_accent=d.variants_per_accent, renditions=d.renditions)
 
 
+def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
+                             preset: str | None = None) -> avdigits.AVDigits:
+    """The data set a checkpoint was trained on (its preset and build), from its metadata."""
+    d = meta.get("config", {}).get("data", {})
+    return avdigits.load(preset or meta.get("preset", "balanced"), cache_dir,
+                         seed=meta.get("build_seed", 0),
+                         variants_per_accent=d.get("variants_per_accent", 12),
+                         renditions=d.get("renditions", 3))
+
+
 @dataclass
 class TrainResult:
     """Where the selected checkpoint went and how training went."""
