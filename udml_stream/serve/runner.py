@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udml_stream.errors import CheckpointError
 from udml_stream.model import checkpoint
 from udml_stream.train.trainer import resolve_device
 
@@ -44,7 +45,12 @@ class FusionRunner:
         self.sample_rate = int(audio["sample_rate"]) if audio else 16000
         self.window_samples = int(audio["window_samples"]) if audio else 16000
         if cfg.spec.quality == "oracle":
-            raise ValueError("the oracle needs true noise levels and cannot serve live streams")
+            raise CheckpointError(f"{ckpt} is an oracle model: it needs the true noise levels "
+                                  "and cannot serve live streams")
+        kinds = {m: p["kind"] for m, p in cfg.preprocess.items()}
+        if set(kinds.values()) - {"image", "logmel"}:
+            raise CheckpointError(f"{ckpt} takes {kinds}; live serving needs camera frames and "
+                                  "waveforms (a raw-track checkpoint: image + logmel)")
 
     def warm_up(self, frame_shape: tuple[int, ...] = (480, 640, 3), runs: int = 5) -> float:
         """Run a few dummy samples (allocations, kernel selection); returns the last latency in s."""
