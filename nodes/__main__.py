@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         from udml_stream_apps.nodes import microphone as prog
     else:
         from udml_stream_apps.nodes import fusion as prog
-    return prog.run(args.node, spec)
+    try:
+        return prog.run(args.node, spec)
+    except UdmlError as err:  # e.g. a checkpoint that cannot serve: say why, no traceback
+        print(f"error: [{args.node}] {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
