@@ -117,3 +117,31 @@ def test_model_config_names_bad_keys() -> None:
                     10, method="magic")
     with pytest.raises(ConfigError, match=r"model\.encoders\.audio"):
         ModelConfig(("image", "audio"), {"image": "a"}, {"image": {}, "audio": {}}, 10)
+
+
+@pytest.mark.parametrize("name", ["cnn_image_small", "cnn_audio_small", "conv1d_mfcc", "resnet18"])
+def test_every_registered_encoder_builds_and_runs(name: str) -> None:
+    from udml_stream.model import encoders
+
+    shapes = {"cnn_image_small": (2, 1, 28, 28), "cnn_audio_small": (2, 1, 32, 63),
+              "conv1d_mfcc": (2, 13, 64, 1), "resnet18": (2, 3, 64, 64)}
+    enc = encoders.create(name, in_channels=shapes[name][1])
+    out = enc(torch.zeros(shapes[name]))
+    assert out.shape[:2] == (2, enc.out_channels) and out.dim() == 4
+    assert set(encoders.available()) >= set(shapes)
+
+
+def test_real_track_model_trains_a_step(cache_dir) -> None:
+    from udml_stream.data import avdigits
+
+    data = avdigits.load("real", cache_dir)
+    model = FusionNet(ModelConfig(data.modalities, {"image": "cnn_image_small",
+                                                    "mfcc": "conv1d_mfcc"},
+                                  preprocess_params(data, data.splits["train"]), 10))
+    rows = np.arange(16)
+    lv = {m: np.array([1, 4, 8, 11] * 4) for m in data.modalities}
+    b = make_batch(data.splits["train"], rows, lv, np.random.default_rng(0))
+    inputs, present, levels, y = to_torch(b, torch.device("cpu"))
+    out = model.train()(inputs, present, levels)
+    compute_loss(model, out, y, levels).total.backward()
+    assert out.logits.shape == (16, 10) and set(out.sigma_hat) == {"image", "mfcc"}

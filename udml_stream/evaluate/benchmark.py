@@ -16,6 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from udml_stream.errors import UdmlError
+
 log = logging.getLogger(__name__)
 
 #: Methods in report order.
@@ -103,15 +105,31 @@ def run_benchmark(
     specs = [RunSpec(p, m, s, runs_dir, cache_dir, tuple((overrides or {}).items()))
              for p in presets for m in methods for s in seeds]
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-    results = []
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
+
+    def collect(spec: RunSpec, get: Any) -> None:
+        # One failing run must not cost the others: record it, finish the rest, then fail.
+        try:
+            results.append(get())
+            log.info("done %s/%s seed %d", spec.preset, spec.method, spec.seed)
+        except Exception as err:
+            log.exception("run %s/%s seed %d failed", spec.preset, spec.method, spec.seed)
+            failed.append(f"{spec.preset}/{spec.method}/seed{spec.seed}: {err!r}")
+
     if workers <= 1:
         for spec in tqdm(specs, desc="benchmark"):
-            results.append(run_one(spec, threads))
-        return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futs = {pool.submit(run_one, s, threads): s for s in specs}
-        for fut in tqdm(as_completed(futs), total=len(futs), desc="benchmark"):
-            spec = futs[fut]
-            results.append(fut.result())
-            log.info("done %s/%s seed %d", spec.preset, spec.method, spec.seed)
+            collect(spec, lambda spec=spec: run_one(spec, threads))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(run_one, s, threads): s for s in specs}
+            for fut in tqdm(as_completed(futs), total=len(futs), desc="benchmark"):
+                collect(futs[fut], fut.result)
+    if failed:
+        raise BenchmarkError(f"{len(failed)} of {len(specs)} runs failed (the others are saved "
+                             "and a rerun resumes): " + "; ".join(failed))
     return results
+
+
+class BenchmarkError(UdmlError):
+    """Some benchmark runs failed."""

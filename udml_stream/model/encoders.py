@@ -82,7 +82,7 @@ def conv1d_mfcc(in_channels: int = 13) -> nn.Module:
             nn.ReLU(inplace=True),
         )
 
-    return _Plain(block(in_channels, 64), block(64, 64, 2), block(64, 64, 1), out_channels=64)
+    return _Plain(block(in_channels, 64, 1), block(64, 64, 2), block(64, 64, 1), out_channels=64)
 
 
 class _BasicBlock(nn.Module):
