@@ -103,6 +103,53 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _high_level_mean(res: dict[str, Any]) -> float:
+    """Mean accuracy over the corrupted conditions at levels 6, 9 and 11."""
+    accs = [c["acc"] for k, c in res["conditions"].items()
+            if any(k.endswith(f"@{lv}") for lv in (6, 9, 11))]
+    return float(np.mean(accs))
+
+
+def goal_checks(methods: dict[str, Any]) -> list[str]:
+    """The issue's goals, computed from the numbers (each line says whether it holds)."""
+    if "udml" not in methods:
+        return []
+    u = methods["udml"]
+    lines = []
+
+    def check(ok: bool, text: str) -> None:
+        lines.append(f"- {'✅' if ok else '❌'} {text}")
+
+    for peer, need in (("static_concat", 0.03), ("static_concat_aug", 0.01)):
+        if peer in methods:
+            d = u["corrupted_mean"] - methods[peer]["corrupted_mean"]
+            check(d >= need, f"UDML − {peer} on the corrupted mean: {100 * d:+.1f} points "
+                             f"(goal ≥ {100 * need:.0f})")
+    statics = [methods[m]["clean"] for m in ("static_concat", "static_concat_aug") if m in methods]
+    if statics:
+        d = u["clean"] - max(statics)
+        check(d >= -0.005, f"UDML clean − best static clean: {100 * d:+.1f} points (goal ≥ −0.5)")
+    for peer in ("qmf", "pdf"):
+        if peer in methods:
+            d = _high_level_mean(u) - _high_level_mean(methods[peer])
+            check(d > 0, f"UDML − {peer.upper()} at levels 6–11: {100 * d:+.1f} points (goal > 0)")
+    for mod, rho in u["spearman"].items():
+        check(rho >= 0.9, f"estimator Spearman ρ(σ̂, level) for {mod}: {rho:.3f} (goal ≥ 0.9)")
+    for mod, sw in u["sweep"].items():
+        share = sw["11"]["weight_share"]
+        check(share < 0.10, f"{mod} as pure noise (level 11) gets {100 * share:.1f}% of the "
+                            "fusion weight (goal < 10%)")
+    if "udml_no_dependency" in methods:
+        nd = methods["udml_no_dependency"]
+        deltas = {k: u["conditions"][k]["acc"] - nd["conditions"][k]["acc"]
+                  for k in u["conditions"] if k != "clean"}
+        mean = float(np.mean(list(deltas.values())))
+        lines.append(f"- dependency term (UDML − UDML without it), mean over corrupted "
+                     f"conditions: {100 * mean:+.1f} points; per condition: "
+                     + ", ".join(f"{k} {100 * v:+.1f}" for k, v in deltas.items()))
+    return lines
+
+
 def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[str, Any]) -> Path:
     """Write ``avdigits.json``, ``avdigits.md`` and the PNG plots into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +180,10 @@ def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[st
                 f"| {name} | {_pct(r['clean'])} ± {_pct(r['clean_std'])} | "
                 f"{_pct(r['corrupted_mean'])} ± {_pct(r['corrupted_mean_std'])} | "
                 f"{len(r['seeds'])} | {r['train_seconds']:.0f} |")
+        checks = goal_checks(methods)
+        if checks:
+            lines += ["", "Goals of the issue, checked against these numbers (not tuned to them):",
+                      "", *checks]
         conds = list(next(iter(methods.values()))["conditions"])
         lines += ["", "Accuracy per condition (%):", "",
                   "| condition | " + " | ".join(methods) + " |",
