@@ -60,6 +60,7 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict[str, Any]:
     from udml_stream.model import checkpoint
     from udml_stream.train.config import parse_config
     from udml_stream.train.trainer import train
+    from udml_stream.validation import set_dotted
 
     torch.set_num_threads(threads)
     result_path = spec.out_dir / "result.json"
@@ -71,11 +72,7 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict[str, Any]:
         "train": {"seed": spec.seed, "out_dir": str(spec.out_dir), "device": "cpu"},
     }
     for dotted, value in spec.overrides:
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(raw, dotted, value)
     cfg = parse_config(raw, f"benchmark {spec.preset}/{spec.method}")
     res = train(cfg, resume=True, progress=False)
     model, _ = checkpoint.load(res.best_path)

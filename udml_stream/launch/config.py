@@ -11,14 +11,13 @@ endpoint = "tcp://127.0.0.1:5601"
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from udml_stream.errors import ConfigError
-from udml_stream.validation import format_validation_error
+from udml_stream.validation import format_validation_error, read_toml
 
 
 class _Node(BaseModel):
@@ -100,14 +99,7 @@ def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
 
 def load_launch(path: Path) -> LaunchFile:
     """Load and validate a launch TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"launch file {path} not found")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_launch(data, str(path))
+    return parse_launch(read_toml(path, "launch file"), str(path))
 
 
 def node_adapter() -> TypeAdapter[Any]:

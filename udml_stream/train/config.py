@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from udml_stream.errors import ConfigError
 from udml_stream.model.fusion import METHODS
-from udml_stream.validation import format_validation_error
+from udml_stream.validation import format_validation_error, read_toml, set_dotted
 
 DEFAULT_ENCODERS = {"image": "cnn_image_small", "audio": "cnn_audio_small", "mfcc": "conv1d_mfcc"}
 
@@ -87,17 +86,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Load ``path`` (TOML), apply dotted ``overrides`` (``{"train.seed": 3}``) and validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    data = read_toml(path)
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return parse_config(data, str(path))
