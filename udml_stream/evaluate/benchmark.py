@@ -55,11 +55,10 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict[str, Any]:
     """Train and evaluate one run (in a worker process); returns and writes its result."""
     import torch
 
-    from udml_stream.data import avdigits
     from udml_stream.evaluate.conditions import evaluate_model
     from udml_stream.model import checkpoint
     from udml_stream.train.config import parse_config
-    from udml_stream.train.trainer import train
+    from udml_stream.train.trainer import load_data, train
     from udml_stream.validation import set_dotted
 
     torch.set_num_threads(threads)
@@ -74,9 +73,9 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict[str, Any]:
     for dotted, value in spec.overrides:
         set_dotted(raw, dotted, value)
     cfg = parse_config(raw, f"benchmark {spec.preset}/{spec.method}")
-    res = train(cfg, resume=True, progress=False)
+    data = load_data(cfg)  # once, for training and for evaluation
+    res = train(cfg, resume=True, progress=False, data=data)
     model, _ = checkpoint.load(res.best_path)
-    data = avdigits.load(spec.preset, spec.cache_dir)
     out = evaluate_model(model, data.splits["test"], seed=spec.seed)
     out.update({"preset": spec.preset, "method": spec.method, "seed": spec.seed,
                 "best_epoch": res.best_epoch, "val_acc": res.best_score,

@@ -109,8 +109,12 @@ def _score(model: FusionNet, batches: list[Batch], device: torch.device) -> floa
     return correct / max(total, 1)
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train one model as ``cfg`` says; the best validation epoch is saved to ``out_dir/best``."""
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
+          data: avdigits.AVDigits | None = None) -> TrainResult:
+    """Train one model as ``cfg`` says; the best validation epoch is saved to ``out_dir/best``.
+
+    ``data`` is the already loaded data set ``cfg`` names (callers that evaluate afterwards
+    pass it to load it once); by default it is loaded from ``cfg.data``."""
     t0 = time.perf_counter()
     tc = cfg.train
     if tc.threads:
@@ -119,7 +123,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Train
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
-    data = load_data(cfg)
+    data = data if data is not None else load_data(cfg)
     train_split, val_split = data.splits["train"], data.splits["val"]
     if cfg.data.train_subset:
         train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)
