@@ -53,6 +53,13 @@ def dataset_build(
     seed: int = 0,
     cache_dir: CacheOpt = Path("data_cache"),
     force: bool = False,
+    sessions: Annotated[Path | None, typer.Option(
+        help="Also write the splits as recorded MCAP sessions (camera, mic, label topics) here")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="With --sessions: the raw-track preset to write")
+                      ] = "balanced",
+    splits: Annotated[str, typer.Option(help="With --sessions: comma-separated splits")
+                      ] = "train,val,test",
 ) -> None:
     """Build AV-Digits deterministically from SEED and cache it."""
     from udml_stream_apps.training import build_dataset
@@ -60,6 +67,10 @@ def dataset_build(
     tracks = ["raw", "real"] if track == "all" else [track]
     for p in _run(build_dataset.main, tracks, seed, cache_dir, force):
         typer.echo(str(p))
+    if sessions is not None:
+        for p in _run(build_dataset.sessions, preset, seed, cache_dir, sessions,
+                      tuple(s for s in splits.split(",") if s)):
+            typer.echo(str(p))
 
 
 @app.command()
@@ -137,6 +148,28 @@ def benchmark(
     path = _run(prog.main, presets.split(","), ms, [int(s) for s in seeds.split(",")],
                 runs_dir, cache_dir, out_dir, workers, cmd)
     typer.echo(f"report: {path}")
+
+
+@app.command("benchmark-logs")
+def benchmark_logs(
+    preset: str = "balanced",
+    method: str = "udml",
+    seeds: Annotated[str, typer.Option(help="Comma-separated")] = "0,1,2",
+    workers: int = 2,
+    cache_dir: CacheOpt = Path("data_cache"),
+    sessions_dir: Path = Path("runs/sessions"),
+    array_runs: Annotated[Path, typer.Option(
+        help="Array-trained runs (the benchmark's own are reused when present)")
+    ] = Path("runs/benchmark"),
+    log_runs: Path = Path("runs/from_logs"),
+    out: Path = Path("docs/results/train_from_logs.json"),
+) -> None:
+    """Train from AV-Digits MCAP sessions and from the arrays (same seeds) and compare."""
+    from udml_stream_apps.training import logs_vs_arrays as prog
+
+    cmd = "udml " + " ".join(sys.argv[1:])
+    typer.echo(_run(prog.main, preset, method, [int(s) for s in seeds.split(",")], cache_dir,
+                    sessions_dir, array_runs, log_runs, out, workers, cmd))
 
 
 def _ensure_checkpoint(checkpoint: Path, config: Path, cache_dir: Path) -> None:

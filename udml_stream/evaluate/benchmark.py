@@ -76,6 +76,9 @@ def run_one(spec: RunSpec, threads: int = 1) -> dict[str, Any]:
     data = load_data(cfg)  # once, for training and for evaluation
     res = train(cfg, resume=True, progress=False, data=data)
     model, _ = checkpoint.load(res.best_path)
+    if cfg.data.source != "avdigits":  # trained from logs: scored on the preset's array test split
+        data = load_data(cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"source": "avdigits"})}))
     out = evaluate_model(model, data.splits["test"], seed=spec.seed)
     out.update({"preset": spec.preset, "method": spec.method, "seed": spec.seed,
                 "best_epoch": res.best_epoch, "val_acc": res.best_score,

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcap.reader import NonSeekingReader, SeekingReader
-from mcap.writer import CompressionType, Writer
 
 from udml_stream.errors import UdmlError
-from udml_stream.logs.format import MESSAGE_ENCODING, SCHEMA_NAME, pack_frames, unpack_frames
+from udml_stream.logs.format import MESSAGE_ENCODING, unpack_frames
+from udml_stream.logs.writer import LogWriter
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +142,14 @@ def info(path: Path) -> LogInfo:
 
 def recover(src: Path, dst: Path, compression: str = "zstd") -> int:
     """Copy every readable message of a damaged ``src`` into a complete, indexed ``dst``."""
-    comp = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4,
-            "none": CompressionType.NONE}[compression]
     n = 0
-    with open(dst, "wb") as fh:
-        w = Writer(fh, compression=comp)
-        w.start(profile="udml", library="udml_stream (recovered)")
-        schema = w.register_schema(SCHEMA_NAME, "", b"")
-        channels: dict[str, int] = {}
+    out = LogWriter(dst, compression)
+    try:
         for rec in iter_wire(src):
-            if rec.topic not in channels:
-                channels[rec.topic] = w.register_channel(rec.topic, MESSAGE_ENCODING, schema,
-                                                         rec.channel_meta)
-            w.add_message(channels[rec.topic], log_time=rec.log_ns,
-                          data=pack_frames(rec.frames[1:]), publish_time=rec.capture_ns,
-                          sequence=rec.seq)
+            meta = rec.channel_meta
+            out.write(rec.topic, rec.frames[1:], rec.seq, rec.capture_ns, rec.log_ns,
+                      meta.get("kind", ""), meta.get("stream", ""), meta.get("clock", ""))
             n += 1
-        w.add_metadata("udml_recovered", {"source": str(src), "messages": str(n)})
-        w.finish()
+    finally:
+        out.finish({"udml_recovered": {"source": str(src), "messages": str(n)}})
     return n

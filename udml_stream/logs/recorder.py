@@ -10,7 +10,6 @@ progress is lost and ``udml log recover`` rebuilds a readable file.
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import logging
 import queue
@@ -20,17 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-from mcap.writer import CompressionType, Writer
 
-from udml_stream.logs.format import MESSAGE_ENCODING, SCHEMA_NAME, pack_frames
-from udml_stream.logs.foxglove import viewer_message
+from udml_stream.logs.writer import COMPRESSION, LogWriter
 from udml_stream.messages import DecodeError, decode
 
 log = logging.getLogger(__name__)
-
-_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4,
-                "none": CompressionType.NONE}
-
 
 @dataclass
 class RecorderConfig:
@@ -48,17 +41,6 @@ class RecorderConfig:
     foxglove: bool = False  # also write viewer channels in Foxglove schemas (see logs/foxglove.py)
 
 
-class _FlushingFile(io.BufferedWriter):
-    """Flushes after every write. With chunking on, the MCAP writer keeps messages in memory and
-    writes once per finished chunk, so each chunk reaches the OS at once and a SIGKILL loses at
-    most the chunk in progress."""
-
-    def write(self, b: bytes) -> int:  # type: ignore[override]
-        n = super().write(b)
-        self.flush()
-        return n
-
-
 @dataclass
 class TopicStats:
     """Per-topic counters written into the file metadata."""
@@ -74,8 +56,8 @@ class Recorder:
     """Records until ``stop()``; run ``run()`` in the main thread (it owns the socket)."""
 
     def __init__(self, cfg: RecorderConfig, ctx: zmq.Context | None = None) -> None:
-        if cfg.compression not in _COMPRESSION:
-            raise ValueError(f"compression = {cfg.compression!r}; expected one of {list(_COMPRESSION)}")
+        if cfg.compression not in COMPRESSION:
+            raise ValueError(f"compression = {cfg.compression!r}; expected one of {list(COMPRESSION)}")
         self.cfg = cfg
         self._ctx = ctx or zmq.Context.instance()
         self._q: queue.Queue = queue.Queue(maxsize=cfg.queue_messages)
@@ -101,68 +83,39 @@ class Recorder:
         return out if index == 0 else out.with_name(f"{out.stem}_{index:04d}{out.suffix}")
 
     def _write_loop(self) -> None:
-        index, fh, writer = 0, None, None
-        channels: dict[str, int] = {}
-        opened_at, written = 0.0, 0
+        index, out = 0, None
+        opened_at = 0.0
         try:
             while True:
                 item = self._q.get()
                 if item is None:
                     break
                 topic, frames, seq, capture_ns, rx_ns, kind, stream, clock, msg = item
-                split = writer is not None and (
+                split = out is not None and (
                     (self.cfg.split_seconds and time.monotonic() - opened_at >= self.cfg.split_seconds)
-                    or (self.cfg.split_bytes and written >= self.cfg.split_bytes))
+                    or (self.cfg.split_bytes and out.bytes_written >= self.cfg.split_bytes))
                 if split:
-                    self._finish(writer, fh)
-                    writer, index = None, index + 1
-                if writer is None:
-                    path = self._path(index)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    fh = _FlushingFile(io.FileIO(path, "wb"))
-                    writer = Writer(fh, chunk_size=self.cfg.chunk_size,
-                                    compression=_COMPRESSION[self.cfg.compression])
-                    writer.start(profile="udml", library="udml_stream")
-                    self._schema = writer.register_schema(SCHEMA_NAME, "", b"")
-                    channels, opened_at, written = {}, time.monotonic(), 0
-                    viewer_schemas: dict[str, int] = {}
-                    self.files.append(path)
-                if topic not in channels:
-                    channels[topic] = writer.register_channel(
-                        topic, MESSAGE_ENCODING, self._schema,
-                        {"kind": kind, "stream": stream, "clock": clock})
-                data = pack_frames(frames)
-                writer.add_message(channels[topic], log_time=rx_ns, data=data,
-                                   publish_time=capture_ns, sequence=seq & 0xFFFFFFFF)
-                written += len(data)
-                view = viewer_message(msg, rx_ns) if msg is not None else None
-                if view is not None:
-                    name, schema, payload = view
-                    vtopic = f"{topic}/foxglove"
-                    if name not in viewer_schemas:
-                        viewer_schemas[name] = writer.register_schema(
-                            name, "jsonschema", json.dumps(schema).encode())
-                    if vtopic not in channels:
-                        channels[vtopic] = writer.register_channel(vtopic, "json",
-                                                                   viewer_schemas[name])
-                    writer.add_message(channels[vtopic], log_time=rx_ns, data=payload,
-                                       publish_time=capture_ns, sequence=seq & 0xFFFFFFFF)
-                    written += len(payload)
+                    self._finish(out)
+                    out, index = None, index + 1
+                if out is None:
+                    out = LogWriter(self._path(index), self.cfg.compression, self.cfg.chunk_size,
+                                    self.cfg.foxglove)
+                    opened_at = time.monotonic()
+                    self.files.append(out.path)
+                out.write(topic, frames, seq, capture_ns, rx_ns, kind, stream, clock, msg)
         except BaseException as err:  # surfaced by run(); the receive side keeps counting
             self._writer_error = err
             log.exception("writer failed")
         finally:
-            if writer is not None:
-                self._finish(writer, fh)
+            if out is not None:
+                self._finish(out)
 
-    def _finish(self, writer: Writer, fh: object) -> None:
-        writer.add_metadata("udml_recording", {
+    def _finish(self, out: LogWriter) -> None:
+        out.finish({"udml_recording": {
             "topics": json.dumps({t: vars(s) for t, s in self.stats.items()}),
             "decode_errors": str(self.decode_errors),
             "finished_unix_ns": str(time.time_ns()),
-        })
-        writer.finish()
-        fh.close()  # type: ignore[attr-defined]
+        }})
 
     # ---- receive loop ----
 

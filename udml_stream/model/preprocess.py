@@ -46,6 +46,11 @@ class ImagePrep(nn.Module):
         self.size, self.mean, self.std = size, mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.pixels(x) / 255.0 - self.mean) / self.std
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The geometric part alone: crop, grey, resize → ``[B, 1, S, S]`` float pixels 0..255
+        (where sensor-domain corruption applies; training from logs stores these)."""
         h, w = (x.shape[1], x.shape[2])
         if h != w:  # a camera frame: centre square crop, so the digit keeps its aspect ratio
             side = min(h, w)
@@ -54,10 +59,10 @@ class ImagePrep(nn.Module):
         x = x.contiguous().float()  # after the crop: camera frames arrive as uint8
         if x.dim() == 4:  # BGR frames from a camera: ITU-R BT.601 luma, one matmul
             x = x @ x.new_tensor([0.114, 0.587, 0.299])
-        x = x.unsqueeze(1) / 255.0
+        x = x.unsqueeze(1)
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="area")
-        return (x - self.mean) / self.std
+        return x
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable parameters (stored in checkpoints)."""

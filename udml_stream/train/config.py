@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from udml_stream.errors import ConfigError
 from udml_stream.model.fusion import METHODS
@@ -18,9 +18,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LogsSection(_Strict):
+    """Recorded sensor logs as the training data (``data.source = "logs"``)."""
+
+    train: list[str] = Field(default_factory=list, description="MCAP files or glob patterns")
+    val: list[str] = Field(default_factory=list, description="MCAP files or glob patterns")
+    camera_topic: str = "camera"
+    audio_topic: str = "mic"
+    label_topic: str = "label"
+    condition_topic: str = "condition"
+    conditions: list[str] | None = Field(None, description="keep only these conditions")
+
+
 class DataSection(_Strict):
     """Where the training data comes from."""
 
+    source: Literal["avdigits", "logs"] = "avdigits"
+    logs: LogsSection = Field(default_factory=LogsSection)
     preset: str = "imbalanced"
     build_seed: int = 0
     variants_per_accent: int = Field(12, gt=0, description="raw track: voices per accent")
@@ -28,6 +42,15 @@ class DataSection(_Strict):
     cache_dir: Path = Path("data_cache")
     train_subset: int = Field(0, ge=0, description="0 = the whole train split")
     val_subset: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _logs_named(self) -> DataSection:
+        if self.source == "logs":
+            for key in ("train", "val"):
+                if not getattr(self.logs, key):
+                    raise ValueError(f'data.logs.{key} must name at least one log when '
+                                     f'data.source = "logs"')
+        return self
 
 
 class ModelSection(_Strict):

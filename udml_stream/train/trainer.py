@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from udml_stream.data import avdigits
 from udml_stream.data.batching import Batch, draw_training_levels, make_batch
+from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.loss import compute_loss
@@ -56,8 +57,15 @@ def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split) -> dict[st
 
 
 def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
-    """The data set a training config names (built on first use)."""
+    """The data set a training config names: AV-Digits (built on first use) or recorded logs."""
     d = cfg.data
+    if d.source == "logs":
+        from udml_stream.data.logset import LogSource, load_logs
+
+        lg = d.logs
+        src = LogSource(lg.camera_topic, lg.audio_topic, lg.label_topic, lg.condition_topic,
+                        tuple(lg.conditions) if lg.conditions is not None else None)
+        return load_logs({"train": lg.train, "val": lg.val}, src)
     return avdigits.load(d.preset, d.cache_dir, seed=d.build_seed,
                          variants_per_accent=d.variants_per_accent, renditions=d.renditions)
 
@@ -66,6 +74,10 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
                              preset: str | None = None) -> avdigits.AVDigits:
     """The data set a checkpoint was trained on (its preset and build), from its metadata."""
     d = meta.get("config", {}).get("data", {})
+    if preset is None and meta.get("preset") == "logs":
+        raise ConfigError("this checkpoint was trained from logs: name the AV-Digits preset to "
+                          "evaluate it on (--preset balanced|imbalanced), or replay a labelled "
+                          "log through it (udml log eval)")
     return avdigits.load(preset or meta.get("preset", "balanced"), cache_dir,
                          seed=meta.get("build_seed", 0),
                          variants_per_accent=d.get("variants_per_accent", 12),
@@ -163,7 +175,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     spec = mcfg.spec
     history_loss = {m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
                     for m in data.modalities}
-    meta = {"preset": cfg.data.preset, "build_seed": cfg.data.build_seed, "seed": tc.seed,
+    meta = {"preset": data.preset.name, "build_seed": cfg.data.build_seed, "seed": tc.seed,
             "config": json.loads(cfg.model_dump_json())}
 
     for epoch in range(start_epoch, tc.epochs):

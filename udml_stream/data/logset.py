@@ -1,0 +1,184 @@
+"""Training data from recorded sensor logs: the fusion node's own decode and sync, offline.
+
+Each log is read in log-time order (the order the fusion node received it); every message goes
+through ``messages.decode`` and the node's ``sync.Pairer`` with the log time as the clock, so a
+camera frame is paired with exactly the audio window the live node would have fused. A paired
+sample is labelled from the label topic: label ``k`` holds from its capture time until the next
+label, and a sample is kept only when its whole audio window lies inside one label's span (the
+rule ``udml log eval`` scores by). Frames go through the model's image geometry (crop, grey,
+resize: ``ImagePrep.pixels``) so that training corrupts them at the model's resolution, as it
+does the array data set; waveforms stay waveforms. The result is an ordinary ``Split``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from udml_stream.data.avdigits import CLASS_NAMES, AVDigits, Preset, Split
+from udml_stream.errors import ConfigError
+from udml_stream.logs import LogError, iter_wire
+from udml_stream.messages import AudioChunk, CameraFrame, DecodeError, Label, decode
+from udml_stream.model.preprocess import ImagePrep
+from udml_stream.sync import Pairer, PairingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """Which topics of a log hold the streams and the ground truth."""
+
+    camera_topic: str = "camera"
+    audio_topic: str = "mic"
+    label_topic: str = "label"
+    condition_topic: str = "condition"
+    conditions: tuple[str, ...] | None = None  # keep only these condition names (None = all)
+    sample_rate: int = 16000
+    window_samples: int = 16000
+    image_size: int = 28
+
+
+@dataclass
+class LogReadStats:
+    """What happened to the frames of the logs read (every frame is accounted for)."""
+
+    files: int = 0
+    frames: int = 0
+    samples: int = 0
+    no_audio: int = 0  # paired without audio (audio absent or not yet covering the window)
+    unlabelled: int = 0  # window straddles a label change, or before the first label
+    other_condition: int = 0  # filtered out by ``conditions``
+    superseded: int = 0  # replaced by a newer frame before audio covered it (as live)
+    decode_errors: int = 0
+    per_label: dict[int, int] = field(default_factory=dict)
+
+
+def expand(patterns: Iterable[str | Path]) -> list[Path]:
+    """Log paths from file names and glob patterns, sorted; an unmatched pattern is an error."""
+    paths: list[Path] = []
+    for p in patterns:
+        hits = sorted(glob.glob(str(p)))
+        if not hits:
+            raise ConfigError(f"no log matches {str(p)!r}")
+        paths += [Path(h) for h in hits]
+    return paths
+
+
+def _span_index(starts: list[int], t0: int, t1: int) -> int:
+    """Index of the span ``[starts[j], starts[j+1])`` holding all of ``[t0, t1]``, else -1."""
+    j = bisect.bisect_right(starts, t0) - 1
+    if j < 0 or (j + 1 < len(starts) and starts[j + 1] <= t1):
+        return -1
+    return j
+
+
+def read_log(path: Path, src: LogSource, stats: LogReadStats
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Images (model pixels), waveforms and labels of the usable samples of one log."""
+    pairer = Pairer(PairingConfig(sample_rate=src.sample_rate, window_samples=src.window_samples),
+                    camera=src.camera_topic, audio=src.audio_topic)
+    geometry = ImagePrep(size=src.image_size)
+    topics = [src.camera_topic, src.audio_topic, src.label_topic, src.condition_topic]
+    truth: dict[str, list[tuple[int, int, str]]] = {src.label_topic: [], src.condition_topic: []}
+    found: list[tuple[int, np.ndarray, np.ndarray]] = []  # (frame capture, pixels, audio)
+    superseded_before = 0
+    for rec in iter_wire(path, topics=topics):
+        try:
+            msg = decode(rec.frames)
+        except DecodeError as err:
+            stats.decode_errors += 1
+            log.warning("%s: dropped a malformed %s message: %s", path, rec.topic, err)
+            continue
+        if isinstance(msg, Label):
+            if msg.topic in truth:
+                truth[msg.topic].append((msg.capture_ns, msg.label, msg.name))
+            continue
+        if not isinstance(msg, (CameraFrame, AudioChunk)):
+            continue
+        if isinstance(msg, CameraFrame):
+            stats.frames += 1
+        pairer.add(msg, rec.log_ns)
+        sample = pairer.ready(rec.log_ns)
+        if sample is None or sample.frame is None:
+            continue  # nothing due, or an audio-only result while the camera was silent
+        if sample.audio is None:
+            stats.no_audio += 1
+            continue
+        with torch.no_grad():
+            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
+            pixels = geometry.pixels(frame)[0, 0].numpy()
+        found.append((sample.t_ns, pixels, sample.audio))
+    stats.superseded += pairer.frames_superseded - superseded_before
+    if not truth[src.label_topic]:
+        raise LogError(f"{path} has no messages on the label topic {src.label_topic!r}: "
+                       "training needs the ground truth recorded with the streams")
+    labels = sorted(truth[src.label_topic])
+    conds = sorted(truth[src.condition_topic])
+    starts = [t for t, _, _ in labels]
+    cstarts = [t for t, _, _ in conds]
+    window_ns = src.window_samples * 1_000_000_000 // src.sample_rate
+    images, waves, ys = [], [], []
+    for t, pixels, audio in found:
+        j = _span_index(starts, t - window_ns, t)
+        if j < 0:
+            stats.unlabelled += 1
+            continue
+        if src.conditions is not None:
+            c = _span_index(cstarts, t - window_ns, t)
+            if c < 0 or conds[c][2] not in src.conditions:
+                stats.other_condition += 1
+                continue
+        y = labels[j][1]
+        images.append(pixels)
+        waves.append(audio)
+        ys.append(y)
+        stats.per_label[y] = stats.per_label.get(y, 0) + 1
+    stats.files += 1
+    stats.samples += len(ys)
+    return images, waves, ys
+
+
+def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None = None
+               ) -> tuple[Split, LogReadStats]:
+    """One ``Split`` from every usable sample of the logs ``patterns`` name."""
+    src = src or LogSource()
+    stats = LogReadStats()
+    images: list[np.ndarray] = []
+    waves: list[np.ndarray] = []
+    ys: list[int] = []
+    for path in expand(patterns):
+        i, w, y = read_log(path, src, stats)
+        images += i
+        waves += w
+        ys += y
+    if not ys:
+        raise LogError(f"{name}: no labelled camera+audio sample in {list(patterns)} "
+                       f"({stats})")
+    n = len(ys)
+    split = Split(name, np.asarray(ys, dtype=np.int64),
+                  {"image": np.stack(images).astype(np.float32),
+                   "audio": np.stack(waves).astype(np.float32)},
+                  {"image": np.arange(n), "audio": np.arange(n)})
+    log.info("%s: %d samples from %d log(s); %s", name, n, stats.files, stats)
+    return split, stats
+
+
+def load_logs(splits: dict[str, list[str]], src: LogSource | None = None,
+              class_names: tuple[str, ...] = CLASS_NAMES) -> AVDigits:
+    """A data set whose splits (``train``, ``val``, optionally ``test``) come from logs."""
+    src = src or LogSource()
+    out: dict[str, Split] = {}
+    info: dict[str, object] = {}
+    for name, patterns in splits.items():
+        out[name], stats = read_split(name, patterns, src)
+        info[name] = vars(stats)
+    return AVDigits(Preset("logs", "raw", image_pca_energy=1.0, audio_base_snr_db=None),
+                    ("image", "audio"), out, class_names, src.sample_rate, info)
