@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from udml_stream.cli.main import app
+from udml_stream.errors import ConfigError
 from udml_stream.messages import AudioChunk
 from udml_stream.transport import Publisher
 
@@ -101,3 +103,20 @@ def test_topics_hz_and_echo(tmp_path: Path) -> None:
     finally:
         stop.set()
         th.join(5)
+
+
+def test_write_launch_round_trips_and_names_a_bad_key(tmp_path: Path) -> None:
+    from udml_stream.launch.config import load_launch, write_launch
+
+    path = tmp_path / "l.toml"
+    nodes = {"cam": {"program": "camera", "source": tmp_path / 'odd "name".avi', "loop": True,
+                     "endpoint": "ipc:///tmp/x.sock", "fps": 12.5, "width": None},
+             "fusion": {"program": "fusion", "subscribe": ["ipc:///tmp/x.sock"],
+                        "endpoint": "tcp://127.0.0.1:5555", "threads": 1}}
+    written = write_launch(path, nodes, comment="two\nlines")
+    assert load_launch(path) == written
+    assert written.nodes["cam"].source == str(tmp_path / 'odd "name".avi')
+    assert path.read_text().startswith("# two\n# lines\n")
+    with pytest.raises(ConfigError, match=r"nodes\.cam"):
+        write_launch(tmp_path / "bad.toml", {"cam": {**nodes["cam"], "fsp": 3}})
+    assert not (tmp_path / "bad.toml").exists()

@@ -23,10 +23,10 @@ from udml_stream.train.config import load_config
 @pytest.fixture(scope="module")
 def sessions(small_data: avdigits.AVDigits, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, tuple[Path, avdigits.Split]]:
-    """Train (300 samples) and val (80) sessions of the small balanced build."""
+    """Train (640 samples) and val (80) sessions of the small balanced build."""
     d = tmp_path_factory.mktemp("sessions")
     out = {}
-    for name, n in (("train", 300), ("val", 80)):
+    for name, n in (("train", 640), ("val", 80)):
         split = small_data.splits[name].subset(n, seed=1)
         path = d / f"{name}.mcap"
         write_session(split, path, small_data.sample_rate, small_data.class_names)
@@ -59,8 +59,12 @@ def test_log_dataset_yields_the_split_one_for_one(sessions) -> None:
     want, have = split.batch(rows), got.batch(rows)
     # Images travel as uint8 frames: equal up to rounding the (PCA-weakened) pixels.
     assert np.abs(have["image"] - want["image"]).max() <= 0.5 + 1e-4
-    # Audio travels as int16 PCM and is re-assembled by the fusion node's ring buffer.
-    assert np.abs(have["audio"] - want["audio"]).max() <= 1.5 / 32768
+    # Audio travels as int16 PCM and is re-assembled by the fusion node's ring buffer: equal up
+    # to quantisation, except where the (0 dB background) waveform exceeds full scale and clips.
+    inside = np.abs(want["audio"]) < 1.0
+    assert inside.mean() > 0.999
+    assert np.abs(have["audio"] - want["audio"])[inside].max() <= 1.5 / 32768
+    np.testing.assert_allclose(have["audio"][~inside], np.sign(want["audio"][~inside]), atol=1e-4)
     # Every frame is accounted for: the paired one per segment, the others straddle labels.
     assert stats.frames == 11 * len(split)
     assert stats.unlabelled + stats.samples + stats.no_audio == stats.frames
@@ -92,7 +96,8 @@ def test_udml_train_from_logs_beats_chance(sessions, cache_dir: Path, tmp_path: 
         '[data]\nsource = "logs"\n'
         f'[data.logs]\ntrain = ["{sessions["train"][0]}"]\nval = ["{sessions["val"][0]}"]\n'
         '[model]\nmethod = "udml"\n'
-        f'[train]\nepochs = 3\nsamples_per_epoch = 0\nclean_epochs = 1\nquality_start_epoch = 2\n'
+        '[train]\nepochs = 4\nsamples_per_epoch = 0\nclean_epochs = 1\nquality_start_epoch = 2\n'
+        'lr_drop_epoch = 5\n'
         f'out_dir = "{tmp_path / "run"}"\ndevice = "cpu"\n')
     r = CliRunner().invoke(app, ["train", str(cfg_path), "--export", str(tmp_path / "ckpt")])
     assert r.exit_code == 0, r.output

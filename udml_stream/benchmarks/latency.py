@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from udml_stream.demo.scene import SceneSpec, build_scene
-from udml_stream.launch.config import load_launch
+from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.messages import CameraFrame, FusionResult, Heartbeat
 from udml_stream.transport import Subscriber
@@ -34,32 +34,17 @@ def _q(values: list[float]) -> dict[str, float]:
 
 def _launch(out: Path, scene_video: Path, scene_audio: Path, ckpt: Path, fusion: bool) -> Path:
     ep = {n: f"ipc://{out.resolve()}/{n}.sock" for n in ("camera", "mic", "fusion")}
-    text = f"""
-[nodes.camera]
-program = "camera"
-source = "{scene_video.resolve()}"
-loop = true
-endpoint = "{ep['camera']}"
-"""
+    nodes: dict[str, dict[str, Any]] = {"camera": {
+        "program": "camera", "source": scene_video.resolve(), "loop": True,
+        "endpoint": ep["camera"]}}
     if fusion:
-        text += f"""
-[nodes.mic]
-program = "microphone"
-source = "file"
-file = "{scene_audio.resolve()}"
-loop = true
-endpoint = "{ep['mic']}"
-
-[nodes.fusion]
-program = "fusion"
-checkpoint = "{ckpt.resolve()}"
-device = "cpu"
-threads = 1
-subscribe = ["{ep['camera']}", "{ep['mic']}"]
-endpoint = "{ep['fusion']}"
-"""
+        nodes["mic"] = {"program": "microphone", "source": "file", "file": scene_audio.resolve(),
+                        "loop": True, "endpoint": ep["mic"]}
+        nodes["fusion"] = {"program": "fusion", "checkpoint": ckpt.resolve(), "device": "cpu",
+                           "threads": 1, "subscribe": [ep["camera"], ep["mic"]],
+                           "endpoint": ep["fusion"]}
     path = out / ("pipeline.toml" if fusion else "transport.toml")
-    path.write_text(text)
+    write_launch(path, nodes)
     return path
 
 

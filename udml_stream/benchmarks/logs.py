@@ -21,7 +21,7 @@ import numpy as np
 from mcap.reader import make_reader
 
 from udml_stream.demo.scene import SceneSpec, build_scene
-from udml_stream.launch.config import load_launch
+from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.logs import Recorder, RecorderConfig, info
 from udml_stream.logs.replay import ReplayConfig, Replayer
@@ -29,14 +29,14 @@ from udml_stream.logs.replay import ReplayConfig, Replayer
 
 def _sensors(out: Path, video: Path, audio: Path) -> tuple[Path, list[str]]:
     eps = [f"ipc://{out.resolve()}/{n}.sock" for n in ("cam0", "cam1", "mic")]
-    text = ""
-    for name, ep in zip(("cam0", "cam1"), eps, strict=False):
-        text += (f'[nodes.{name}]\nprogram = "camera"\nstream = "{name}"\nsource = "{video}"\n'
-                 f'loop = true\nendpoint = "{ep}"\n\n')
-    text += (f'[nodes.mic]\nprogram = "microphone"\nsource = "file"\nfile = "{audio}"\n'
-             f'loop = true\nendpoint = "{eps[2]}"\n')
+    nodes: dict[str, dict[str, Any]] = {
+        name: {"program": "camera", "stream": name, "source": video, "loop": True,
+               "endpoint": ep}
+        for name, ep in zip(("cam0", "cam1"), eps, strict=False)}
+    nodes["mic"] = {"program": "microphone", "source": "file", "file": audio, "loop": True,
+                    "endpoint": eps[2]}
     path = out / "sensors.toml"
-    path.write_text(text)
+    write_launch(path, nodes)
     return path, eps
 
 

@@ -45,6 +45,7 @@ class SessionSpec:
     label_topic: str = "label"
     condition_topic: str = "condition"
     compression: str = "zstd"
+    chunk_bytes: int = 1024 * 1024  # ~30 samples per chunk: seeks and damage stay local
     start_ns: int = 10 * _NS
     seed: int = 0
 
@@ -71,7 +72,7 @@ def write_session(split: Split, path: Path, sample_rate: int, class_names: tuple
     seg_ns = seg_frames * _NS // spec.fps
     frame_ns = _NS // spec.fps
     rng = np.random.default_rng(spec.seed)
-    out = LogWriter(path, spec.compression)
+    out = LogWriter(path, spec.compression, spec.chunk_bytes)
     counts = {t: 0 for t in (spec.camera_topic, spec.audio_topic, spec.label_topic,
                              spec.condition_topic)}
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from udml_stream.demo.run import SegmentScore, score_results
 from udml_stream.demo.scene import Segment
-from udml_stream.launch.config import load_launch
+from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.logs import LogError, iter_wire
 from udml_stream.logs.replay import ReplayConfig, Replayer
@@ -76,9 +76,9 @@ def evaluate_log(path: Path, checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     segments, base = segments_from_log(path)
     eps = {n: f"ipc://{out_dir.resolve()}/{n}.sock" for n in ("replay", "fusion")}
     launch = out_dir / "fusion.toml"
-    launch.write_text(f'[nodes.fusion]\nprogram = "fusion"\ncheckpoint = "{checkpoint.resolve()}"\n'
-                      f'device = "auto"\nthreads = 1\nsubscribe = ["{eps["replay"]}"]\n'
-                      f'endpoint = "{eps["fusion"]}"\n')
+    write_launch(launch, {"fusion": {
+        "program": "fusion", "checkpoint": checkpoint.resolve(), "device": "auto", "threads": 1,
+        "subscribe": [eps["replay"]], "endpoint": eps["fusion"]}})
     sup = Supervisor(launch, load_launch(launch), log_dir=out_dir / "logs")
     rep = Replayer(ReplayConfig(path, eps["replay"], lossless=True, results_endpoint=eps["fusion"],
                                 topics=["camera", "mic"], wait_subscribers_s=120))

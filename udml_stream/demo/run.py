@@ -11,12 +11,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from udml_stream.data.avdigits import AVDigits
 from udml_stream.demo.scene import Scene, Segment, build_scene
-from udml_stream.launch.config import load_launch
+from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.launch.monitor import Monitor
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.logs import Recorder, RecorderConfig
@@ -58,42 +59,25 @@ def ensure_null_sink(name: str) -> None:
                    capture_output=True, timeout=5)
 
 
-def write_launch(scene: Scene, out_dir: Path, checkpoint: Path, start_at: float,
-                 pulse: bool) -> Path:
+def demo_launch(scene: Scene, out_dir: Path, checkpoint: Path, start_at: float,
+                pulse: bool) -> Path:
     """The demo's launch file: the robot configuration with file and null-sink sources."""
     ep = {n: f"ipc://{out_dir.resolve()}/{n}.sock" for n in ("camera", "mic", "fusion")}
-    mic = ('source = "device"\ndevice = "pulse"\n' if pulse
-           else f'source = "file"\nfile = "{scene.audio.resolve()}"\n')
-    text = f"""# Written by `udml demo`: the robot configuration (configs/robot.toml) with the camera
-# playing a video file and the microphone fed {'through a PulseAudio null sink' if pulse
-                                                  else 'from a WAV file'}.
-[nodes.camera]
-program = "camera"
-source = "{scene.video.resolve()}"
-fps = {scene.spec.fps}
-start_at_unix = {start_at}
-endpoint = "{ep['camera']}"
-restart = "on-failure"
-restart_delay_s = 3.0
-
-[nodes.mic]
-program = "microphone"
-{mic}start_at_unix = {start_at}
-chunk_ms = 20.0
-endpoint = "{ep['mic']}"
-restart = "on-failure"
-
-[nodes.fusion]
-program = "fusion"
-checkpoint = "{checkpoint.resolve()}"
-device = "auto"
-threads = 1
-subscribe = ["{ep['camera']}", "{ep['mic']}"]
-endpoint = "{ep['fusion']}"
-restart = "on-failure"
-"""
+    mic: dict[str, Any] = ({"source": "device", "device": "pulse"} if pulse
+                           else {"source": "file", "file": scene.audio.resolve()})
     path = out_dir / "launch.toml"
-    path.write_text(text)
+    write_launch(path, {
+        "camera": {"program": "camera", "source": scene.video.resolve(), "fps": scene.spec.fps,
+                   "start_at_unix": start_at, "endpoint": ep["camera"], "restart": "on-failure",
+                   "restart_delay_s": 3.0},
+        "mic": {"program": "microphone", **mic, "start_at_unix": start_at, "chunk_ms": 20.0,
+                "endpoint": ep["mic"], "restart": "on-failure"},
+        "fusion": {"program": "fusion", "checkpoint": checkpoint.resolve(), "device": "auto",
+                   "threads": 1, "subscribe": [ep["camera"], ep["mic"]],
+                   "endpoint": ep["fusion"], "restart": "on-failure"},
+    }, comment="Written by `udml demo`: the robot configuration (configs/robot.toml) with the "
+               "camera\nplaying a video file and the microphone fed "
+               + ("through a PulseAudio null sink." if pulse else "from a WAV file."))
     return path
 
 
@@ -168,7 +152,7 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
         ensure_null_sink(sink)
     start_at = time.time() + startup_s
     start_mono_ns = time.monotonic_ns() + int((start_at - time.time()) * 1e9)
-    path = write_launch(scene, out_dir, checkpoint, start_at, use_pulse)
+    path = demo_launch(scene, out_dir, checkpoint, start_at, use_pulse)
     launch = load_launch(path)
     sup = Supervisor(path, launch, log_dir=out_dir / "logs")
     monitor = Monitor([launch.nodes["fusion"].endpoint])

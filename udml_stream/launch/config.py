@@ -11,6 +11,8 @@ endpoint = "tcp://127.0.0.1:5601"
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,3 +107,27 @@ def load_launch(path: Path) -> LaunchFile:
 def node_adapter() -> TypeAdapter[Any]:
     """A validator for one node table."""
     return TypeAdapter(NodeSpec)
+
+
+def write_launch(path: Path, nodes: dict[str, dict[str, Any]], comment: str = "") -> LaunchFile:
+    """Write a launch file for ``nodes`` (name → node table) after validating it.
+
+    Programs that start nodes (demo, benchmarks, log evaluation) build their launch files here
+    rather than by string formatting, so a wrong key fails at once and names itself.
+    """
+    def value(v: Any) -> str:
+        # JSON strings, numbers, booleans and string lists are valid TOML values.
+        if isinstance(v, Path):
+            v = str(v)
+        if isinstance(v, (list, tuple)):
+            v = [str(x) if isinstance(x, Path) else x for x in v]
+        return json.dumps(v)
+
+    lines = [f"# {line}" for line in comment.splitlines()]
+    for name, table in nodes.items():
+        lines += ["", f"[nodes.{name}]"]
+        lines += [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
+    text = "\n".join(lines).lstrip("\n") + "\n"
+    launch = parse_launch(tomllib.loads(text), str(path))
+    Path(path).write_text(text)
+    return launch

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class ReplayConfig:
     remap: dict[str, str] = field(default_factory=dict)
     order: str = "log"  # "log" (receive time) or "capture"
     read_ahead: int = 512  # bounded reorder window for capture-time order
+    prefetch: int = 64  # records a reader thread decodes ahead of publishing
     lossless: bool = False
     results_endpoint: str | None = None  # the fusion node's output, for lossless mode
     camera_topic: str = "camera"
@@ -58,6 +61,52 @@ class ReplayStats:
     results: list[FusionResult] = field(default_factory=list)
     frames_without_result: int = 0
     loops: int = 0
+
+
+_END = object()
+
+
+def prefetch(records: Iterator[WireRecord], depth: int) -> Iterator[WireRecord]:
+    """Iterate ``records`` in a reader thread, at most ``depth`` records ahead.
+
+    Decompressing the next chunk (zstd and lz4 release the GIL) then overlaps with publishing the
+    current one, on a second core; the bounded queue keeps memory flat whatever the file size.
+    An exception in the reader is raised here, in the caller's thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for rec in records:
+                if not put(rec):
+                    return
+            put(_END)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put(err)
+
+    th = threading.Thread(target=read, name="log-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
 
 def _first_log_ns(path: Path) -> int:
@@ -106,7 +155,7 @@ class Replayer:
         first = _first_log_ns(cfg.path)
         start = first + int(cfg.start_s * 1e9) if cfg.start_s is not None else None
         end = first + int(cfg.end_s * 1e9) if cfg.end_s is not None else None
-        it = iter_wire(cfg.path, cfg.topics, start, end)
+        it = prefetch(iter_wire(cfg.path, cfg.topics, start, end), cfg.prefetch)
         if cfg.order == "log":
             yield from it
             return
