@@ -287,3 +287,20 @@ def test_labels_in_a_log_become_scored_segments(tmp_path: Path) -> None:
     assert by["clean"].results == 2 and by["clean"].accuracy == 1.0
     assert by["audio_noise"].results == 1 and by["audio_noise"].accuracy == 0.0
     assert by["clean"].weight_share == {"audio": 0.25, "image": 0.75}
+
+
+def test_replay_memory_measurement_replays_every_frame(tmp_path: Path) -> None:
+    from udml_stream.benchmarks.logs import replay_memory
+
+    res = replay_memory(tmp_path, 0.02)  # 21 frames of 640×480×3
+    assert res["messages"] == int(0.02e9 // (640 * 480 * 3))
+    assert res["rss_peak_MB"] >= res["rss_before_MB"] > 0
+    assert not list(tmp_path.glob("*.mcap"))  # the big file is removed
+
+
+def test_pack_frames_sizes_numpy_payloads_by_bytes() -> None:
+    from udml_stream.logs import pack_frames, unpack_frames
+
+    arr = np.arange(6, dtype=np.int16).reshape(2, 3)  # len() is 2, nbytes is 12
+    out = unpack_frames(pack_frames([b"hdr", arr]))
+    assert [bytes(f) for f in out] == [b"hdr", arr.tobytes()]

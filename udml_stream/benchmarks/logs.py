@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import platform
 import threading
 import time
@@ -25,6 +27,8 @@ from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.logs import Recorder, RecorderConfig, info
 from udml_stream.logs.replay import ReplayConfig, Replayer
+from udml_stream.logs.writer import LogWriter
+from udml_stream.messages import CameraFrame, encode
 
 
 def _sensors(out: Path, video: Path, audio: Path) -> tuple[Path, list[str]]:
@@ -40,7 +44,53 @@ def _sensors(out: Path, video: Path, audio: Path) -> tuple[Path, list[str]]:
     return path, eps
 
 
-def run(data: Any, out_dir: Path, seconds: float = 10.0) -> dict[str, Any]:
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:  # Linux: resident pages of this process
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def replay_memory(out_dir: Path, gigabytes: float) -> dict[str, Any]:
+    """Write a log of ``gigabytes`` of incompressible 640×480 frames, replay it at maximum speed
+    and sample this process's resident memory every 10 ms: streaming reads keep the growth at a
+    few chunks, whatever the file size. The file is deleted afterwards."""
+    path = out_dir / "replay_memory.mcap"
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    n = int(gigabytes * 1e9 // image.nbytes)
+    out = LogWriter(path, "none")
+    for i in range(n):
+        t = 1_000_000_000 + i * 33_333_333
+        frames = encode(CameraFrame("camera", i, t, t, image=image))
+        out.write("camera", frames[1:], i, t, t, "camera_frame", "camera", "monotonic")
+    out.finish()
+    size = path.stat().st_size
+    gc.collect()
+    base = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, _rss_bytes())
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rep = Replayer(ReplayConfig(path, f"ipc://{out_dir.resolve()}/replay_mem.sock", rate=1e9,
+                                wait_subscribers_s=0.0))
+    t0 = time.perf_counter()
+    try:
+        stats = rep.run()
+    finally:
+        rep.close()
+        done.set()
+        th.join()
+        path.unlink()
+    return {"file_GB": size / 1e9, "messages": sum(stats.published.values()),
+            "seconds": time.perf_counter() - t0, "rss_before_MB": base / 1e6,
+            "rss_peak_MB": peak / 1e6, "rss_growth_MB": (peak - base) / 1e6}
+
+
+def run(data: Any, out_dir: Path, seconds: float = 10.0, memory_gb: float = 2.0
+        ) -> dict[str, Any]:
     """Run the three measurements; return a JSON-serialisable result."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = build_scene(data, out_dir, SceneSpec(plan=(("clean", 10),)))
@@ -105,6 +155,7 @@ def run(data: Any, out_dir: Path, seconds: float = 10.0) -> dict[str, Any]:
                                       "p99": float(np.percentile(err, 99)),
                                       "max": float(err.max()), "n": int(err.size)},
         "log_info": {t: ti.messages for t, ti in info(path).topics.items()},
+        "replay_memory": replay_memory(out_dir, memory_gb) if memory_gb > 0 else None,
         "setup": {"cameras": "2 × 640x480 bgr8 @ 30 fps (demo video)",
                   "audio": "16 kHz, 20 ms chunks", "machine": platform.machine()},
     }
@@ -128,4 +179,10 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
               f"Replay at 1×: timing error p50 {t['p50']:.3f} ms, p99 {t['p99']:.3f} ms, "
               f"max {t['max']:.3f} ms over {t['n']} messages.", "",
               f"Setup: {res['setup']}"]
+    mem = res.get("replay_memory")
+    if mem:
+        lines += ["", f"Replay memory: a {mem['file_GB']:.2f} GB log ({mem['messages']} frames of "
+                  f"640×480, uncompressed) replayed at maximum speed in {mem['seconds']:.1f} s; "
+                  f"resident memory {mem['rss_before_MB']:.0f} MB before, peak "
+                  f"{mem['rss_peak_MB']:.0f} MB (growth {mem['rss_growth_MB']:.0f} MB)."]
     return "\n".join(lines)

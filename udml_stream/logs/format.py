@@ -14,16 +14,20 @@ channel metadata repeats it) and ``sequence`` its sequence number.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 MESSAGE_ENCODING = "udml-wire/1"
 SCHEMA_NAME = "udml.wire.v1"
 _MAX_FRAMES = 64
 
 
-def pack_frames(frames: list[bytes]) -> bytes:
-    """The record data for ``[header, *payload]`` frames (topic excluded)."""
+def pack_frames(frames: list[Any]) -> bytes:
+    """The record data for ``[header, *payload]`` frames (topic excluded); a frame is any
+    contiguous buffer (bytes, memoryview, or the numpy array ``encode`` hands out)."""
     n = len(frames)
-    return b"".join([struct.pack(f"<I{n}Q", n, *(len(f) for f in frames)), *frames])
+    # nbytes, not len(): len() of a numpy payload is its first dimension.
+    sizes = [memoryview(f).nbytes for f in frames]
+    return b"".join([struct.pack(f"<I{n}Q", n, *sizes), *frames])
 
 
 def unpack_frames(data: bytes) -> list[memoryview]:
