@@ -46,7 +46,11 @@ def run(name: str, spec: FusionNode) -> int:
                 if sample.frame is not None:
                     f = sample.frame
                     lat["publish"] = f.publish_ns - f.capture_ns
-                    lat["transport"] = sample.rx_ns - f.publish_ns
+                    # Receive time in the sender's clock: a realtime stamp (a sender on another
+                    # host) is compared with our wall clock, a monotonic one with our own.
+                    rx = sample.rx_ns + (time.time_ns() - time.monotonic_ns()
+                                         if f.clock == "realtime" else 0)
+                    lat["transport"] = rx - f.publish_ns
                 pub.publish(FusionResult(
                     spec.stream, seq, sample.t_ns, probs=pred.probs, pred=pred.pred,
                     class_names=runner.class_names, sigma_hat=pred.sigma_hat,
