@@ -158,3 +158,16 @@ def test_log_mel_matches_the_reference_centred_stft() -> None:
     ref = torch.log(torch.matmul(prep.fb, ref) + 1e-6)
     assert prep.log_mel(x).shape == ref.shape == (3, prep.n_mels, 63)
     torch.testing.assert_close(prep.log_mel(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_train_step_benchmark_compares_the_same_model_two_ways() -> None:
+    from udml_stream.benchmarks.train_step import _models, run
+
+    models = _models(seed=0)
+    x = {"image": torch.rand(4, 28, 28) * 255, "audio": 0.1 * torch.randn(4, 16000)}
+    with torch.no_grad():
+        a, b = (models[k].eval()(x).logits for k in ("baseline", "shipped"))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    res = run(rounds=1, steps=1, train_batch=8, eval_batch=8)
+    assert set(res["speedup"]) == {"train", "eval"}
+    assert all(len(v["train"]) == 1 for v in res["runs_ms"].values())

@@ -253,24 +253,28 @@ def hz(
 
 @app.command()
 def bench(
-    what: Annotated[str, typer.Argument(help="latency or logs")] = "latency",
+    what: Annotated[str, typer.Argument(help="latency, logs or train-step")] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
     out: Annotated[Path | None, typer.Option(help="Default: docs/results/<what>.json")] = None,
 ) -> None:
     """Benchmarks, printed as a table and written to OUT (+ .md): ``latency`` of the live
-    pipeline; ``logs``: recording throughput, compression, replay speed and timing."""
-    from udml_stream_apps.training import bench_latency, bench_logs
+    pipeline; ``logs``: recording throughput, compression, replay speed and timing;
+    ``train-step``: CPU training/evaluation speed of the model against the earlier path."""
+    from udml_stream_apps.training import bench_latency, bench_logs, bench_train_step
 
     cmd = "udml " + " ".join(sys.argv[1:])
-    out = out or Path(f"docs/results/{what}.json")
+    out = out or Path(f"docs/results/{what.replace('-', '_')}.json")
     if what == "latency":
         typer.echo(_run(bench_latency.main, checkpoint, cache_dir, seconds, out, cmd))
     elif what == "logs":
         typer.echo(_run(bench_logs.main, checkpoint, cache_dir, seconds, out, cmd))
+    elif what == "train-step":
+        typer.echo(_run(bench_train_step.main, out, cmd))
     else:
-        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency' or 'logs'")
+        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs' or "
+                                 "'train-step'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")
