@@ -52,7 +52,9 @@ def run(name: str, spec: FusionNode) -> int:
                                          if f.clock == "realtime" else 0)
                     lat["transport"] = rx - f.publish_ns
                 pub.publish(FusionResult(
-                    spec.stream, seq, sample.t_ns, probs=pred.probs, pred=pred.pred,
+                    spec.stream, seq, sample.t_ns,
+                    clock=sample.frame.clock if sample.frame else "monotonic",
+                    probs=pred.probs, pred=pred.pred,
                     class_names=runner.class_names, sigma_hat=pred.sigma_hat,
                     weights=pred.weights, present=pred.present, source_seq=sample.source_seq,
                     latency_ns=lat))

@@ -112,11 +112,15 @@ def test_write_launch_round_trips_and_names_a_bad_key(tmp_path: Path) -> None:
     nodes = {"cam": {"program": "camera", "source": tmp_path / 'odd "name".avi', "loop": True,
                      "endpoint": "ipc:///tmp/x.sock", "fps": 12.5, "width": None},
              "fusion": {"program": "fusion", "subscribe": ["ipc:///tmp/x.sock"],
-                        "endpoint": "tcp://127.0.0.1:5555", "threads": 1}}
+                        "endpoint": "tcp://127.0.0.1:5555", "threads": np.int64(1),
+                        "streams": {"image": "cam", "audio": "mic.left"}}}
     written = write_launch(path, nodes, comment="two\nlines")
     assert load_launch(path) == written
     assert written.nodes["cam"].source == str(tmp_path / 'odd "name".avi')
     assert path.read_text().startswith("# two\n# lines\n")
+    assert written.nodes["fusion"].streams == {"image": "cam", "audio": "mic.left"}
+    with pytest.raises(ConfigError, match=r"nodes\.cam\.fps = inf"):
+        write_launch(tmp_path / "bad.toml", {"cam": {**nodes["cam"], "fps": float("inf")}})
     with pytest.raises(ConfigError, match=r"nodes\.cam"):
         write_launch(tmp_path / "bad.toml", {"cam": {**nodes["cam"], "fsp": 3}})
     assert not (tmp_path / "bad.toml").exists()

@@ -67,7 +67,8 @@ def test_log_dataset_yields_the_split_one_for_one(sessions) -> None:
     np.testing.assert_allclose(have["audio"][~inside], np.sign(want["audio"][~inside]), atol=1e-4)
     # Every frame is accounted for: the paired one per segment, the others straddle labels.
     assert stats.frames == 11 * len(split)
-    assert stats.unlabelled + stats.samples + stats.no_audio == stats.frames
+    assert (stats.unlabelled + stats.samples + stats.no_audio + stats.superseded
+            + stats.pending_at_end + stats.other_condition) == stats.frames
     assert stats.decode_errors == 0
 
 

@@ -159,8 +159,8 @@ def benchmark_logs(
     cache_dir: CacheOpt = Path("data_cache"),
     sessions_dir: Path = Path("runs/sessions"),
     array_runs: Annotated[Path, typer.Option(
-        help="Array-trained runs (the benchmark's own are reused when present)")
-    ] = Path("runs/benchmark"),
+        help="Array-trained runs (resumable; point at runs/benchmark to reuse its runs)")
+    ] = Path("runs/from_arrays"),
     log_runs: Path = Path("runs/from_logs"),
     out: Path = Path("docs/results/train_from_logs.json"),
 ) -> None:

@@ -57,6 +57,7 @@ class LogReadStats:
     unlabelled: int = 0  # window straddles a label change, or before the first label
     other_condition: int = 0  # filtered out by ``conditions``
     superseded: int = 0  # replaced by a newer frame before audio covered it (as live)
+    pending_at_end: int = 0  # the log ended while the frame waited for its audio
     decode_errors: int = 0
     per_label: dict[int, int] = field(default_factory=dict)
 
@@ -80,29 +81,48 @@ def _span_index(starts: list[int], t0: int, t1: int) -> int:
     return j
 
 
+def _truth(path: Path, src: LogSource) -> tuple[list[tuple[int, int, str]],
+                                                 list[tuple[int, int, str]]]:
+    """Label and condition spans of ``path`` (a cheap first pass over two small topics)."""
+    found: dict[str, list[tuple[int, int, str]]] = {src.label_topic: [], src.condition_topic: []}
+    for rec in iter_wire(path, topics=list(found)):
+        try:
+            msg = decode(rec.frames)
+        except DecodeError:
+            continue  # counted in the main pass, which sees every message again
+        if isinstance(msg, Label) and rec.topic in found:
+            found[rec.topic].append((msg.capture_ns, msg.label, msg.name))
+    if not found[src.label_topic]:
+        raise LogError(f"{path} has no messages on the label topic {src.label_topic!r}: "
+                       "training needs the ground truth recorded with the streams")
+    return sorted(found[src.label_topic]), sorted(found[src.condition_topic])
+
+
 def read_log(path: Path, src: LogSource, stats: LogReadStats
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """Images (model pixels), waveforms and labels of the usable samples of one log."""
+    labels, conds = _truth(path, src)
+    starts = [t for t, _, _ in labels]
+    cstarts = [t for t, _, _ in conds]
+    window_ns = src.window_samples * 1_000_000_000 // src.sample_rate
+    # The pairer matches streams by name; the topic is authoritative in a log (it may have been
+    # remapped), so messages are renamed to the topic they were recorded on.
     pairer = Pairer(PairingConfig(sample_rate=src.sample_rate, window_samples=src.window_samples),
                     camera=src.camera_topic, audio=src.audio_topic)
     geometry = ImagePrep(size=src.image_size)
-    topics = [src.camera_topic, src.audio_topic, src.label_topic, src.condition_topic]
-    truth: dict[str, list[tuple[int, int, str]]] = {src.label_topic: [], src.condition_topic: []}
-    found: list[tuple[int, np.ndarray, np.ndarray]] = []  # (frame capture, pixels, audio)
-    superseded_before = 0
-    for rec in iter_wire(path, topics=topics):
+    images: list[np.ndarray] = []
+    waves: list[np.ndarray] = []
+    ys: list[int] = []
+    for rec in iter_wire(path, topics=[src.camera_topic, src.audio_topic]):
         try:
             msg = decode(rec.frames)
         except DecodeError as err:
             stats.decode_errors += 1
             log.warning("%s: dropped a malformed %s message: %s", path, rec.topic, err)
             continue
-        if isinstance(msg, Label):
-            if msg.topic in truth:
-                truth[msg.topic].append((msg.capture_ns, msg.label, msg.name))
-            continue
         if not isinstance(msg, (CameraFrame, AudioChunk)):
             continue
+        msg.stream = rec.topic
         if isinstance(msg, CameraFrame):
             stats.frames += 1
         pairer.add(msg, rec.log_ns)
@@ -112,35 +132,27 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
         if sample.audio is None:
             stats.no_audio += 1
             continue
-        with torch.no_grad():
-            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
-            pixels = geometry.pixels(frame)[0, 0].numpy()
-        found.append((sample.t_ns, pixels, sample.audio))
-    stats.superseded += pairer.frames_superseded - superseded_before
-    if not truth[src.label_topic]:
-        raise LogError(f"{path} has no messages on the label topic {src.label_topic!r}: "
-                       "training needs the ground truth recorded with the streams")
-    labels = sorted(truth[src.label_topic])
-    conds = sorted(truth[src.condition_topic])
-    starts = [t for t, _, _ in labels]
-    cstarts = [t for t, _, _ in conds]
-    window_ns = src.window_samples * 1_000_000_000 // src.sample_rate
-    images, waves, ys = [], [], []
-    for t, pixels, audio in found:
-        j = _span_index(starts, t - window_ns, t)
+        # The window ends at the frame's instant, or earlier when the audio stopped short of it.
+        end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
+        j = _span_index(starts, end - window_ns, sample.t_ns)
         if j < 0:
             stats.unlabelled += 1
             continue
         if src.conditions is not None:
-            c = _span_index(cstarts, t - window_ns, t)
+            c = _span_index(cstarts, end - window_ns, sample.t_ns)
             if c < 0 or conds[c][2] not in src.conditions:
                 stats.other_condition += 1
                 continue
+        # Labelled: only now is the frame reduced to model pixels and its window kept.
+        with torch.no_grad():
+            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
+            images.append(geometry.pixels(frame)[0, 0].numpy())
+        waves.append(sample.audio)
         y = labels[j][1]
-        images.append(pixels)
-        waves.append(audio)
         ys.append(y)
         stats.per_label[y] = stats.per_label.get(y, 0) + 1
+    stats.superseded += pairer.frames_superseded
+    stats.pending_at_end += int(pairer.pending is not None)
     stats.files += 1
     stats.samples += len(ys)
     return images, waves, ys

@@ -60,13 +60,17 @@ def _frames_per(seconds: float, fps: int, what: str) -> int:
 
 def write_session(split: Split, path: Path, sample_rate: int, class_names: tuple[str, ...],
                   spec: SessionSpec | None = None) -> dict[str, int]:
-    """Write ``split`` as one session into ``path``; returns message counts per topic."""
+    """Write ``split`` as one session into ``path``; returns message counts per topic and the
+    number of audio samples clipped at full scale."""
     spec = spec or SessionSpec()
     if set(split.tables) != {"image", "audio"}:
         raise ConfigError(f"sessions need a raw-track split (image + audio waveforms); "
                           f"{split.name} has {sorted(split.tables)}")
     window = split.tables["audio"].shape[1]
     gap = round(spec.gap_s * sample_rate)
+    if spec.gap_s <= 0 or abs(gap - spec.gap_s * sample_rate) > 1e-6:
+        raise ConfigError(f"sessions: gap_s = {spec.gap_s} must be > 0 and a whole number of "
+                          f"samples at {sample_rate} Hz (a frame must see only its own sample)")
     seg_frames = _frames_per(window / sample_rate + spec.gap_s, spec.fps, "window + gap_s")
     _frames_per(window / sample_rate, spec.fps, "the audio window")
     seg_ns = seg_frames * _NS // spec.fps
@@ -75,6 +79,7 @@ def write_session(split: Split, path: Path, sample_rate: int, class_names: tuple
     out = LogWriter(path, spec.compression, spec.chunk_bytes)
     counts = {t: 0 for t in (spec.camera_topic, spec.audio_topic, spec.label_topic,
                              spec.condition_topic)}
+    counts["audio_clipped_samples"] = 0  # beyond full scale: int16 PCM clips, as an ADC would
 
     def put(msg: Message, log_ns: int) -> None:
         frames = encode(msg)
@@ -105,7 +110,10 @@ def write_session(split: Split, path: Path, sample_rate: int, class_names: tuple
                     spec.camera_topic, i * seg_frames + k, t, t, image=img, encoding="mono8")))
             while len(pending) >= spec.chunk_samples:
                 block, pending = pending[: spec.chunk_samples], pending[spec.chunk_samples :]
-                pcm = np.clip(np.rint(block * 32767.0), -32768, 32767).astype(np.int16)
+                scaled = np.rint(block * 32768.0)  # the inverse of the ring's /32768
+                counts["audio_clipped_samples"] += int(np.count_nonzero(
+                    (scaled > 32767) | (scaled < -32768)))
+                pcm = np.clip(scaled, -32768, 32767).astype(np.int16)
                 end = pending_t0 + spec.chunk_samples * _NS // sample_rate
                 events.append((end + _TRANSPORT_NS, AudioChunk(
                     spec.audio_topic, chunk_seq, pending_t0, pending_t0, samples=pcm,

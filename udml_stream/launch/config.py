@@ -12,6 +12,8 @@ endpoint = "tcp://127.0.0.1:5601"
 from __future__ import annotations
 
 import json
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -109,24 +111,54 @@ def node_adapter() -> TypeAdapter[Any]:
     return TypeAdapter(NodeSpec)
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # A TOML basic string: JSON's escapes are TOML's, and DEL must be escaped too.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(v: Any, where: str) -> str:
+    """One TOML value for the launch tables' types (strings, paths, numbers, booleans, lists and
+    tables of those); anything else is a ``ConfigError`` naming ``where``."""
+    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict)):
+        v = v.item()  # numpy scalars
+    if isinstance(v, Path):
+        v = str(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x, f"{where}[{i}]") for i, x in enumerate(v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x, f'{where}.{k}')}"
+                               for k, x in v.items()) + "}"
+    raise ConfigError(f"{where} = {v!r}: cannot be written to a launch file (expected a string, "
+                      "path, finite number, boolean, or a list or table of those)")
+
+
 def write_launch(path: Path, nodes: dict[str, dict[str, Any]], comment: str = "") -> LaunchFile:
     """Write a launch file for ``nodes`` (name → node table) after validating it.
 
     Programs that start nodes (demo, benchmarks, log evaluation) build their launch files here
-    rather than by string formatting, so a wrong key fails at once and names itself.
+    rather than by string formatting, so a wrong key fails at once and names itself. Keys whose
+    value is None are left out (the node's default applies).
     """
-    def value(v: Any) -> str:
-        # JSON strings, numbers, booleans and string lists are valid TOML values.
-        if isinstance(v, Path):
-            v = str(v)
-        if isinstance(v, (list, tuple)):
-            v = [str(x) if isinstance(x, Path) else x for x in v]
-        return json.dumps(v)
-
     lines = [f"# {line}" for line in comment.splitlines()]
     for name, table in nodes.items():
-        lines += ["", f"[nodes.{name}]"]
-        lines += [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
+        lines += ["", f"[nodes.{_toml_key(name)}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v, f'nodes.{name}.{k}')}"
+                  for k, v in table.items() if v is not None]
     text = "\n".join(lines).lstrip("\n") + "\n"
     launch = parse_launch(tomllib.loads(text), str(path))
     Path(path).write_text(text)

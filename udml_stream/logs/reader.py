@@ -143,12 +143,14 @@ def info(path: Path) -> LogInfo:
 def recover(src: Path, dst: Path, compression: str = "zstd") -> int:
     """Copy every readable message of a damaged ``src`` into a complete, indexed ``dst``."""
     n = 0
-    out = LogWriter(dst, compression)
+    out = LogWriter(dst, compression, chunk_size=1024 * 1024,
+                    library="udml_stream (recovered)")
     try:
         for rec in iter_wire(src):
             meta = rec.channel_meta
             out.write(rec.topic, rec.frames[1:], rec.seq, rec.capture_ns, rec.log_ns,
-                      meta.get("kind", ""), meta.get("stream", ""), meta.get("clock", ""))
+                      meta.get("kind", ""), meta.get("stream", ""), meta.get("clock", ""),
+                      channel_metadata=meta)
             n += 1
     finally:
         out.finish({"udml_recovered": {"source": str(src), "messages": str(n)}})

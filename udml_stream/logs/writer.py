@@ -35,7 +35,7 @@ class LogWriter:
     """Writes wire messages into one MCAP file; channels are registered on first use."""
 
     def __init__(self, path: Path, compression: str = "zstd", chunk_size: int = 4 * 1024 * 1024,
-                 foxglove: bool = False) -> None:
+                 foxglove: bool = False, library: str = "udml_stream") -> None:
         if compression not in COMPRESSION:
             raise ValueError(f"compression = {compression!r}; expected one of {list(COMPRESSION)}")
         self.path = Path(path)
@@ -44,22 +44,25 @@ class LogWriter:
         self.bytes_written = 0
         self._fh = _FlushingFile(io.FileIO(self.path, "wb"))
         self._writer = Writer(self._fh, chunk_size=chunk_size, compression=COMPRESSION[compression])
-        self._writer.start(profile="udml", library="udml_stream")
+        self._writer.start(profile="udml", library=library)
         self._schema = self._writer.register_schema(SCHEMA_NAME, "", b"")
         self._channels: dict[str, int] = {}
         self._viewer_schemas: dict[str, int] = {}
         self._open = True
 
     def write(self, topic: str, frames: list[Any], seq: int, capture_ns: int, log_ns: int,
-              kind: str, stream: str, clock: str, msg: Message | None = None) -> None:
+              kind: str, stream: str, clock: str, msg: Message | None = None,
+              channel_metadata: dict[str, str] | None = None) -> None:
         """Store one message's wire frames ``[header, *payload]`` (topic frame excluded).
 
         ``msg`` is the decoded message; with ``foxglove`` on it also goes to the viewer channel.
+        ``channel_metadata`` replaces the default ``kind``/``stream``/``clock`` channel metadata
+        when the channel is first registered (recovery copies the original's).
         """
         if topic not in self._channels:
+            meta = channel_metadata or {"kind": kind, "stream": stream, "clock": clock}
             self._channels[topic] = self._writer.register_channel(
-                topic, MESSAGE_ENCODING, self._schema, {"kind": kind, "stream": stream,
-                                                        "clock": clock})
+                topic, MESSAGE_ENCODING, self._schema, dict(meta))
         data = pack_frames(frames)
         self._writer.add_message(self._channels[topic], log_time=log_ns, data=data,
                                  publish_time=capture_ns, sequence=seq & 0xFFFFFFFF)
