@@ -177,10 +177,12 @@ class Replayer:
         """Replay (looping if configured) until the log ends or ``stop()``."""
         stats = ReplayStats()
         topics = self.cfg.topics or []
-        self.wait_for_subscribers([self.cfg.remap.get(t, t) for t in topics] or [""],
-                                  self.cfg.wait_subscribers_s)
         results = (Subscriber([self.cfg.results_endpoint], ctx=self._ctx)
                    if self.cfg.lossless and self.cfg.results_endpoint else None)
+        self.wait_for_subscribers([self.cfg.remap.get(t, t) for t in topics] or [""],
+                                  self.cfg.wait_subscribers_s)
+        if results is not None:
+            self._wait_for_results_link(results)
         try:
             while not self._stop:
                 if self.cfg.lossless:
@@ -194,6 +196,17 @@ class Replayer:
             if results is not None:
                 results.close()
         return stats
+
+    def _wait_for_results_link(self, results: Subscriber) -> None:
+        """Wait until a message (the fusion node's heartbeat) arrives on the results socket.
+        A SUB socket misses what is published before its subscription reaches the publisher, so
+        without this the first frame's result could be lost (ZeroMQ's slow-joiner case)."""
+        end = time.monotonic() + self.cfg.wait_subscribers_s
+        while time.monotonic() < end:
+            if results.recv_one(100) is not None:
+                return
+        log.warning("nothing heard from %s in %.0f s; results of the first frames may be lost",
+                    self.cfg.results_endpoint, self.cfg.wait_subscribers_s)
 
     def _run_timed(self, stats: ReplayStats) -> None:
         key = (lambda r: r.log_ns) if self.cfg.order == "log" else (lambda r: r.capture_ns)
