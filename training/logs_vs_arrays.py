@@ -9,19 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from udml_stream.data import avdigits
 from udml_stream.data.logset import read_split
 from udml_stream.data.sessions import write_sessions
 from udml_stream.evaluate.benchmark import run_benchmark
+from udml_stream.evaluate.report import mean_std
 
 log = logging.getLogger(__name__)
-
-
-def _ms(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
 def main(preset: str, method: str, seeds: list[int], cache_dir: Path, sessions_dir: Path,
@@ -50,7 +44,7 @@ def main(preset: str, method: str, seeds: list[int], cache_dir: Path, sessions_d
         rows[name] = {
             "per_seed": {r["seed"]: {"clean": r["clean"], "corrupted_mean": r["corrupted_mean"],
                                      "val_acc": r["val_acc"]} for r in res},
-            **{k: dict(zip(("mean", "std"), _ms([r[k] for r in res]), strict=True))
+            **{k: {s: v for s, v in mean_std([r[k] for r in res]).items() if s != "n"}
                for k in ("clean", "corrupted_mean")},
         }
     verdicts = {}

@@ -12,7 +12,8 @@ import numpy as np
 from udml_stream.evaluate.benchmark import BENCH_METHODS
 
 
-def _ms(values: list[float]) -> dict[str, float]:
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (ddof 1; 0 for one value) and count of ``values``."""
     a = np.asarray(values, dtype=float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
             "n": int(a.size)}
@@ -31,32 +32,32 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             runs = methods[method]
             conds = runs[0]["conditions"].keys()
             sweep = {
-                mod: {lv: {k: _ms([r["sweep"][mod][lv][k] for r in runs])["mean"]
+                mod: {lv: {k: mean_std([r["sweep"][mod][lv][k] for r in runs])["mean"]
                            for k in runs[0]["sweep"][mod][lv]}
                       for lv in runs[0]["sweep"][mod]}
                 for mod in runs[0]["sweep"]
             }
             entry["methods"][method] = {
-                "clean": _ms([r["clean"] for r in runs])["mean"],
-                "corrupted_mean": _ms([r["corrupted_mean"] for r in runs])["mean"],
-                "clean_std": _ms([r["clean"] for r in runs])["std"],
-                "corrupted_mean_std": _ms([r["corrupted_mean"] for r in runs])["std"],
+                "clean": mean_std([r["clean"] for r in runs])["mean"],
+                "corrupted_mean": mean_std([r["corrupted_mean"] for r in runs])["mean"],
+                "clean_std": mean_std([r["clean"] for r in runs])["std"],
+                "corrupted_mean_std": mean_std([r["corrupted_mean"] for r in runs])["std"],
                 "seeds": sorted(r["seed"] for r in runs),
                 "conditions": {
                     c: {
-                        "acc": _ms([r["conditions"][c]["acc"] for r in runs])["mean"],
-                        "acc_std": _ms([r["conditions"][c]["acc"] for r in runs])["std"],
+                        "acc": mean_std([r["conditions"][c]["acc"] for r in runs])["mean"],
+                        "acc_std": mean_std([r["conditions"][c]["acc"] for r in runs])["std"],
                         "weight_share": {
-                            mod: _ms([r["conditions"][c]["weight_share"][mod] for r in runs])["mean"]
+                            mod: mean_std([r["conditions"][c]["weight_share"][mod] for r in runs])["mean"]
                             for mod in runs[0]["conditions"][c]["weight_share"]
                         },
                     }
                     for c in conds
                 },
                 "sweep": sweep,
-                "spearman": {mod: _ms([r["spearman"][mod] for r in runs])["mean"]
+                "spearman": {mod: mean_std([r["spearman"][mod] for r in runs])["mean"]
                              for mod in runs[0].get("spearman", {})},
-                "train_seconds": _ms([r["train_seconds"] for r in runs])["mean"],
+                "train_seconds": mean_std([r["train_seconds"] for r in runs])["mean"],
             }
         if "udml" in entry["methods"]:
             entry["estimator"] = {"method": "udml",
