@@ -35,10 +35,14 @@ def run(name: str, spec: FusionNode) -> int:
         log.info("fusing %s + %s from %s on %s", image_stream, audio_stream, spec.subscribe,
                  pub.endpoint)
         seq = 0
+        last_audio_valid = 0.0  # of the newest sample fused (0 before the first)
         while not stop.is_set():
             for msg in sub.receive(timeout_ms=5):
                 pairer.add(msg, time.monotonic_ns())
             while (sample := pairer.ready(time.monotonic_ns())) is not None:
+                # A partly held audio window goes to the model as is: NaN marks the missing
+                # samples, and the model decides from their share whether the stream is present.
+                last_audio_valid = sample.audio_valid
                 pred = runner.predict({"image": sample.frame.image if sample.frame else None,
                                        "audio": sample.audio})
                 lat = {"sync_wait": sample.wait_ns, "preprocess": pred.preprocess_ns,
@@ -57,13 +61,18 @@ def run(name: str, spec: FusionNode) -> int:
                     probs=pred.probs, pred=pred.pred,
                     class_names=runner.class_names, sigma_hat=pred.sigma_hat,
                     weights=pred.weights, present=pred.present, source_seq=sample.source_seq,
-                    latency_ns=lat))
+                    latency_ns=lat, audio_valid=sample.audio_valid))
                 seq += 1
             stats = sub.stats
             beat.tick({"results": seq, "decode_errors": sub.total_decode_errors,
                        "frames_superseded": pairer.frames_superseded,
                        "frames_dropped_stale": sum(st.dropped_stale for st in stats.values()),
                        "audio_gaps": sum(st.gaps for s, st in stats.items() if s == audio_stream),
+                       # Windows fused with missing (NaN) samples; heartbeat counters are ints,
+                       # so the newest window's missing share travels in thousandths.
+                       "audio_partial_windows": pairer.partial_windows,
+                       "audio_missing_samples": pairer.missing_samples,
+                       "audio_missing_permille": round(1000 * (1.0 - last_audio_valid)),
                        "camera_alive": int(pairer.camera_alive(time.monotonic_ns())),
                        "audio_alive": int(pairer.audio_alive(time.monotonic_ns()))})
     log.info("stopped after %d results", seq)

@@ -8,6 +8,11 @@ label, and a sample is kept only when its whole audio window lies inside one lab
 rule ``udml log eval`` scores by). Frames go through the model's image geometry (crop, grey,
 resize: ``ImagePrep.pixels``) so that training corrupts them at the model's resolution, as it
 does the array data set; waveforms stay waveforms. The result is an ordinary ``Split``.
+
+The pairer marks audio it does not hold with NaN (a gap in the stream, or less audio than a
+window at the start of a log) and reports each window's valid fraction. A sample is kept only
+when that fraction reaches ``LogSource.min_audio_valid`` (by default 1.0: complete windows, so the
+training pipeline, whose noise injection measures signal power, never sees a NaN).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class LogSource:
     sample_rate: int = 16000
     window_samples: int = 16000
     image_size: int = 28
+    # Keep a frame only when at least this share of its audio window was recorded: below 1.0
+    # the waveforms carry NaN where samples are missing, which the corruption must then accept.
+    min_audio_valid: float = 1.0
 
 
 @dataclass
@@ -53,7 +61,8 @@ class LogReadStats:
     files: int = 0
     frames: int = 0
     samples: int = 0
-    no_audio: int = 0  # paired without audio (audio absent or not yet covering the window)
+    no_audio: int = 0  # paired without audio, or with less than ``min_audio_valid`` of it
+    partial_audio: int = 0  # of ``no_audio``: a window partly recorded (gap, or log start)
     unlabelled: int = 0  # window straddles a label change, or before the first label
     other_condition: int = 0  # filtered out by ``conditions``
     superseded: int = 0  # replaced by a newer frame before audio covered it (as live)
@@ -129,8 +138,9 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
         sample = pairer.ready(rec.log_ns)
         if sample is None or sample.frame is None:
             continue  # nothing due, or an audio-only result while the camera was silent
-        if sample.audio is None:
+        if sample.audio is None or sample.audio_valid < src.min_audio_valid:
             stats.no_audio += 1
+            stats.partial_audio += int(sample.audio is not None)
             continue
         # The window ends at the frame's instant, or earlier when the audio stopped short of it.
         end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)

@@ -82,6 +82,9 @@ class FusionResult(Message):
     present: dict[str, bool] = field(default_factory=dict)
     source_seq: dict[str, int] = field(default_factory=dict)
     latency_ns: dict[str, int] = field(default_factory=dict)
+    # Share of the fused audio window that was measured (NaN marks a missing sample); optional
+    # on the wire: None when the sender did not say (results written before the field existed).
+    audio_valid: float | None = None
 
     kind: ClassVar[str] = "fusion_result"
 
@@ -155,6 +158,8 @@ def encode(msg: Message) -> list[Any]:
             source_seq={k: int(v) for k, v in msg.source_seq.items()},
             latency_ns={k: int(v) for k, v in msg.latency_ns.items()},
         )
+        if msg.audio_valid is not None:
+            header["audio_valid"] = float(msg.audio_valid)
     elif isinstance(msg, Heartbeat):
         header.update(node=msg.node, state=msg.state,
                       counters={k: int(v) for k, v in msg.counters.items()})
@@ -274,12 +279,17 @@ def decode(frames: list[Any]) -> Message:
         names = _get(h, "class_names", list, kind)
         if not all(isinstance(n, str) for n in names):
             raise DecodeError("fusion_result class_names must be strings")
+        valid = h.get("audio_valid")  # optional: absent in older results
+        if valid is not None and (isinstance(valid, bool) or not isinstance(valid, num)):
+            raise DecodeError(f"fusion_result header field 'audio_valid' has type "
+                              f"{type(valid).__name__}; expected a number")
         return FusionResult(
             **common, probs=[float(p) for p in probs], pred=_get(h, "pred", int, kind),
             class_names=names, sigma_hat=_map(h, "sigma_hat", num, kind),
             weights=_map(h, "weights", num, kind), present=_map(h, "present", bool, kind),
             source_seq=_map(h, "source_seq", int, kind),
-            latency_ns=_map(h, "latency_ns", int, kind))
+            latency_ns=_map(h, "latency_ns", int, kind),
+            audio_valid=None if valid is None else float(valid))
     if kind == "heartbeat":
         return Heartbeat(**common, node=_get(h, "node", str, kind),
                          state=_get(h, "state", str, kind),

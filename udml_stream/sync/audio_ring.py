@@ -1,10 +1,27 @@
-"""A contiguous audio ring buffer indexed by the capture time of its samples."""
+"""A contiguous audio ring buffer indexed by the capture time of its samples.
+
+Missing audio is NaN, never zeros: a model cannot tell digital silence from a microphone that
+dropped out, so every sample the ring does not hold (a gap in the stream, or a part of a window
+older than the ring's first sample) comes back as NaN, and the consumer decides what to do with
+the window from its valid fraction (``valid_fraction``).
+"""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from udml_stream.messages import AudioChunk
+
+log = logging.getLogger(__name__)
+
+
+def valid_fraction(x: np.ndarray | None) -> float:
+    """Share of the samples of ``x`` that are measurements (not NaN); 0.0 for None or empty."""
+    if x is None or x.size == 0:
+        return 0.0
+    return 1.0 - float(np.count_nonzero(np.isnan(x))) / x.size
 
 
 class AudioRing:
@@ -12,16 +29,17 @@ class AudioRing:
 
     Chunk stamps jitter (ADC time mapped onto the host clock), so consecutive chunks are laid end
     to end; the timeline is re-anchored only when a chunk's stamp departs from the expected
-    continuation by more than ``tolerance_ns`` (a forward jump is a gap, filled with zeros and
-    counted; a backward jump means the source restarted, and the ring is cleared).
+    continuation by more than ``tolerance_ns`` (a forward jump is a gap, written as NaN and
+    counted in ``gap_samples``; a backward jump means the source restarted, and the ring is
+    cleared).
     """
 
     def __init__(self, sample_rate: int, capacity_s: float = 5.0, tolerance_ns: int = 150_000_000):
         self.sample_rate = sample_rate
         self.capacity = int(capacity_s * sample_rate)
         self.tolerance_ns = tolerance_ns
-        self._buf = np.zeros(self.capacity, dtype=np.float32)
-        self._filled = 0  # valid samples, ending at the write position
+        self._buf = np.full(self.capacity, np.nan, dtype=np.float32)
+        self._filled = 0  # samples on the timeline (gaps included), ending at the write position
         self._write = 0
         self.end_ns: int | None = None  # capture time just after the newest sample
         self.gap_samples = 0
@@ -51,15 +69,21 @@ class AudioRing:
         if x.ndim == 2:
             x = x[:, 0]
         x = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32)
+        if not np.isfinite(x).all():
+            # A non-finite sample is no measurement: under the NaN-is-missing convention an inf
+            # would pass for a valid sample and blow up the front-end, so it becomes missing too.
+            x = np.where(np.isfinite(x), x, np.float32(np.nan))
         if self.end_ns is not None:
             delta = chunk.capture_ns - self.end_ns
             if delta < -self.tolerance_ns:
                 self.resets += 1
+                log.debug("audio stamp went back %.3f s: source restarted, ring cleared",
+                          -delta / 1e9)
                 self.clear()
             elif delta > self.tolerance_ns:
                 gap = int(delta * self.sample_rate // 1_000_000_000)
                 self.gap_samples += gap
-                self._append(np.zeros(min(gap, self.capacity), np.float32))
+                self._append(np.full(min(gap, self.capacity), np.nan, np.float32))
                 self.end_ns += self._ns(gap)
         if self.end_ns is None:
             self.end_ns = chunk.capture_ns
@@ -68,17 +92,27 @@ class AudioRing:
 
     @property
     def start_ns(self) -> int | None:
-        """Capture time of the oldest sample held."""
+        """Capture time of the oldest sample on the ring's timeline (it may be a gap)."""
         return None if self.end_ns is None else self.end_ns - self._ns(self._filled)
 
     def window(self, end_ns: int, n: int) -> np.ndarray | None:
-        """The ``n`` samples ending at capture time ``end_ns``, or None if the ring does not
-        cover that span (yet, or any more). Callers wait for ``self.end_ns >= end_ns``."""
-        if self.end_ns is None or end_ns > self.end_ns or n > self._filled:
+        """The ``n`` samples ending at capture time ``end_ns``, NaN wherever the ring holds no
+        measurement: gaps, and the parts of the window before the ring's oldest sample or after
+        its newest. None when not one sample of the window is held (the ring is empty, or the
+        window lies wholly before, after or inside a gap). See ``valid_fraction``."""
+        if self.end_ns is None or n <= 0 or self._filled == 0:
             return None
-        back = int((self.end_ns - end_ns) * self.sample_rate // 1_000_000_000)
-        if back + n > self._filled:
+        # Ring sample k (1 = newest) was captured at end_ns_ring - k/rate; the window's newest
+        # sample is the last one captured before end_ns, i.e. k = back + 1 (floor division, so
+        # back is negative when the window reaches past the newest sample held).
+        back = (self.end_ns - end_ns) * self.sample_rate // 1_000_000_000
+        k_new = max(1, back + 1)  # newest and oldest ring samples inside the window
+        k_old = min(self._filled, back + n)
+        if k_new > k_old:
             return None
-        stop = (self._write - back) % self.capacity
-        idx = (np.arange(stop - n, stop)) % self.capacity
-        return self._buf[idx].copy()
+        out = np.full(n, np.nan, dtype=np.float32)
+        ks = np.arange(k_old, k_new - 1, -1)  # oldest first
+        out[back + n - k_old : back + n - k_new + 1] = self._buf[(self._write - ks) % self.capacity]
+        if np.isnan(out).all():
+            return None  # the held part is all gap
+        return out

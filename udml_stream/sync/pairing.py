@@ -5,6 +5,11 @@ chunks, so the newest chunk may not cover the frame's instant yet). A stream sil
 than its ``deadline_ns`` is treated as absent: the sample goes out without it, flagged. When the
 camera itself is stale, the pairer emits audio-only samples at ``fallback_hz`` so that the
 prediction continues from the healthy stream.
+
+Missing audio is NaN (see ``audio_ring``): a frame whose window the ring holds only in part
+(a gap in the stream, or less audio received than a window since the stream started) goes out
+with the NaN-bearing window and its valid fraction, and the model decides whether the stream is
+usable. Only a dead audio stream (or a window with nothing held) sends the frame without audio.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ class PairingConfig:
     camera_deadline_ns: int = 500_000_000  # no frame for this long → camera absent
     audio_deadline_ns: int = 300_000_000  # no audio for this long → audio absent
     fallback_hz: float = 10.0  # audio-only results while the camera is absent
+    # An audio-only sample is sent only when at least this share of its window is held: below
+    # the model's own absence threshold (udml_stream.model.preprocess.MISSING_ABSENT_FRACTION,
+    # kept equal by hand: sync imports no torch) it would carry no usable stream at all.
+    fallback_min_valid: float = 0.5
 
 
 @dataclass
@@ -39,6 +48,7 @@ class SyncedSample:
     source_seq: dict[str, int] = field(default_factory=dict)
     wait_ns: int = 0  # how long the frame waited for its audio (sync wait)
     rx_ns: int = 0  # when the frame was received (monotonic)
+    audio_valid: float = 0.0  # share of ``audio`` that is measured (not NaN); 0.0 without audio
 
 
 class Pairer:
@@ -56,13 +66,20 @@ class Pairer:
         self.last_audio_rx_ns: int | None = None
         self.last_audio_seq = -1
         self._last_fallback_ns = 0
+        self.partial_windows = 0  # samples sent with a window the ring held only in part
+        self.missing_samples = 0  # NaN samples in the windows sent, in total
 
     def add(self, msg: Message, now_ns: int) -> None:
         """Take one received message (other streams and kinds are ignored)."""
         if isinstance(msg, CameraFrame) and msg.stream == self.camera_stream:
             if self.pending is not None:
                 self.frames_superseded += 1
-            self.pending, self.pending_since_ns = msg, now_ns
+            else:
+                # The wait starts with the first frame waiting, not the newest: restarting it on
+                # every newer frame stalled the node for good whenever the audio ran behind the
+                # camera by more than a frame interval (a late first PulseAudio block does that).
+                self.pending_since_ns = now_ns
+            self.pending = msg
             self.last_frame_rx_ns = now_ns
         elif isinstance(msg, AudioChunk) and msg.stream == self.audio_stream:
             self.ring.push(msg)
@@ -79,6 +96,20 @@ class Pairer:
         return (self.last_audio_rx_ns is not None
                 and now_ns - self.last_audio_rx_ns <= self.cfg.audio_deadline_ns)
 
+    def _window(self, end_ns: int) -> tuple[np.ndarray | None, int]:
+        """The audio window ending at ``end_ns`` and how many of its samples are missing."""
+        audio = self.ring.window(end_ns, self.cfg.window_samples)
+        return audio, 0 if audio is None else int(np.count_nonzero(np.isnan(audio)))
+
+    def _sent(self, audio: np.ndarray | None, missing: int) -> float:
+        """Account for a window that goes out in a sample; returns its valid fraction."""
+        if audio is None:
+            return 0.0
+        if missing:
+            self.partial_windows += 1
+            self.missing_samples += missing
+        return 1.0 - missing / audio.shape[0]
+
     def ready(self, now_ns: int) -> SyncedSample | None:
         """The next sample to fuse, if one is due now."""
         cfg = self.cfg
@@ -88,21 +119,26 @@ class Pairer:
             waited = now_ns - self.pending_since_ns
             if covered or waited >= cfg.slop_ns or not self.audio_alive(now_ns):
                 self.pending = None
-                audio = None
+                audio, missing = None, 0
                 if self.audio_alive(now_ns):
+                    # After the slop the window ends where the audio stops, not in the future.
                     end = min(f.capture_ns, self.ring.end_ns or f.capture_ns)
-                    audio = self.ring.window(end, cfg.window_samples)
+                    audio, missing = self._window(end)
+                valid = self._sent(audio, missing)
                 seq = {self.camera_stream: f.seq}
                 if audio is not None:
                     seq[self.audio_stream] = self.last_audio_seq
-                return SyncedSample(f, audio, f.capture_ns, seq, waited, self.pending_since_ns)
+                return SyncedSample(f, audio, f.capture_ns, seq, waited, self.pending_since_ns,
+                                    valid)
             return None
         if (not self.camera_alive(now_ns) and self.audio_alive(now_ns)
                 and now_ns - self._last_fallback_ns >= 1e9 / cfg.fallback_hz
                 and self.ring.end_ns is not None):
             self._last_fallback_ns = now_ns
-            audio = self.ring.window(self.ring.end_ns, cfg.window_samples)
-            if audio is not None:
+            audio, missing = self._window(self.ring.end_ns)
+            if (audio is not None
+                    and 1.0 - missing / audio.shape[0] >= cfg.fallback_min_valid):
+                valid = self._sent(audio, missing)
                 return SyncedSample(None, audio, self.ring.end_ns,
-                                    {self.audio_stream: self.last_audio_seq})
+                                    {self.audio_stream: self.last_audio_seq}, audio_valid=valid)
         return None
