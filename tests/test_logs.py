@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 
+from udml_stream.data import avdigits
 from udml_stream.launch.config import load_launch
 from udml_stream.launch.supervisor import Supervisor
 from udml_stream.logs import LogError, Recorder, RecorderConfig, info, iter_wire, recover
@@ -287,6 +288,92 @@ def test_labels_in_a_log_become_scored_segments(tmp_path: Path) -> None:
     assert by["clean"].results == 2 and by["clean"].accuracy == 1.0
     assert by["audio_noise"].results == 1 and by["audio_noise"].accuracy == 0.0
     assert by["clean"].weight_share == {"audio": 0.25, "image": 0.75}
+
+
+def test_results_without_audio_are_scored_from_their_segment_start() -> None:
+    from udml_stream.demo.run import score_results
+    from udml_stream.demo.scene import Segment
+    from udml_stream.messages import FusionResult
+
+    segs = [Segment(0, 4, 0.0, 1.5, "mic_unplugged"), Segment(1, 2, 1.5, 3.0, "camera_killed")]
+
+    def res(t_s: float, pred: int, image: bool, audio: bool) -> FusionResult:
+        return FusionResult("fused", 0, int(t_s * 1e9), pred=pred,
+                            weights={"image": float(image), "audio": float(audio)},
+                            present={"image": image, "audio": audio})
+
+    scores = score_results(segs, [
+        res(0.2, 4, True, False),  # camera only: the frame alone decides, scored from the start
+        res(0.4, 4, True, True),  # the audio window reaches back before the segment: not scored
+        res(1.2, 9, True, True),
+        res(1.7, 2, False, True),  # audio only: its window starts in the previous segment
+        res(2.6, 2, False, True),
+    ], 0, 1.0)
+    by = {s.condition: s for s in scores}
+    assert by["mic_unplugged"].results == 2 and by["mic_unplugged"].accuracy == 0.5
+    assert by["mic_unplugged"].audio_absent == 0.5 and by["mic_unplugged"].camera_absent == 0.0
+    assert by["mic_unplugged"].weight_share == {"audio": 0.25, "image": 0.75}
+    assert by["camera_killed"].results == 1 and by["camera_killed"].camera_absent == 1.0
+
+
+def _field_like(data: avdigits.AVDigits) -> avdigits.AVDigits:
+    """The small build as a natural preset would load it, without rendering 5,000 camera views
+    (the natural scene takes its digits from MNIST itself): the clean speech table."""
+    import dataclasses
+
+    with np.load(data.info["cache"]) as z:
+        clean = z["audio"].astype(np.float32) / 32768.0
+    splits = {k: dataclasses.replace(s, tables={**s.tables, "audio": clean}, natural=True)
+              for k, s in data.splits.items()}
+    return dataclasses.replace(data, preset=avdigits.PRESETS["field"], splits=splits)
+
+
+def _dbfs(x: np.ndarray) -> float:
+    return float(10.0 * np.log10(np.mean(x.astype(np.float64) ** 2)))
+
+
+def test_field_scene_covers_the_lens_and_puts_speech_over_a_room_floor(
+        small_data: avdigits.AVDigits, tmp_path: Path) -> None:
+    import cv2
+
+    from udml_stream.demo.run import KILLS
+    from udml_stream.demo.scene import SceneSpec, build_scene
+    from udml_stream.sensors.microphone import read_wav
+
+    default = {c for c, _ in SceneSpec().plan}
+    assert {"camera_covered", "mic_unplugged", "camera_killed"} <= default
+    assert {cond for _, cond, _ in KILLS} == {"mic_unplugged", "camera_killed"}
+    spec = SceneSpec(plan=(("clean", 1), ("audio_noise", 1), ("camera_covered", 1),
+                           ("mic_unplugged", 1)), fps=10.0)
+    scene = build_scene(_field_like(small_data), tmp_path, spec)
+    assert [s.condition for s in scene.segments] == [c for c, _ in spec.plan]
+    cap = cv2.VideoCapture(str(scene.video))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    cap.release()
+    per_seg = round(spec.segment_s * spec.fps)
+    assert len(frames) == 4 * per_seg
+    top, left = (spec.height - spec.digit_px) // 2, (spec.width - spec.digit_px) // 2
+    digit = [f[top : top + spec.digit_px, left : left + spec.digit_px, 0].astype(float)
+             for f in frames[per_seg // 2 :: per_seg]]
+    assert digit[0].max() > 200  # a full-contrast MNIST digit
+    # A hand over the lens: nearly black, with the sensor's noise still there.
+    assert digit[2].mean() < 8.0 and digit[2].std() > 0.5
+
+    x, sr = read_wav(scene.audio)
+    seg, lead = round(spec.segment_s * sr), round(spec.lead_s * sr)
+    assert len(x) == 4 * seg
+    # Each clean utterance peaks at -20 dBFS.
+    for i in (0, 2, 3):
+        peak = 20.0 * np.log10(np.abs(x[i * seg + lead : i * seg + lead + sr]).max())
+        assert -20.5 < peak < -19.5
+    # The room floor (-70 dBFS RMS) before an utterance, and no digital silence anywhere.
+    assert abs(_dbfs(x[3 * seg : 3 * seg + lead]) - spec.room_floor_dbfs) < 1.0
+    frame_db = [_dbfs(x[k : k + 320]) for k in range(0, len(x) - 319, 320)]
+    assert min(frame_db) > spec.room_floor_dbfs - 2.0
+    # audio_noise: white noise 10 dB above the utterance's active power, over the whole segment.
+    assert -32.0 < _dbfs(x[seg : seg + lead]) < -12.0
 
 
 def test_replay_memory_measurement_replays_every_frame(tmp_path: Path) -> None:

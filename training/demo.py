@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,15 @@ from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 
+#: Each degraded condition and the stream it hurts.
+HURTS: tuple[tuple[str, str], ...] = (
+    ("camera_noise", "image"), ("audio_noise", "audio"), ("camera_covered", "image"),
+    ("mic_unplugged", "audio"), ("camera_killed", "image"))
+#: What the demo should show in every segment: a fused accuracy this high over enough results
+#: that one lucky or unlucky digit cannot decide it.
+TARGET_ACCURACY = 0.90
+MIN_RESULTS = 20
+
 
 def verdicts(scores: list[SegmentScore]) -> list[str]:
     """Did the weights move toward the healthy stream in each degraded segment?"""
@@ -22,8 +32,7 @@ def verdicts(scores: list[SegmentScore]) -> list[str]:
     lines = []
     if clean is None or not clean.results:
         return ["no clean results to compare against"]
-    for cond, hurt in (("camera_noise", "image"), ("audio_noise", "audio"),
-                       ("camera_killed", "image")):
+    for cond, hurt in HURTS:
         s = by.get(cond)
         if s is None or not s.results:
             lines.append(f"{cond}: no scored results")
@@ -35,18 +44,34 @@ def verdicts(scores: list[SegmentScore]) -> list[str]:
     return lines
 
 
+def accuracy_verdicts(scores: list[SegmentScore]) -> list[str]:
+    """Per segment: is the fused accuracy at least ``TARGET_ACCURACY`` over at least
+    ``MIN_RESULTS`` scored results?"""
+    lines = []
+    for s in scores:
+        ok = s.results >= MIN_RESULTS and s.accuracy >= TARGET_ACCURACY
+        why = "" if ok else (f" (only {s.results} results)" if s.results < MIN_RESULTS
+                             else " (accuracy below target)")
+        acc = f"{100 * s.accuracy:.1f}%" if s.results else "n/a"
+        lines.append(f"{s.condition}: fused accuracy {acc} over {s.results} results "
+                     f"{'✓' if ok else '✗'} ≥ {100 * TARGET_ACCURACY:.0f}% with ≥ {MIN_RESULTS}"
+                     f"{why}")
+    return lines
+
+
 def print_scores(scores: list[SegmentScore], title: str) -> None:
     """The per-segment table and the verdicts."""
     t = Table(title=title)
-    for col in ("segment", "scored", "fused acc", "image weight", "audio weight", "camera absent"):
+    for col in ("segment", "scored", "fused acc", "image weight", "audio weight", "camera absent",
+                "audio absent"):
         t.add_column(col, justify="left" if col == "segment" else "right")
     for s in scores:
         t.add_row(s.condition, str(s.results), f"{100 * s.accuracy:.1f}%",
                   f"{s.weight_share.get('image', 0):.2f}", f"{s.weight_share.get('audio', 0):.2f}",
-                  f"{100 * s.camera_absent:.0f}%")
+                  f"{100 * s.camera_absent:.0f}%", f"{100 * s.audio_absent:.0f}%")
     con = Console()
     con.print(t)
-    for line in verdicts(scores):
+    for line in verdicts(scores) + accuracy_verdicts(scores):
         con.print(line)
 
 
@@ -60,6 +85,10 @@ def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None,
     con = Console()
     for e in facts["events"]:
         con.print(f"event: {e}")
+    back_at = cast(dict[str, float | None], facts["back_at"])
+    for node, t in back_at.items():
+        con.print(f"{node} stream back in the results at scene t={t:.1f}s" if t is not None
+                  else f"{node} stream never came back after its kill")
     if record is not None:
         con.print(f"recorded to {record}; evaluate it offline with `udml log eval {record}`")
     return 0

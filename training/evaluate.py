@@ -25,7 +25,7 @@ def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str
     test = data.splits["test"]
     if limit:
         test = avdigits.Split(test.name, test.labels[:limit], test.tables,
-                              {m: ix[:limit] for m, ix in test.index.items()})
+                              {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
     result = evaluate_model(model, test, seed=seed, device=dev)
     result.update({"preset": name, "method": meta["model"]["method"], "checkpoint": str(ckpt)})
     return result

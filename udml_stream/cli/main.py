@@ -128,6 +128,57 @@ def eval_(
         json_out.write_text(json.dumps(result, indent=1))
 
 
+@app.command("eval-field")
+def eval_field(
+    checkpoint: Path,
+    cache_dir: CacheOpt = Path("data_cache"),
+    seed: int = 0,
+    device: str = "auto",
+    out: Annotated[Path | None, typer.Option(
+        help="Write OUT.json, OUT.md and OUT_families.png (e.g. docs/results/field)")] = None,
+    limit: Annotated[int, typer.Option(help="Score only the first N test samples (0 = all)")] = 0,
+    card: Annotated[Path | None, typer.Option(
+        help="Store the model card in the checkpoint and write it here (docs/model-card.md)")
+    ] = None,
+) -> None:
+    """Field evaluation of CHECKPOINT: natural input, audio gaps, and every degradation family
+    at every level against dropping that stream, with the field goals checked."""
+    from udml_stream_apps.training import field_eval
+
+    from udml_stream.evaluate.field_report import goals
+
+    command = "udml eval-field " + " ".join(sys.argv[2:])
+    result = _run(field_eval.main, checkpoint, cache_dir, seed, device, limit, out, command, card)
+    for goal, measured, ok in goals(result):
+        typer.echo(f"{'✓' if ok else '✗'} {goal}: {measured}")
+
+
+@app.command("benchmark-field")
+def benchmark_field(
+    methods: Annotated[str, typer.Option(help="Comma-separated; default all")] = "",
+    seeds: Annotated[str, typer.Option(help="Comma-separated")] = "0,1,2,3,4",
+    lofo: Annotated[bool, typer.Option(help="Also leave each family out of training")] = True,
+    config: Annotated[Path, typer.Option(help="The base training config")] = Path(
+        "configs/field.toml"),
+    set_: Annotated[list[str], typer.Option("--set", help="Override, e.g. train.epochs=10")] = [],  # noqa: B006
+    workers: int = 2,
+    runs_dir: Path = Path("runs/field_benchmark"),
+    cache_dir: CacheOpt = Path("data_cache"),
+    out_dir: Path = Path("docs/results"),
+) -> None:
+    """UDML (both rules) against its peers on natural input, every test sample corrupted, with
+    paired per-seed deltas, and leave-one-family-out → docs/results/field_benchmark.{md,json}."""
+    from udml_stream_apps.training import field_benchmark
+
+    from udml_stream.evaluate.field_benchmark import FIELD_METHODS
+
+    ms = [m for m in methods.split(",") if m] or list(FIELD_METHODS)
+    command = "udml benchmark-field " + " ".join(sys.argv[2:])
+    path = _run(field_benchmark.main, ms, [int(s) for s in seeds.split(",") if s], lofo, runs_dir,
+                cache_dir, config, out_dir, workers, _parse_set(set_), command)
+    typer.echo(str(path))
+
+
 @app.command()
 def benchmark(
     presets: Annotated[str, typer.Option(help="Comma-separated")] = "balanced,imbalanced,real",

@@ -176,6 +176,10 @@ class Preset:
     # as any real microphone has: digitally silent padding would make log-mel features
     # hypersensitive to the faintest added noise.
     audio_base_snr_db: float | None = 40.0
+    # The field model's data: full-quality digits rendered into camera frames and back through
+    # the fusion node's crop/resize path; clean speech that every batch puts at a random level
+    # over a random room floor (udml_stream.data.field). No fixed weakening.
+    natural: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -186,6 +190,8 @@ PRESETS: dict[str, Preset] = {
     "imbalanced": Preset("imbalanced", "raw", image_pca_energy=0.25),
     # Real recorded speech as MFCCs with the same weakened images.
     "real": Preset("real", "real", image_pca_energy=0.25, audio_base_snr_db=None),
+    # What the product ships: natural input as a robot sends it (docs/model-card.md).
+    "field": Preset("field", "raw", image_pca_energy=1.0, audio_base_snr_db=None, natural=True),
 }
 
 
@@ -204,6 +210,7 @@ class Split:
     labels: np.ndarray
     tables: dict[str, np.ndarray]
     index: dict[str, np.ndarray]
+    natural: bool = False  # batches get natural variation first (udml_stream.data.field)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -216,7 +223,7 @@ class Split:
         """A class-mixed random subset of ``n`` samples (for quick runs and tests)."""
         rows = np.random.default_rng(seed).permutation(len(self))[:n]
         return Split(self.name, self.labels[rows], self.tables,
-                     {m: ix[rows] for m, ix in self.index.items()})
+                     {m: ix[rows] for m, ix in self.index.items()}, self.natural)
 
 
 @dataclass
@@ -266,7 +273,21 @@ def load(
         build(spec, cache_dir)
     with np.load(path) as z:
         arr = {k: z[k] for k in z.files}
-    images, k = _pca_weaken(arr["images"], arr["image_split"] == 0, preset.image_pca_energy)
+    if preset.natural:
+        from udml_stream.data.field import render_camera_views
+
+        # Rendering 5,000 camera frames takes ~20 s: cache the views beside the build.
+        views = path.with_name(path.stem + "-camera-views-v1.npy")
+        if views.exists():
+            images = np.load(views)
+        else:
+            images = render_camera_views(arr["images"], np.random.default_rng(seed + 104_729))
+            tmp = views.with_suffix(".tmp.npy")
+            np.save(tmp, images)
+            tmp.replace(views)
+        k = images.shape[1] * images.shape[2]
+    else:
+        images, k = _pca_weaken(arr["images"], arr["image_split"] == 0, preset.image_pca_energy)
     info: dict[str, object] = {"image_pcs": k, "track": preset.track, "cache": str(path)}
     if preset.track == "raw":
         aud_name = "audio"
@@ -297,5 +318,6 @@ def load(
             labels=arr["image_labels"][p[:, 0]],
             tables={"image": images, aud_name: table},
             index={"image": p[:, 0], aud_name: p[:, 1]},
+            natural=preset.natural,
         )
     return AVDigits(preset, ("image", aud_name), splits, info=info)

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from udml_stream import corrupt
 from udml_stream.data.avdigits import Split
+from udml_stream.data.field import NaturalAudio, naturalise_audio, naturalise_image
 
 
 @dataclass
 class Batch:
-    """Corrupted inputs, the levels and presence actually applied, and the labels."""
+    """Corrupted inputs, the levels and presence actually applied, and the labels.
+
+    ``levels`` are the estimator's targets: the injected level, raised where the natural
+    variation itself degraded the sample (a loud room floor under quiet speech), hence float.
+    """
 
     inputs: dict[str, np.ndarray]
     levels: dict[str, np.ndarray]
     present: dict[str, np.ndarray]
     labels: np.ndarray
     rows: np.ndarray
+    families: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample family names
+
+
+@dataclass(frozen=True)
+class NaturalInput:
+    """Fixed natural conditions for a batch of a natural split (None: drawn at random)."""
+
+    peak_dbfs: float | None = None
+    floor_dbfs: float | None = None  # RMS of the room floor; -inf: none
+    exposure: bool = True  # random exposure and sensor noise on the images
 
 
 def draw_training_levels(
@@ -34,26 +49,55 @@ def draw_training_levels(
     }
 
 
+def _corrupt_mixed(modality: str, kinds: str | tuple[str, ...], x: np.ndarray,
+                   levels: np.ndarray, rng: np.random.Generator,
+                   ref_power: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Corrupt each sample with one family: ``kinds`` names it, or lists those to draw from."""
+    if isinstance(kinds, str):
+        fams = np.full(x.shape[0], kinds, dtype=object)
+    else:
+        fams = np.asarray(kinds, dtype=object)[rng.integers(0, len(kinds), x.shape[0])]
+    out = np.empty_like(x, dtype=np.float32)
+    for fam in dict.fromkeys(fams.tolist()):
+        idx = np.flatnonzero(fams == fam)
+        ref = None if ref_power is None else ref_power[idx]
+        out[idx] = corrupt.apply(modality, fam, x[idx], levels[idx], rng, ref_power=ref)
+    return out, fams.astype(str)
+
+
 def make_batch(
     split: Split,
     rows: np.ndarray,
     levels: Mapping[str, np.ndarray],
     rng: np.random.Generator,
-    kinds: Mapping[str, str] | None = None,
+    kinds: Mapping[str, str | tuple[str, ...]] | None = None,
     missing: tuple[str, ...] = (),
+    natural: NaturalInput | None = None,
 ) -> Batch:
     """Gather ``rows`` of ``split`` and corrupt each modality at its per-sample level.
 
-    ``kinds`` picks the corruption per modality (default: the training kind); a modality named
-    in ``missing`` is absent for every sample of the batch (its input is left out entirely).
+    ``kinds`` picks the corruption family per modality (default: the benchmark's training kind);
+    a tuple of families draws one per sample. A modality named in ``missing`` is absent for every
+    sample of the batch (its input is left out entirely). On a natural split (the field preset)
+    the clean samples first get natural variation (level, room floor, exposure: ``natural`` fixes
+    it), and audio SNRs are measured against the clean speech.
     """
     raw = split.batch(rows)
-    inputs, present = {}, {}
+    inputs, present, out_levels, fams = {}, {}, {}, {}
+    nat = natural or NaturalInput()
     for m, x in raw.items():
         present[m] = np.full(len(rows), m not in missing)
+        lv = np.asarray(levels[m])
+        out_levels[m] = lv
         if m in missing:
             continue
+        ref = None
+        if split.natural and m == "audio":
+            _, x, ref, floor_level = naturalise_audio(x, rng, NaturalAudio(), nat.peak_dbfs,
+                                                      nat.floor_dbfs)
+            out_levels[m] = np.maximum(lv, floor_level).astype(np.float32)
+        elif split.natural and m == "image" and nat.exposure:
+            x = naturalise_image(x, rng)
         kind = (kinds or {}).get(m, corrupt.TRAIN_KINDS[m])
-        inputs[m] = corrupt.apply(m, kind, x, levels[m], rng)
-    return Batch(inputs, {m: np.asarray(v) for m, v in levels.items()}, present,
-                 split.labels[rows], rows)
+        inputs[m], fams[m] = _corrupt_mixed(m, kind, x, lv, rng, ref)
+    return Batch(inputs, out_levels, present, split.labels[rows], rows, fams)

@@ -1,4 +1,11 @@
-"""Run the demo scene through camera, microphone and fusion nodes, then score it per segment."""
+"""Run the demo scene through camera, microphone and fusion nodes, then score it per segment.
+
+Two stream faults are played live: the launcher kills the camera node in the ``camera_killed``
+segments and the microphone node in the ``mic_unplugged`` ones, once each, early in the first
+segment, and the supervisor restarts each after its restart delay. A restarted node resumes at
+the current scene time (both file sources seek to it from ``start_at_unix``; a PulseAudio source
+hears what the player is playing now), so the rest of the condition shows the recovery.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,17 @@ from udml_stream.transport import Publisher
 log = logging.getLogger(__name__)
 
 
+#: The faults the launcher plays: node killed, condition it is killed in, and when (seconds
+#: after the condition's first segment starts: early, so the outage fills the condition's start).
+KILLS: tuple[tuple[str, str, float], ...] = (("mic", "mic_unplugged", 0.1),
+                                             ("camera", "camera_killed", 0.3))
+#: Restart delay of a killed node: about 3 s of outage (plus the node's start-up) shows the
+#: stream absent for two to three digits, and the condition's remaining digits its recovery.
+RESTART_DELAY_S = 3.0
+#: The fusion node's slop in frame intervals (see ``demo_launch``).
+SLOP_FRAMES = 0.75
+
+
 @dataclass
 class SegmentScore:
     """Fusion outcome over the scored results of one condition."""
@@ -36,6 +54,7 @@ class SegmentScore:
     accuracy: float
     weight_share: dict[str, float]
     camera_absent: float
+    audio_absent: float = float("nan")  # share of scored results fused without the audio
 
 
 def pulse_available() -> bool:
@@ -69,11 +88,17 @@ def demo_launch(scene: Scene, out_dir: Path, checkpoint: Path, start_at: float,
     write_launch(path, {
         "camera": {"program": "camera", "source": scene.video.resolve(), "fps": scene.spec.fps,
                    "start_at_unix": start_at, "endpoint": ep["camera"], "restart": "on-failure",
-                   "restart_delay_s": 3.0},
+                   "restart_delay_s": RESTART_DELAY_S},
         "mic": {"program": "microphone", **mic, "start_at_unix": start_at, "chunk_ms": 20.0,
-                "endpoint": ep["mic"], "restart": "on-failure"},
+                "endpoint": ep["mic"], "restart": "on-failure",
+                "restart_delay_s": RESTART_DELAY_S},
+        # A frame waits for its audio less than one frame interval: a newer frame replaces a
+        # waiting one and restarts the wait, so with a longer slop a microphone whose timeline
+        # runs a few tens of ms behind the frames (a PulseAudio stream that started with a late
+        # first block) would leave every frame waiting and stall the results.
         "fusion": {"program": "fusion", "checkpoint": checkpoint.resolve(), "device": "auto",
                    "threads": 1, "subscribe": [ep["camera"], ep["mic"]],
+                   "slop_ms": SLOP_FRAMES * 1000.0 / scene.spec.fps,
                    "endpoint": ep["fusion"], "restart": "on-failure"},
     }, comment="Written by `udml demo`: the robot configuration (configs/robot.toml) with the "
                "camera\nplaying a video file and the microphone fed "
@@ -87,27 +112,72 @@ def segment_at(segments: list[Segment], t_s: float) -> Segment | None:
     return segments[i] if 0 <= i < len(segments) and t_s < segments[i].end_s else None
 
 
+def _mean(flags: list[bool]) -> float:
+    """Share of true ``flags``; NaN when there are none (no results is not 0 %)."""
+    return float(np.mean(flags)) if flags else float("nan")
+
+
 def score_results(segments: list[Segment], results: list[FusionResult], start_mono_ns: int,
                   window_s: float) -> list[SegmentScore]:
-    """Per condition: accuracy and mean weight share over results whose audio window lies inside
-    their own segment (camera-only results count too when the audio was absent)."""
-    by: dict[str, list[tuple[bool, dict[str, float], bool]]] = defaultdict(list)
+    """Per condition: accuracy and mean weight share over the results that belong to a segment.
+
+    A result sits at its capture time ``t`` (scene time). It is scored in the segment playing at
+    ``t`` when everything it fused came from that segment:
+
+    * with the audio present, its audio window ``[t - window_s, t]`` must lie inside the segment,
+      so results are scored from ``start + window_s`` on (audio-only results of a dead camera
+      included: their window ends at ``t``);
+    * with the audio absent (a dead or unplugged microphone, or a window mostly missing), the
+      prediction rests on the frame at ``t`` alone, which shows the segment's digit from its
+      start: such results are scored from ``start`` on. Without this rule an outage would leave
+      few results, since the window rule keeps only the last ``segment_s - window_s`` seconds of
+      each digit.
+
+    Weight shares are each stream's effective multiplier over their sum (a stream missing from a
+    result's weights counts as 0).
+    """
+    by: dict[str, list[tuple[bool, dict[str, float], bool, bool]]] = defaultdict(list)
     for r in results:
         t = (r.capture_ns - start_mono_ns) / 1e9
         seg = segment_at(segments, t)
-        if seg is None or t - seg.start_s < window_s:
+        if seg is None:
+            continue
+        image = r.present.get("image", False)
+        audio = any(p for m, p in r.present.items() if m != "image")
+        if audio and t - seg.start_s < window_s:
             continue
         total = sum(r.weights.values()) or 1.0
         share = {m: w / total for m, w in r.weights.items()}
-        by[seg.condition].append((r.pred == seg.label, share, not r.present.get("image", False)))
+        by[seg.condition].append((r.pred == seg.label, share, not image, not audio))
     out = []
     for cond in dict.fromkeys(s.condition for s in segments):
         rows = by.get(cond, [])
-        mods = sorted({m for _, sh, _ in rows for m in sh})
+        mods = sorted({m for _, sh, _, _ in rows for m in sh})
         out.append(SegmentScore(
-            cond, len(rows), float(np.mean([c for c, _, _ in rows])) if rows else float("nan"),
-            {m: float(np.mean([sh.get(m, 0.0) for _, sh, _ in rows])) for m in mods},
-            float(np.mean([a for _, _, a in rows])) if rows else float("nan")))
+            cond, len(rows), _mean([r[0] for r in rows]),
+            {m: float(np.mean([sh.get(m, 0.0) for _, sh, _, _ in rows])) for m in mods},
+            _mean([r[2] for r in rows]), _mean([r[3] for r in rows])))
+    return out
+
+
+def recovery_times(results: list[FusionResult], start_mono_ns: int,
+                   kills: dict[str, float]) -> dict[str, float | None]:
+    """Scene time at which each killed stream's modality is present in a result again after its
+    kill (``kills``: node → scene time of the kill); None if it never came back."""
+    modality = {"camera": "image", "mic": "audio"}
+    out: dict[str, float | None] = {}
+    for node, at in kills.items():
+        gone, back = False, None
+        for r in sorted(results, key=lambda r: r.capture_ns):
+            t = (r.capture_ns - start_mono_ns) / 1e9
+            if t < at:
+                continue
+            present = r.present.get(modality[node], False)
+            gone = gone or not present
+            if gone and present:
+                back = t
+                break
+        out[node] = back
     return out
 
 
@@ -141,9 +211,10 @@ class LabelPublisher:
 def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None = None,
              startup_s: float = 8.0, record: Path | None = None
              ) -> tuple[list[SegmentScore], dict[str, object]]:
-    """Build the scene, run the nodes under a supervisor, kill and restart the camera node in
-    its segment, and score the fusion results; with ``record``, also record every stream and the
-    ground-truth labels into that MCAP file."""
+    """Build the scene, run the nodes under a supervisor, kill the microphone and the camera
+    node in their segments (``KILLS``; the supervisor restarts them), and score the fusion
+    results; with ``record``, also record every stream and the ground-truth labels into that
+    MCAP file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = build_scene(data, out_dir)
     use_pulse = pulse_available() if pulse is None else pulse
@@ -172,9 +243,10 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
         recorder = Recorder(RecorderConfig(eps, record))
         rec_thread = threading.Thread(target=recorder.run, name="recorder", daemon=True)
         rec_thread.start()
-    kill_seg = next(s for s in scene.segments if s.condition == "camera_killed")
-    kill_at = start_at + kill_seg.start_s + 0.3
-    killed = False
+    # Scene time of each kill, for the conditions this scene plays.
+    pending = {node: first.start_s + offset for node, cond, offset in KILLS
+               if (first := next((s for s in scene.segments if s.condition == cond), None))}
+    kills: dict[str, float] = {}
     events: list[str] = []
     sup.start()
     try:
@@ -182,11 +254,14 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
         while time.time() < end:
             monitor.pump(50)
             labels.tick(time.monotonic_ns())
-            events += sup.poll()
-            if not killed and time.time() >= kill_at:
-                sup.kill("camera")
-                events.append(f"camera killed at scene t={time.time() - start_at:.1f}s")
-                killed = True
+            now_s = time.time() - start_at
+            events += [f"{e} at scene t={now_s:.1f}s" for e in sup.poll()]
+            for node, at in list(pending.items()):
+                if now_s >= at:
+                    sup.kill(node)
+                    kills[node] = now_s
+                    events.append(f"{node} killed at scene t={now_s:.1f}s")
+                    del pending[node]
     finally:
         codes = sup.stop()
         monitor.close()
@@ -197,5 +272,7 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
     scores = score_results(scene.segments, monitor.results, start_mono_ns, 1.0)
     facts = {"audio_path": "pulseaudio null sink" if use_pulse else "wav file source",
              "results": len(monitor.results), "events": events, "exit_codes": codes,
-             "duration_s": scene.duration_s, "log": str(record) if record else None}
+             "duration_s": scene.duration_s, "log": str(record) if record else None,
+             # Whether the restart delay lets each stream come back within its condition.
+             "back_at": recovery_times(monitor.results, start_mono_ns, kills)}
     return scores, facts

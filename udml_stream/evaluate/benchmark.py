@@ -103,25 +103,31 @@ def run_benchmark(
         avdigits.load(preset, cache_dir)
     specs = [RunSpec(p, m, s, runs_dir, cache_dir, tuple((overrides or {}).items()))
              for p in presets for m in methods for s in seeds]
+    return run_specs(specs, run_one, workers)
+
+
+def run_specs(specs: list[Any], fn: Any, workers: int) -> list[dict[str, Any]]:
+    """Run ``fn(spec, threads)`` for every spec in ``workers`` processes (CPU threads split
+    between them); a failing run is recorded, the others finish, then the call fails."""
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     results: list[dict[str, Any]] = []
     failed: list[str] = []
 
-    def collect(spec: RunSpec, get: Any) -> None:
+    def collect(spec: Any, get: Any) -> None:
         # One failing run must not cost the others: record it, finish the rest, then fail.
         try:
             results.append(get())
-            log.info("done %s/%s seed %d", spec.preset, spec.method, spec.seed)
+            log.info("done %s", spec.out_dir)
         except Exception as err:
-            log.exception("run %s/%s seed %d failed", spec.preset, spec.method, spec.seed)
-            failed.append(f"{spec.preset}/{spec.method}/seed{spec.seed}: {err!r}")
+            log.exception("run %s failed", spec.out_dir)
+            failed.append(f"{spec.out_dir}: {err!r}")
 
     if workers <= 1:
         for spec in tqdm(specs, desc="benchmark"):
-            collect(spec, lambda spec=spec: run_one(spec, threads))
+            collect(spec, lambda spec=spec: fn(spec, threads))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = {pool.submit(run_one, s, threads): s for s in specs}
+            futs = {pool.submit(fn, s, threads): s for s in specs}
             for fut in tqdm(as_completed(futs), total=len(futs), desc="benchmark"):
                 collect(futs[fut], fut.result)
     if failed:

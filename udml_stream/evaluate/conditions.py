@@ -91,7 +91,8 @@ def score(
         out = model(inputs, present, lvt)
         correct.append((out.logits.argmax(1) == y).cpu().numpy())
         for m in mods:
-            weights[m].append(out.weights[m].cpu().numpy())
+            # Shares of the effective multiplier: what actually scales each stream's logits.
+            weights[m].append(out.multipliers[m].cpu().numpy())
             if m in out.sigma_hat:
                 sig[m].append(out.sigma_hat[m].cpu().numpy())
     return Scored(
@@ -102,7 +103,7 @@ def score(
 
 
 def weight_share(weights: dict[str, np.ndarray], m: str) -> float:
-    """Mean share of the total fusion weight that modality ``m`` receives."""
+    """Mean share of the summed effective multipliers that modality ``m`` receives."""
     total = sum(weights.values())
     return float(np.mean(np.where(total > 0, weights[m] / np.maximum(total, 1e-12), 0.0)))
 

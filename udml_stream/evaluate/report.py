@@ -166,6 +166,8 @@ def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[st
         "Images and sounds are paired **by class only** with a seeded generator; there is no other",
         "correspondence between an image and a sound. Raw-track speech is synthetic (espeak-ng),",
         "test voices unseen in training; nothing here says anything about real voices.",
+        "The `real` track's FSDD recordings come from the same 6 speakers in every split (the",
+        "data ships no speaker ids), so its test speakers were heard in training.",
         "Accuracies in %, mean ± std over seeds; every test sample is scored in every condition.",
         "`corrupted` is the unweighted mean over all conditions except `clean`.",
         "",

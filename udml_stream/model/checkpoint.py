@@ -18,6 +18,8 @@ from udml_stream.errors import CheckpointError
 from udml_stream.model.fusion import FusionNet, ModelConfig
 
 FORMAT = "udml-checkpoint/1"
+#: State that a checkpoint may lack (the model's defaults stand in).
+OPTIONAL_BUFFERS = ("gate_clean", "gate_broken")
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
@@ -64,6 +66,8 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[FusionNet, dic
         raise CheckpointError(f"{weights} not found")
     state = load_file(str(weights), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # A switch-rule checkpoint saved before its gate was calibrated keeps the gate open.
+    missing = [k for k in missing if k not in OPTIONAL_BUFFERS]
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match its config: missing {missing}, "
                               f"unexpected {unexpected}")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from udml_stream.errors import ConfigError
 from udml_stream.model import encoders
-from udml_stream.model.preprocess import build_prep
+from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION, build_prep, valid_fraction
 
 _T = dict[str, Tensor]
 
@@ -33,6 +33,10 @@ class MethodSpec:
     quality: str = "none"  # "none" | "estimator" | "raw_sigma" | "oracle"
     dependency: bool = False  # divide quality weights by the modality dependency D_m
     noise_augment: bool = True  # the training loop injects noise after its clean epochs
+    # How the UDML weights scale each stream: "residual" is the paper's (1 + w)·z, whose
+    # multiplier never falls below 1; "switch" is w·z, whose multiplier reaches 0 for a stream
+    # the estimator calls broken (the product's rule, see docs/method.md).
+    rule: str = "residual"
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -44,8 +48,14 @@ METHODS: dict[str, MethodSpec] = {
     "udml_no_estimator": MethodSpec("udml", True, "raw_sigma", True),
     "dependency_only": MethodSpec("udml", True, "none", True),
     "udml": MethodSpec("udml", True, "estimator", True),
+    "udml_switch": MethodSpec("udml", True, "estimator", True, rule="switch"),
+    "udml_switch_no_dependency": MethodSpec("udml", True, "estimator", False, rule="switch"),
     "oracle": MethodSpec("udml", True, "oracle", True),
 }
+
+
+#: Estimator heads (see ``ModelConfig.estimator``).
+ESTIMATORS = ("mlp", "linear", "linear_mu")
 
 
 @dataclass
@@ -63,6 +73,10 @@ class ModelConfig:
     estimator_weight: float = 0.1
     rank_weight: float = 0.1  # QMF ranking regulariser
     dependency_momentum: float = 0.9  # EMA of the per-step dependency statistic
+    # "mlp": Linear-ReLU-Dropout-Linear on the pooled σ (checkpoints before the field model);
+    # "linear": the reference's Linear-Dropout-Linear on standardised log σ and the share of the
+    # stream's window that holds measurements; "linear_mu": the same, also reading the pooled μ.
+    estimator: str = "mlp"
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -70,6 +84,9 @@ class ModelConfig:
             raise ConfigError(f"model.method = {self.method!r}; expected one of {list(METHODS)}")
         if len(self.modalities) < 2:
             raise ConfigError(f"model.modalities = {list(self.modalities)}; expected at least 2")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"model.estimator = {self.estimator!r}; expected one of "
+                              f"{list(ESTIMATORS)}")
         for m in self.modalities:
             if m not in self.encoders:
                 raise ConfigError(f"model.encoders.{m} is missing; expected one of "
@@ -102,6 +119,10 @@ class FusionOutput:
     unimodal_logits: dict[str, Tensor]  # [B, K] per modality
     weights: dict[str, Tensor]  # [B] fusion weight per modality (0 where absent)
     present: dict[str, Tensor]  # [B] bool
+    # [B] the factor that actually scales each stream's contribution to the fused logits
+    # ((1 + w) for the residual rule, w for the switch rule, the weight itself for the late-
+    # fusion peers, 1 for static concat; 0 where absent): weight shares are reported from these.
+    multipliers: dict[str, Tensor] = field(default_factory=dict)
     sigma_hat: dict[str, Tensor] = field(default_factory=dict)  # [B] predicted noise scale
     dependency: dict[str, Tensor] = field(default_factory=dict)  # scalar D_m used
     aux: dict[str, Tensor] = field(default_factory=dict)  # method-specific terms for the loss
@@ -127,6 +148,37 @@ def udml_weights(sigma_hat: Tensor | None, dependency: Tensor | None, mask: Tens
         return u * mask
     r = u / dependency.clamp(min=1e-6)[None, :]
     return n_present * r / r.sum(dim=1, keepdim=True).clamp(min=1e-12) * mask
+
+
+def effective_multipliers(w: Tensor, mask: Tensor, rule: str) -> Tensor:
+    """The factor scaling each stream's features in the fused logits, ``[B, M]``.
+
+    ``residual`` (the paper's): 1 + w, never below 1, so a broken stream keeps at least a quarter
+    of the total for M = 2. ``switch`` (the product's): w itself, which reaches 0 as σ̂ grows.
+    Absent streams get 0 under both rules.
+    """
+    return (w if rule == "switch" else 1.0 + w) * mask.float()
+
+
+def gate_weights(w: Tensor, sigma_hat: Tensor, clean: Tensor, broken: Tensor,
+                 mask: Tensor) -> Tensor:
+    """The switch rule's calibrated gate on σ̂, ``[B, M]``.
+
+    Inverse-variance weights leave a pure-noise stream a share of about (σ̂_clean/σ̂_broken)²,
+    and a regression estimator compresses that ratio (it is pulled toward the mean level). The
+    gate g_m = clamp((broken_m − σ̂_m)/(broken_m − clean_m), 0, 1) closes linearly from the σ̂
+    of clean validation input to that of information-free validation input, and the gated
+    weights are renormalised over the present streams (sum M′). A modality whose calibration is
+    unset (broken ≤ clean) keeps its gate open; when every present stream is closed the ungated
+    weights stand, so an answer never comes from nothing."""
+    span = (broken - clean)[None, :]
+    on = span > 0
+    g = torch.where(on, ((broken[None, :] - sigma_hat) / span.clamp(min=1e-6)).clamp(0.0, 1.0),
+                    torch.ones_like(sigma_hat))
+    gw = w * g * mask.float()
+    total = gw.sum(dim=1, keepdim=True)
+    n_present = mask.float().sum(dim=1, keepdim=True)
+    return torch.where(total > 1e-6, n_present * gw / total.clamp(min=1e-6), w)
 
 
 def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
@@ -182,7 +234,14 @@ class FusionNet(nn.Module):
         if spec.quality == "estimator":
             self.estimator = nn.ModuleDict({
                 m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1),
-                                 nn.Linear(d // 2, 1))
+                                 nn.Linear(d // 2, 1)) if cfg.estimator == "mlp"
+                # The reference head (no activation) on log σ standardised by running statistics:
+                # σ spans orders of magnitude across degradations, raw it saturates the head.
+                # One more input, the valid share of the window: σ cannot see a gap (missing
+                # frames read as silence), the measured share can.
+                else nn.Sequential(nn.BatchNorm1d(self._est_in(d), affine=False),
+                                   nn.Linear(self._est_in(d), d // 2), nn.Dropout(0.1),
+                                   nn.Linear(d // 2, 1))
                 for m in cfg.modalities
             })
         if spec.fusion == "pdf":
@@ -192,8 +251,17 @@ class FusionNet(nn.Module):
             })
         # Dependency statistics are model state: saved in and restored from the checkpoint.
         self.register_buffer("dependency_ema", torch.ones(len(cfg.modalities)))
+        if spec.rule == "switch":
+            # The switch rule's gate: σ̂ of clean and of information-free input per modality,
+            # calibrated on the validation split after training (``calibrate_gate``); while
+            # both are 0 the gate is open (training, and checkpoints without a calibration).
+            self.register_buffer("gate_clean", torch.zeros(len(cfg.modalities)))
+            self.register_buffer("gate_broken", torch.zeros(len(cfg.modalities)))
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _est_in(self, d: int) -> int:
+        return {"mlp": d, "linear": d + 1, "linear_mu": 2 * d + 1}[self.cfg.estimator]
 
     def _embed(self, m: str, x: Tensor, preprocessed: bool
                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -215,6 +283,13 @@ class FusionNet(nn.Module):
         w = self.head.weight[:, m_index * d : (m_index + 1) * d]
         return z @ w.t() + self.head.bias
 
+    def input_valid(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per modality, ``[B]`` share of a sensor-domain input that holds measurements.
+
+        Missing samples are NaN (gaps in a stream). Call this on raw inputs (before ``prep``)
+        and pass the result to ``forward(valid=...)`` when the inputs are preprocessed apart."""
+        return {m: valid_fraction(x) for m, x in inputs.items() if m in self.prep}
+
     # ---- forward -------------------------------------------------------------------------
 
     def forward(
@@ -224,6 +299,7 @@ class FusionNet(nn.Module):
         levels: Mapping[str, Tensor] | None = None,
         quality_on: bool = True,
         preprocessed: bool = False,
+        valid: Mapping[str, Tensor] | None = None,
     ) -> FusionOutput:
         """Fuse one batch.
 
@@ -233,24 +309,37 @@ class FusionNet(nn.Module):
             levels: modality → injected noise level ``[B]`` (training targets; the oracle's weights).
             quality_on: the training loop's switch; when False the quality weights are all 1.
             preprocessed: the inputs already went through ``self.prep`` (serving times it apart).
+            valid: modality → share of the window holding measurements ``[B]``; computed from
+                the NaN in ``inputs`` unless they are preprocessed (then from ``input_valid``).
+                Above ``MISSING_ABSENT_FRACTION`` missing, a stream is absent for that sample.
         """
         cfg, spec = self.cfg, self.cfg.spec
         ref = next((inputs[m] for m in cfg.modalities if m in inputs), None)
         if ref is None:
             raise ConfigError(f"no input for any modality of {list(cfg.modalities)}")
         b, dev = ref.shape[0], ref.device
+        # A stream whose window is mostly missing (NaN) is absent, in training as in serving.
+        if valid is None:
+            valid = {} if preprocessed else self.input_valid(inputs)
+        valid = {m: v.to(dev).float() for m, v in valid.items()}
         pres: dict[str, Tensor] = {}
         z: dict[str, Tensor] = {}
         sig: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
+        mu_pooled: dict[str, Tensor] = {}
         for m in cfg.modalities:
             p = torch.zeros(b, dtype=torch.bool, device=dev) if m not in inputs else (
                 present[m].to(dev).bool() if present is not None and m in present
                 else torch.ones(b, dtype=torch.bool, device=dev))
+            if m in valid:
+                p = p & (valid[m] >= 1.0 - MISSING_ABSENT_FRACTION)
             pres[m] = p
             if m in inputs:
                 zm, sm, mp = self._embed(m, inputs[m], preprocessed)
-                z[m] = zm * p[:, None]
+                if mp is not None:
+                    mu_pooled[m] = mp[0].mean(dim=(2, 3))
+                # where() not a product: an all-missing window may embed to non-finite values.
+                z[m] = torch.where(p[:, None], zm, torch.zeros_like(zm))
                 if sm is not None:
                     sig[m], maps[m] = sm, mp
             else:
@@ -259,21 +348,31 @@ class FusionNet(nn.Module):
                     sig[m] = torch.ones(b, cfg.embed_dim, device=dev)
         fuse = {"concat": self._fuse_concat, "udml": self._fuse_udml,
                 "qmf": self._fuse_qmf, "pdf": self._fuse_pdf}[spec.fusion]
-        out = fuse(z, sig, pres, levels, quality_on)
+        est: _T = {}
+        if spec.quality == "estimator" and cfg.estimator != "mlp":
+            for m in cfg.modalities:
+                v = valid.get(m, torch.ones(b, device=dev))[:, None]
+                parts = [torch.log(sig[m].detach().clamp(min=1e-6)), v]
+                if cfg.estimator == "linear_mu":
+                    parts.insert(1, mu_pooled.get(m, torch.zeros_like(sig[m])).detach())
+                est[m] = torch.cat(parts, dim=1)
+        elif spec.quality == "estimator":
+            est = {m: sig[m].detach() for m in cfg.modalities}
+        out = fuse(z, sig, pres, levels, quality_on, est)
         if maps:
             out.aux["embedding_maps"] = maps  # type: ignore[assignment]
         return out
 
     def _fuse_concat(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
-                   quality_on: bool) -> FusionOutput:
+                   quality_on: bool, est: _T) -> FusionOutput:
         ms = self.cfg.modalities
         logits = self.head(torch.cat([z[m] for m in ms], dim=1))
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         weights = {m: pres[m].float() for m in ms}
-        return FusionOutput(logits, uni, weights, pres)
+        return FusionOutput(logits, uni, weights, pres, multipliers=dict(weights))
 
     def _fuse_udml(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
-                   quality_on: bool) -> FusionOutput:
+                   quality_on: bool, est: _T) -> FusionOutput:
         cfg, spec, ms = self.cfg, self.cfg.spec, self.cfg.modalities
         uni = {m: self._block_logits(i, z[m]) for i, m in enumerate(ms)}
         mask = torch.stack([pres[m] for m in ms], dim=1).float()  # [B, M]
@@ -282,7 +381,7 @@ class FusionNet(nn.Module):
         aux: dict[str, Tensor] = {}
         if spec.quality == "estimator":
             for m in ms:
-                o = self.estimator[m](sig[m].detach()).squeeze(1)
+                o = self.estimator[m](est[m]).squeeze(1)
                 aux[f"estimator_out/{m}"] = o
                 sigma_hat[m] = torch.exp(0.5 * o)
         elif spec.quality == "raw_sigma":
@@ -303,15 +402,19 @@ class FusionNet(nn.Module):
         else:
             dep = self.dependency_ema
         w = udml_weights(q, dep if spec.dependency else None, mask)
-        scaled = torch.cat([(1.0 + w[:, i : i + 1]) * z[m] for i, m in enumerate(ms)], dim=1)
+        if spec.rule == "switch" and q is not None and not self.training:
+            w = gate_weights(w, q, self.gate_clean, self.gate_broken, mask)
+        mult = effective_multipliers(w, mask, spec.rule)
+        scaled = torch.cat([mult[:, i : i + 1] * z[m] for i, m in enumerate(ms)], dim=1)
         logits = self.head(scaled)
         return FusionOutput(
-            logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres, sigma_hat,
+            logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres,
+            {m: mult[:, i] for i, m in enumerate(ms)}, sigma_hat,
             {m: dep[i] for i, m in enumerate(ms)}, aux,
         )
 
     def _fuse_qmf(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
-                   quality_on: bool) -> FusionOutput:
+                   quality_on: bool, est: _T) -> FusionOutput:
         ms = self.cfg.modalities
         uni = {m: self.heads[m](z[m]) for m in ms}
         # Energy-based confidence: the negative free energy logsumexp(logits), scaled.
@@ -319,10 +422,10 @@ class FusionNet(nn.Module):
         weights = {m: conf[m].detach().clamp(min=0.0) * pres[m] for m in ms}
         logits = sum(weights[m][:, None] * uni[m] for m in ms)
         aux = {f"confidence/{m}": conf[m] for m in ms}
-        return FusionOutput(logits, uni, weights, pres, aux=aux)
+        return FusionOutput(logits, uni, weights, pres, multipliers=dict(weights), aux=aux)
 
     def _fuse_pdf(self, z: _T, sig: _T, pres: _T, levels: Mapping[str, Tensor] | None,
-                   quality_on: bool) -> FusionOutput:
+                   quality_on: bool, est: _T) -> FusionOutput:
         ms, k = self.cfg.modalities, self.cfg.num_classes
         uni = {m: self.heads[m](z[m]) for m in ms}
         conf = {m: torch.sigmoid(self.confidence[m](z[m].detach())).squeeze(1) for m in ms}
@@ -346,4 +449,5 @@ class FusionNet(nn.Module):
         wt = torch.softmax(co_belief, dim=1).nan_to_num(0.0) * mask
         logits = sum(wt[:, i : i + 1] * uni[m] for i, m in enumerate(ms))
         aux = {f"confidence/{m}": conf[m] for m in ms}
-        return FusionOutput(logits, uni, {m: wt[:, i] for i, m in enumerate(ms)}, pres, aux=aux)
+        weights = {m: wt[:, i] for i, m in enumerate(ms)}
+        return FusionOutput(logits, uni, weights, pres, multipliers=dict(weights), aux=aux)

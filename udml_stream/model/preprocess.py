@@ -39,14 +39,35 @@ class ImagePrep(nn.Module):
     """Pixels 0..255 (``[B, H, W]`` grey or ``[B, H, W, 3]`` BGR) → ``[B, 1, S, S]`` normalised.
 
     Non-square frames are centre-cropped to a square first, then area-resized to S×S.
+
+    ``norm = "fixed"`` (the benchmark's) divides by 255 and standardises with one mean and std,
+    so a dim or washed-out frame looks nothing like training data. ``norm = "frame"`` (the field
+    model's) first stretches each frame's own 1st..99th percentile range to 0..255, dividing by
+    at least ``min_contrast`` pixel levels: a dim or bright frame of a digit looks like a normal
+    one, while a flat frame (black, covered, uniform grey) stays flat instead of turning its
+    sensor noise into a full-contrast pattern.
     """
 
-    def __init__(self, size: int = 28, mean: float = 0.13, std: float = 0.3) -> None:
+    def __init__(self, size: int = 28, mean: float = 0.13, std: float = 0.3,
+                 norm: str = "fixed", min_contrast: float = 32.0) -> None:
         super().__init__()
+        if norm not in ("fixed", "frame"):
+            raise ConfigError(f"preprocess.image.norm = {norm!r}; expected 'fixed' or 'frame'")
         self.size, self.mean, self.std = size, mean, std
+        self.norm, self.min_contrast = norm, min_contrast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.pixels(x) / 255.0 - self.mean) / self.std
+        return self.normalise(self.pixels(x))
+
+    def normalise(self, px: torch.Tensor) -> torch.Tensor:
+        """Model-resolution pixels ``[B, 1, S, S]`` (0..255) → standardised encoder input."""
+        if self.norm == "frame":
+            flat = px.flatten(1)
+            q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)  # [2, B]
+            lo = q[0].view(-1, 1, 1, 1)
+            span = (q[1] - q[0]).clamp(min=self.min_contrast).view(-1, 1, 1, 1)
+            px = ((px - lo) / span).clamp(0.0, 1.0) * 255.0
+        return (px / 255.0 - self.mean) / self.std
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The geometric part alone: crop, grey, resize → ``[B, 1, S, S]`` float pixels 0..255
@@ -66,11 +87,36 @@ class ImagePrep(nn.Module):
 
     def params(self) -> dict[str, Any]:
         """JSON-serialisable parameters (stored in checkpoints)."""
-        return {"kind": "image", "size": self.size, "mean": self.mean, "std": self.std}
+        return {"kind": "image", "size": self.size, "mean": self.mean, "std": self.std,
+                "norm": self.norm, "min_contrast": self.min_contrast}
+
+
+#: Above this share of missing (NaN) samples in its window, a waveform stream counts as absent.
+MISSING_ABSENT_FRACTION = 0.5
+
+
+def valid_fraction(x: torch.Tensor) -> torch.Tensor:
+    """Per sample, the share of a sensor-domain stream that holds measurements (not NaN), ``[B]``."""
+    return 1.0 - torch.isnan(x.flatten(1)).float().mean(dim=1)
 
 
 class LogMelPrep(nn.Module):
-    """Waveform ``[B, N]`` at ``sample_rate`` → standardised log-mel ``[B, 1, n_mels, frames]``."""
+    """Waveform ``[B, N]`` at ``sample_rate`` → standardised log-mel ``[B, 1, n_mels, frames]``.
+
+    NaN samples are missing (a gap in the stream, see ``udml_stream.sync``): the STFT frames
+    that touch one are set to the feature value of silence, never computed from filled-in zeros.
+
+    Two front-ends:
+      * reference (``floor_dbfs=None``): ``log(power + 1e-6)``, standardised with one mean and
+        std. Digital silence lands far below anything in noisy training data (the failure this
+        project measured: a 50 ms run of zeros took the audio stream's accuracy from 97% to 26%).
+      * robust (``floor_dbfs`` set): energies in dB above the energy a white noise at
+        ``floor_dbfs`` RMS would put in each band, so silence is exactly 0 dB and nothing falls
+        below it. With ``range_db`` set, each window is gain-normalised: its loudest band is
+        lifted to ``range_db`` (by at most what brings the floor itself there) and everything
+        more than ``range_db`` below it is cut to 0, so the same word at −46 or −6 dBFS gives the
+        same features while a silent window stays silent.
+    """
 
     def __init__(
         self,
@@ -81,24 +127,57 @@ class LogMelPrep(nn.Module):
         n_mels: int = 32,
         mean: float = 0.0,
         std: float = 1.0,
+        floor_dbfs: float | None = None,
+        range_db: float | None = None,
     ) -> None:
         super().__init__()
         self.sample_rate, self.window_samples = sample_rate, window_samples
         self.n_fft, self.hop, self.n_mels = n_fft, hop, n_mels
         self.mean, self.std = mean, std
+        self.floor_dbfs, self.range_db = floor_dbfs, range_db
         fb = mel_filterbank(sample_rate, n_fft, n_mels, 20.0, sample_rate / 2.0)
+        window = torch.hann_window(n_fft)
         self.register_buffer("fb", torch.from_numpy(fb), persistent=False)
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("window", window, persistent=False)
+        # Band energy of white noise at floor_dbfs RMS: σ²·Σw² per rfft bin, summed by the filter.
+        floor = 10.0 ** ((floor_dbfs if floor_dbfs is not None else -100.0) / 10.0)
+        band_floor = floor * float(window.square().sum()) * torch.from_numpy(fb).sum(dim=1)
+        self.register_buffer("band_floor", band_floor, persistent=False)
+
+    def _missing_frames(self, missing: torch.Tensor) -> torch.Tensor:
+        """``[B, frames]`` True where a frame's analysis window touches a missing sample."""
+        half = self.n_fft // 2
+        m = torch.nn.functional.pad(missing.float().unsqueeze(1), (half, half), mode="reflect")
+        return m.squeeze(1).unfold(-1, self.n_fft, self.hop).amax(dim=-1) > 0
 
     def log_mel(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised log-mel energies ``[B, n_mels, frames]``."""
+        missing = torch.isnan(x)
+        has_missing = bool(missing.any())
+        if has_missing:
+            x = x.masked_fill(missing, 0.0)
         # The centred STFT (reflect padding, Hann window) as framing + rfft: the same numbers as
         # torch.stft(center=True) but about 3x faster on CPU, where serving and training run.
         half = self.n_fft // 2
         padded = torch.nn.functional.pad(x.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
         spec = torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop) * self.window)
         power = spec.real.square() + spec.imag.square()  # [B, frames, bins]
-        return torch.log(torch.matmul(power, self.fb.t()) + 1e-6).transpose(1, 2)
+        mel = torch.matmul(power, self.fb.t())  # [B, frames, n_mels]
+        if self.floor_dbfs is None:
+            out = torch.log(mel + 1e-6)
+            silence = math.log(1e-6)
+        else:
+            out = 10.0 * torch.log10(mel / self.band_floor + 1.0)  # dB above the floor, ≥ 0
+            if self.range_db is not None:
+                r = self.range_db
+                peak = out.amax(dim=(1, 2), keepdim=True).clamp(min=r)
+                out = (out - peak + r).clamp(min=0.0) / r
+            else:
+                out = out / 100.0
+            silence = 0.0
+        if has_missing:
+            out = out.masked_fill(self._missing_frames(missing).unsqueeze(-1), silence)
+        return out.transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((self.log_mel(x) - self.mean) / self.std).unsqueeze(1)
@@ -114,6 +193,8 @@ class LogMelPrep(nn.Module):
             "n_mels": self.n_mels,
             "mean": self.mean,
             "std": self.std,
+            "floor_dbfs": self.floor_dbfs,
+            "range_db": self.range_db,
         }
 
 
@@ -148,5 +229,6 @@ def fit_logmel_stats(prep: LogMelPrep, waves: np.ndarray) -> None:
     """Set ``prep``'s standardisation from clean training waveforms (one mean and std)."""
     with torch.no_grad():
         lm = prep.log_mel(torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)))
+    lm = lm[torch.isfinite(lm)]
     prep.mean = float(lm.mean())
     prep.std = float(lm.std()) if math.isfinite(float(lm.std())) else 1.0

@@ -23,7 +23,7 @@ class Prediction:
 
     probs: list[float]
     pred: int
-    weights: dict[str, float]
+    weights: dict[str, float]  # the effective multiplier of each stream's logits (0 = ignored)
     sigma_hat: dict[str, float]
     present: dict[str, bool]
     preprocess_ns: int
@@ -68,20 +68,23 @@ class FusionRunner:
     def predict(self, inputs: dict[str, np.ndarray | None]) -> Prediction:
         """Fuse one sample; a modality that is None (or missing) is absent (weight 0)."""
         t0 = time.perf_counter_ns()
-        tensors = {
-            m: self.model.prep[m](torch.from_numpy(np.ascontiguousarray(
-                x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))[None].to(self.device))
+        raw = {
+            m: torch.from_numpy(np.ascontiguousarray(
+                x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))[None].to(self.device)
             for m, x in inputs.items() if x is not None and m in self.modalities
         }
-        if not tensors:
+        if not raw:
             raise ValueError("no modality present: nothing to fuse")
+        # Gaps arrive as NaN samples: a mostly missing window makes its stream absent.
+        valid = self.model.input_valid(raw)
+        tensors = {m: self.model.prep[m](x) for m, x in raw.items()}
         t1 = time.perf_counter_ns()
-        out = self.model(tensors, preprocessed=True)
+        out = self.model(tensors, preprocessed=True, valid=valid)
         probs = torch.softmax(out.logits, dim=1)[0].cpu().numpy()
         t2 = time.perf_counter_ns()
         return Prediction(
             probs=[float(p) for p in probs], pred=int(probs.argmax()),
-            weights={m: float(w[0]) for m, w in out.weights.items()},
+            weights={m: float(w[0]) for m, w in out.multipliers.items()},
             sigma_hat={m: float(s[0]) for m, s in out.sigma_hat.items() if m in tensors},
             present={m: bool(p[0]) for m, p in out.present.items()},
             preprocess_ns=t1 - t0, inference_ns=t2 - t1,

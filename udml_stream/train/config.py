@@ -62,6 +62,13 @@ class ModelSection(_Strict):
     gamma: float = Field(1.0, ge=0)
     beta: float = Field(1e-5, ge=0)
     estimator_weight: float = Field(0.1, ge=0)
+    estimator: Literal["mlp", "linear", "linear_mu"] = Field(
+        "mlp", description="linear: the reference head on standardised log σ and the window's "
+        "valid share; linear_mu: also the pooled μ")
+    frontend: Literal["reference", "floor", "robust"] = Field(
+        "reference", description="reference: log(power + 1e-6) audio, fixed image scaling; floor: "
+        "audio in dB above a -100 dBFS floor; robust: floor + per-window gain normalisation, "
+        "and per-frame image contrast normalisation (the field model)")
 
     @field_validator("method")
     @classmethod
@@ -86,6 +93,21 @@ class TrainSection(_Strict):
     lr_drop_epoch: int = Field(6, ge=0, description="lr × 0.1 from this epoch")
     grad_clip: float = Field(40.0, gt=0)
     clean_fraction: float = Field(0.5, ge=0, le=1, description="share of clean samples once noisy")
+    families: dict[str, list[str]] = Field(
+        default_factory=dict, description="modality → degradation families drawn per sample "
+        "once noisy (udml_stream.corrupt); a modality not named gets its reference kind")
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from udml_stream import corrupt
+
+        for m, fams in v.items():
+            known = corrupt.kinds_for(m)  # names an unknown modality itself
+            bad = [f for f in fams if f not in known]
+            if bad or not fams:
+                raise ValueError(f"families.{m} = {fams}; expected a non-empty list of {list(known)}")
+        return v
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave as is")
     device: str = "auto"
     out_dir: Path = Path("runs/default")

@@ -40,16 +40,30 @@ def to_torch(batch: Batch, device: torch.device) -> tuple[dict, dict, dict, torc
     return inputs, present, levels, torch.from_numpy(batch.labels).to(device)
 
 
-def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split) -> dict[str, dict[str, Any]]:
-    """Preprocessing parameters per modality, fitted on clean training data where needed."""
+#: Audio front-end settings per ``model.frontend`` (see ``LogMelPrep``).
+FRONTENDS: dict[str, dict[str, float | None]] = {
+    "reference": {"floor_dbfs": None, "range_db": None},
+    "floor": {"floor_dbfs": -100.0, "range_db": None},
+    "robust": {"floor_dbfs": -100.0, "range_db": 50.0},
+}
+
+
+def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split,
+                      frontend: str = "reference") -> dict[str, dict[str, Any]]:
+    """Preprocessing parameters per modality, fitted on clean training data where needed
+    (on a natural split: clean data after its natural variation, fixed seed)."""
     params: dict[str, dict[str, Any]] = {}
     for m in data.modalities:
         if m == "image":
-            params[m] = ImagePrep().params()
+            params[m] = ImagePrep(norm="fixed" if frontend == "reference" else "frame").params()
         elif m == "audio":
-            prep = LogMelPrep(sample_rate=data.sample_rate, window_samples=avdigits.WINDOW_SAMPLES)
+            prep = LogMelPrep(sample_rate=data.sample_rate, window_samples=avdigits.WINDOW_SAMPLES,
+                              **FRONTENDS[frontend])
             rows = np.arange(min(len(train), 1000))
-            fit_logmel_stats(prep, train.batch(rows)["audio"])
+            waves = make_batch(train, rows, {"audio": np.ones(len(rows), np.int64),
+                                             "image": np.ones(len(rows), np.int64)},
+                               np.random.default_rng(12_345)).inputs["audio"]
+            fit_logmel_stats(prep, waves)
             params[m] = prep.params()
         else:
             params[m] = MfccPrep(frames=avdigits.MFCC_FRAMES).params()
@@ -84,6 +98,33 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
                          renditions=d.get("renditions", 3))
 
 
+@torch.no_grad()
+def calibrate_gate(model: FusionNet, val: avdigits.Split, kinds: dict[str, tuple[str, ...]] | None,
+                   seed: int, device: torch.device, n: int = 500) -> dict[str, list[float]]:
+    """Set the switch rule's gate from validation data: per modality, the median σ̂ of clean
+    input and of information-free input (level 11 of the training families, one stream at a
+    time, the other clean). Streams the gap policy made absent are left out."""
+    model.eval()
+    rng = np.random.default_rng(seed + 20_011)
+    rows = rng.permutation(len(val))[:n]
+    mods = model.cfg.modalities
+    clean_lv = {m: np.ones(len(rows), np.int64) for m in mods}
+    out: dict[str, list[float]] = {"clean": [], "broken": []}
+    for i, m in enumerate(mods):
+        meds = []
+        for lv in (1, 11):
+            levels = {**clean_lv, m: np.full(len(rows), lv, np.int64)}
+            b = make_batch(val, rows, levels, rng, kinds)
+            inputs, present, lvt, _ = to_torch(b, device)
+            res = model(inputs, present, lvt)
+            keep = res.present[m]
+            meds.append(float(res.sigma_hat[m][keep].median()) if bool(keep.any()) else 0.0)
+        model.gate_clean[i], model.gate_broken[i] = meds[0], meds[1]
+        out["clean"].append(meds[0])
+        out["broken"].append(meds[1])
+    return out
+
+
 @dataclass
 class TrainResult:
     """Where the selected checkpoint went and how training went."""
@@ -95,7 +136,8 @@ class TrainResult:
     seconds: float
 
 
-def _validation_batches(val: avdigits.Split, seed: int, bs: int) -> list[Batch]:
+def _validation_batches(val: avdigits.Split, seed: int, bs: int,
+                        kinds: dict[str, tuple[str, ...]] | None = None) -> list[Batch]:
     """A fixed validation set: every sample clean, and every sample in the noisy mixture."""
     rng = np.random.default_rng(seed + 10_007)
     out = []
@@ -105,7 +147,7 @@ def _validation_batches(val: avdigits.Split, seed: int, bs: int) -> list[Batch]:
             rows = np.arange(start, min(start + bs, len(val)))
             lv = (draw_training_levels(len(rows), mods, rng, 0.0) if noisy
                   else {m: np.ones(len(rows), dtype=np.int64) for m in mods})
-            out.append(make_batch(val, rows, lv, rng))
+            out.append(make_batch(val, rows, lv, rng, kinds))
     return out
 
 
@@ -145,10 +187,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     encs = {m: cfg.model.encoders.get(m, DEFAULT_ENCODERS[m]) for m in data.modalities}
     mcfg = ModelConfig(
         modalities=data.modalities, encoders=encs,
-        preprocess=preprocess_params(data, train_split), num_classes=len(data.class_names),
-        method=cfg.model.method, embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma,
-        beta=cfg.model.beta, estimator_weight=cfg.model.estimator_weight,
+        preprocess=preprocess_params(data, train_split, cfg.model.frontend),
+        num_classes=len(data.class_names), method=cfg.model.method,
+        embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma, beta=cfg.model.beta,
+        estimator_weight=cfg.model.estimator_weight, estimator=cfg.model.estimator,
     )
+    kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
     model = FusionNet(mcfg).to(device)
     params = model.parameters()
     opt: torch.optim.Optimizer = (
@@ -171,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         history = json.loads(st["history"])
         log.info("resuming %s from epoch %d", out_dir, start_epoch)
 
-    val_batches = _validation_batches(val_split, tc.seed, 256)
+    val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
     spec = mcfg.spec
     history_loss = {m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
                     for m in data.modalities}
@@ -194,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             rows = order[bi * tc.batch_size : (bi + 1) * tc.batch_size]
             lv = (draw_training_levels(len(rows), data.modalities, rng, tc.clean_fraction)
                   if noisy else {m: np.ones(len(rows), dtype=np.int64) for m in data.modalities})
-            batch = make_batch(train_split, rows, lv, rng)
+            batch = make_batch(train_split, rows, lv, rng, kinds)
             inputs, present, levels, y = to_torch(batch, device)
             out = model(inputs, present, levels, quality_on=quality_on)
             hist = ({m: torch.from_numpy(history_loss[m][rows]).to(device) for m in history_loss}
@@ -225,6 +269,14 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             "numpy_rng": json.dumps(rng.bit_generator.state), "epoch": epoch,
             "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
         }, state_path)
+    if spec.rule == "switch" and spec.quality == "estimator" and best_epoch >= 0:
+        best, best_meta = checkpoint.load(out_dir / "best", device)
+        gate = calibrate_gate(best, val_split, kinds, tc.seed, device)
+        log.info("switch gate calibrated on validation: σ̂ clean %s, information-free %s",
+                 gate["clean"], gate["broken"])
+        extra = {k: v for k, v in best_meta.items()
+                 if k not in ("format", "model", "class_names", "dependency")}
+        checkpoint.save(best, out_dir / "best", list(data.class_names), {**extra, "gate": gate})
     return TrainResult(out_dir / "best", best_epoch, best_score, history,
                        time.perf_counter() - t0)
 

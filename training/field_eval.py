@@ -1,0 +1,54 @@
+"""Program: the field evaluation of a checkpoint (natural input, gaps, every family vs dropping)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from udml_stream import corrupt
+from udml_stream.data import avdigits
+from udml_stream.evaluate.card import build_card, write_into_checkpoint
+from udml_stream.evaluate.card import write_markdown as write_card_markdown
+from udml_stream.evaluate.field import evaluate_field
+from udml_stream.evaluate.field_report import plot, write_markdown
+from udml_stream.model import checkpoint
+from udml_stream.train.trainer import load_data_for_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def seen_families(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The degradation families a checkpoint was trained on (its reference kind when none named)."""
+    named = meta.get("config", {}).get("train", {}).get("families") or {}
+    mods = meta["model"]["modalities"]
+    return {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[m],))) for m in mods}
+
+
+def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
+         out: Path | None, command: str, card: Path | None = None) -> dict[str, Any]:
+    """Evaluate ``ckpt`` on its own preset's test split (``field`` for the shipped model); with
+    ``out`` write ``out.json``, ``out.md`` and ``out_families.png``; with ``card`` store the
+    model card in the checkpoint and write it as markdown to ``card``."""
+    dev = resolve_device(device)
+    model, meta = checkpoint.load(ckpt, dev)
+    data = load_data_for_checkpoint(meta, cache_dir)
+    test = data.splits["test"]
+    if limit:
+        test = avdigits.Split(test.name, test.labels[:limit], test.tables,
+                              {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
+    result = evaluate_field(model, test, seed, seen_families(meta))
+    result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
+                   "preset": data.preset.name, "seed": seed})
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        write_markdown(result, out.with_suffix(".md"), command)
+        plot(result, out)
+    if card is not None:
+        facts = build_card(meta, result)
+        write_into_checkpoint(ckpt, facts)
+        report = (out.with_suffix(".md").name if out is not None else "")
+        write_card_markdown(facts, card, str(ckpt), report)
+    return result

@@ -1,0 +1,148 @@
+"""Natural input for the field model: what a robot's camera and microphone really send.
+
+The benchmark presets weaken AV-Digits on purpose (PCA-reduced images, a fixed 0 dB audio
+background). A robot sends something else: full-quality frames in which the digit fills some
+part of a 640×480 picture, under any exposure, and speech at any level from a quiet far talker
+(−46 dBFS peak) to a close one (−6 dBFS), with digital silence around it or a room's noise floor.
+This module makes that input, seeded, for training and for the natural-input evaluation:
+
+* ``render_camera_views``: each MNIST digit letterboxed into a camera frame at a random size and
+  position, then through the fusion node's own crop/grey/resize path (``ImagePrep.pixels``);
+* ``naturalise_image``: exposure (gain, offset) and a little sensor noise;
+* ``naturalise_audio``: a level and a room-noise floor of random colour, plus the active power
+  of the clean speech (the reference for every SNR) and the degradation that the floor itself
+  amounts to on the ``gaussian`` family's SNR scale (a loud floor under quiet speech *is* noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from udml_stream import corrupt
+from udml_stream.model.preprocess import ImagePrep
+
+
+@dataclass(frozen=True)
+class NaturalAudio:
+    """Ranges the natural audio variation is drawn from (uniform in dB)."""
+
+    peak_dbfs: tuple[float, float] = (-46.0, -6.0)
+    floor_share: float = 2.0 / 3.0  # share of windows with a room-noise floor (the rest: none)
+    floor_dbfs: tuple[float, float] = (-75.0, -55.0)  # RMS of the floor
+
+
+@dataclass(frozen=True)
+class NaturalImage:
+    """Ranges of exposure and sensor noise (pixel units 0..255)."""
+
+    gain: tuple[float, float] = (0.35, 1.0)
+    offset: tuple[float, float] = (0.0, 50.0)
+    noise_std: tuple[float, float] = (0.0, 4.0)
+
+
+def render_camera_views(images: np.ndarray, rng: np.random.Generator, size: int = 28,
+                        frame_hw: tuple[int, int] = (480, 640),
+                        scale: tuple[float, float] = (0.55, 1.0), chunk: int = 64) -> np.ndarray:
+    """Each 28×28 digit as a camera would see it, back at the model's resolution ``[N, S, S]``.
+
+    The digit is scaled (nearest neighbour, as the demo's video does) to ``scale`` × the frame
+    height, placed at a random position of the centre square the fusion node crops, on a black
+    BGR frame, and that frame goes through ``ImagePrep.pixels`` (crop, BT.601 grey, area resize).
+    """
+    import cv2
+
+    prep = ImagePrep(size=size)
+    h, w = frame_hw
+    side = min(h, w)
+    top0, left0 = (h - side) // 2, (w - side) // 2
+    out = np.empty((images.shape[0], size, size), np.float32)
+    for start in range(0, images.shape[0], chunk):
+        batch = images[start : start + chunk]
+        frames = np.zeros((batch.shape[0], h, w, 3), np.uint8)
+        for i, img in enumerate(batch):
+            px = round(rng.uniform(*scale) * side)
+            big = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (px, px),
+                             interpolation=cv2.INTER_NEAREST)
+            top = top0 + int(rng.integers(0, side - px + 1))
+            left = left0 + int(rng.integers(0, side - px + 1))
+            frames[i, top : top + px, left : left + px] = big[..., None]
+        with torch.no_grad():
+            out[start : start + len(batch)] = prep.pixels(torch.from_numpy(frames))[:, 0].numpy()
+    return out
+
+
+def naturalise_image(x: np.ndarray, rng: np.random.Generator,
+                     spec: NaturalImage = NaturalImage()) -> np.ndarray:
+    """Random exposure and sensor noise per sample, on pixels 0..255 ``[B, H, W]``."""
+    b = x.shape[0]
+    shape = (b,) + (1,) * (x.ndim - 1)
+    gain = rng.uniform(*spec.gain, size=shape).astype(np.float32)
+    offset = rng.uniform(*spec.offset, size=shape).astype(np.float32)
+    std = rng.uniform(*spec.noise_std, size=shape).astype(np.float32)
+    noise = rng.standard_normal(x.shape, dtype=np.float32) * std
+    return np.clip(np.rint(x * gain + offset + noise), 0.0, 255.0).astype(np.float32)
+
+
+def coloured_noise(n: int, length: int, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[n, length]`` unit-RMS noise with power spectrum ∝ 1/f^alpha (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal((n, length)), axis=1)
+    f = np.arange(spec.shape[1], dtype=np.float64)
+    f[0] = 1.0
+    spec *= f[None, :] ** (-np.asarray(alpha, dtype=np.float64)[:, None] / 2.0)
+    spec[:, 0] = 0.0
+    x = np.fft.irfft(spec, n=length, axis=1)
+    return (x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + 1e-20)).astype(np.float32)
+
+
+#: The ``gaussian`` audio family's SNR scale: level 2 is 30 dB, each level 5 dB worse.
+_SNR_L2, _SNR_STEP = 30.0, 5.0
+
+
+def snr_to_level(snr_db: np.ndarray) -> np.ndarray:
+    """The (fractional) ``gaussian``-family level an SNR amounts to: 1 above 35 dB, at most 10."""
+    lv = 2.0 + (_SNR_L2 - np.asarray(snr_db, dtype=np.float64)) / _SNR_STEP
+    return np.clip(np.where(snr_db >= _SNR_L2 + _SNR_STEP, 1.0, lv), 1.0, 10.0)
+
+
+def naturalise_audio(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    spec: NaturalAudio = NaturalAudio(),
+    peak_dbfs: float | None = None,
+    floor_dbfs: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Put clean speech ``[B, N]`` at a level and over a room floor, as a microphone hears it.
+
+    ``peak_dbfs`` / ``floor_dbfs`` fix the level and the floor RMS for every sample (the
+    natural-input evaluation); left None they are drawn from ``spec`` (training); a floor of
+    ``-inf`` means none.
+
+    Returns:
+        (clean speech at its level, the same with the floor, the clean speech's active power,
+        the floor's level on the ``gaussian`` family's scale: 1 when negligible).
+    """
+    b, n = x.shape
+    peak = np.nanmax(np.abs(x), axis=1).astype(np.float64) + 1e-12
+    target = (np.full(b, peak_dbfs) if peak_dbfs is not None
+              else rng.uniform(*spec.peak_dbfs, size=b))
+    speech = (x * (10.0 ** (target / 20.0) / peak)[:, None]).astype(np.float32)
+    ref = corrupt.active_power(speech)
+    if floor_dbfs is not None:
+        rms_db = np.full(b, floor_dbfs, dtype=np.float64)
+    else:
+        rms_db = rng.uniform(*spec.floor_dbfs, size=b)
+        rms_db[rng.random(b) >= spec.floor_share] = -np.inf
+    has = np.isfinite(rms_db)
+    out = speech.copy()
+    level = np.ones(b, dtype=np.float64)
+    if has.any():
+        alpha = rng.choice([0.0, 1.0, 2.0], size=int(has.sum()))
+        floor = coloured_noise(int(has.sum()), n, alpha, rng)
+        amp = (10.0 ** (rms_db[has] / 20.0)).astype(np.float32)
+        out[has] = speech[has] + amp[:, None] * floor
+        snr = 10.0 * np.log10(ref[has] / (10.0 ** (rms_db[has] / 10.0)))
+        level[has] = snr_to_level(snr)
+    return speech, out, ref, level
