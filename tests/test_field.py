@@ -181,3 +181,16 @@ def test_shipped_checkpoint_on_natural_input_matches_its_card(field_data: avdigi
         want = card["measured"]["natural"][f"{peak:g} dBFS, no floor"]
         assert acc >= want - 0.05, (peak, acc, want)
     json.dumps(card)  # the card is plain JSON
+
+
+def test_a_dropped_stream_leaves_the_other_streams_natural_draws_unchanged(
+        field_data: avdigits.AVDigits) -> None:
+    """Scores with a stream dropped are paired with the full ones: same level, floor, exposure."""
+    split = field_data.splits["test"]
+    rows = np.arange(12)
+    ones = {m: np.ones(12, np.int64) for m in field_data.modalities}
+    both = make_batch(split, rows, ones, np.random.default_rng(5))
+    for gone in field_data.modalities:
+        one = make_batch(split, rows, ones, np.random.default_rng(5), missing=(gone,))
+        for m in one.inputs:
+            np.testing.assert_array_equal(one.inputs[m], both.inputs[m])

@@ -304,16 +304,28 @@ def hz(
 
 @app.command()
 def bench(
-    what: Annotated[str, typer.Argument(help="latency, logs or train-step")] = "latency",
+    what: Annotated[str, typer.Argument(help="latency, logs, train-step or frontends")] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
     out: Annotated[Path | None, typer.Option(help="Default: docs/results/<what>.json")] = None,
+    config: Annotated[Path, typer.Option(help="frontends: the config trained per front-end")
+                      ] = Path("configs/field.toml"),
+    epochs: Annotated[int, typer.Option(help="frontends: training epochs per run")] = 6,
+    samples_per_epoch: Annotated[int, typer.Option(help="frontends: samples per epoch")] = 3000,
+    lr_drop_epoch: Annotated[int, typer.Option(help="frontends: lr × 0.1 from this epoch")] = 5,
+    threads: Annotated[int, typer.Option(help="frontends: torch CPU threads")] = 1,
+    seed: Annotated[int, typer.Option(help="frontends: training and evaluation seed (all runs)")
+                    ] = 0,
+    runs_dir: Annotated[Path, typer.Option(help="frontends: one resumable run per front-end")
+                        ] = Path("runs/bench_frontends"),
 ) -> None:
     """Benchmarks, printed as a table and written to OUT (+ .md): ``latency`` of the live
     pipeline; ``logs``: recording throughput, compression, replay speed and timing;
-    ``train-step``: CPU training/evaluation speed of the model against the earlier path."""
-    from udml_stream_apps.training import bench_latency, bench_logs, bench_train_step
+    ``train-step``: CPU training/evaluation speed of the model against the earlier path;
+    ``frontends``: the field model trained with each audio/image front-end (reference, floor,
+    robust) at a reduced budget, scored on natural input, gaps and digital zeros."""
+    from udml_stream_apps.training import bench_frontends, bench_latency, bench_logs, bench_train_step
 
     cmd = "udml " + " ".join(sys.argv[1:])
     out = out or Path(f"docs/results/{what.replace('-', '_')}.json")
@@ -323,9 +335,19 @@ def bench(
         typer.echo(_run(bench_logs.main, checkpoint, cache_dir, seconds, out, cmd))
     elif what == "train-step":
         typer.echo(_run(bench_train_step.main, out, cmd))
+    elif what == "frontends":
+        from rich.console import Console
+
+        from udml_stream.benchmarks import frontends
+
+        budget = frontends.Budget(epochs, samples_per_epoch, lr_drop_epoch, threads, seed, runs_dir)
+        res = _run(bench_frontends.main, config, cache_dir, budget, out, cmd)
+        Console().print(frontends.to_table(res))
+        typer.echo(frontends.verdict(res))
+        typer.echo(f"written: {out} and {out.with_suffix('.md')}")
     else:
-        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs' or "
-                                 "'train-step'")
+        raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
+                                 "'train-step' or 'frontends'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")

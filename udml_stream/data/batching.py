@@ -26,6 +26,9 @@ class Batch:
     labels: np.ndarray
     rows: np.ndarray
     families: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample family names
+    # Active power of the clean speech behind each audio sample (natural splits): the reference
+    # every SNR of a later corruption is measured against.
+    ref_power: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,21 +86,23 @@ def make_batch(
     it), and audio SNRs are measured against the clean speech.
     """
     raw = split.batch(rows)
-    inputs, present, out_levels, fams = {}, {}, {}, {}
+    inputs, present, out_levels, fams, refs = {}, {}, {}, {}, {}
     nat = natural or NaturalInput()
+    # Natural variation first, for every modality, missing or not: a sample then gets the same
+    # level, floor and exposure whichever streams a condition drops or corrupts (paired scores).
     for m, x in raw.items():
-        present[m] = np.full(len(rows), m not in missing)
         lv = np.asarray(levels[m])
         out_levels[m] = lv
-        if m in missing:
-            continue
-        ref = None
         if split.natural and m == "audio":
-            _, x, ref, floor_level = naturalise_audio(x, rng, NaturalAudio(), nat.peak_dbfs,
-                                                      nat.floor_dbfs)
+            _, raw[m], refs[m], floor_level = naturalise_audio(
+                x, rng, NaturalAudio(), nat.peak_dbfs, nat.floor_dbfs)
             out_levels[m] = np.maximum(lv, floor_level).astype(np.float32)
         elif split.natural and m == "image" and nat.exposure:
-            x = naturalise_image(x, rng)
+            raw[m] = naturalise_image(x, rng)
+    for m, x in raw.items():
+        present[m] = np.full(len(rows), m not in missing)
+        if m in missing:
+            continue
         kind = (kinds or {}).get(m, corrupt.TRAIN_KINDS[m])
-        inputs[m], fams[m] = _corrupt_mixed(m, kind, x, lv, rng, ref)
-    return Batch(inputs, out_levels, present, split.labels[rows], rows, fams)
+        inputs[m], fams[m] = _corrupt_mixed(m, kind, x, np.asarray(levels[m]), rng, refs.get(m))
+    return Batch(inputs, out_levels, present, split.labels[rows], rows, fams, refs)

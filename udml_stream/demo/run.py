@@ -92,10 +92,10 @@ def demo_launch(scene: Scene, out_dir: Path, checkpoint: Path, start_at: float,
         "mic": {"program": "microphone", **mic, "start_at_unix": start_at, "chunk_ms": 20.0,
                 "endpoint": ep["mic"], "restart": "on-failure",
                 "restart_delay_s": RESTART_DELAY_S},
-        # A frame waits for its audio less than one frame interval: a newer frame replaces a
-        # waiting one and restarts the wait, so with a longer slop a microphone whose timeline
-        # runs a few tens of ms behind the frames (a PulseAudio stream that started with a late
-        # first block) would leave every frame waiting and stall the results.
+        # A frame waits for its audio less than one frame interval, so the newest frame is fused
+        # with the audio at hand rather than superseded while a microphone whose timeline runs
+        # a few tens of ms behind (a PulseAudio stream that started with a late first block)
+        # catches up.
         "fusion": {"program": "fusion", "checkpoint": checkpoint.resolve(), "device": "auto",
                    "threads": 1, "subscribe": [ep["camera"], ep["mic"]],
                    "slop_ms": SLOP_FRAMES * 1000.0 / scene.spec.fps,

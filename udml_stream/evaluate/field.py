@@ -101,9 +101,10 @@ def _batch(split: Split, rows: np.ndarray, lv: dict[str, np.ndarray],
                        None, missing, natural)
     for m, x in clean.inputs.items():
         if kinds is not None and m in kinds and int(lv[m].max()) > corrupt.CLEAN:
-            ref = corrupt.active_power(x) if m == "audio" else None
-            clean.inputs[m] = corrupt.apply(m, kinds[m], x, lv[m], cond_rng, ref_power=ref)
-            clean.levels[m] = lv[m]
+            # SNRs against the clean speech (as in training), not the speech over its floor.
+            clean.inputs[m] = corrupt.apply(m, kinds[m], x, lv[m], cond_rng,
+                                            ref_power=clean.ref_power.get(m))
+            clean.levels[m] = np.maximum(lv[m], clean.levels[m])
     return clean
 
 

@@ -194,6 +194,24 @@ def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
     ])
 
 
+class _LinearEstimator(nn.Module):
+    """The reference's estimator head (Linear → Dropout → Linear, no activation) on log σ (and
+    μ) standardised by running statistics (σ spans orders of magnitude across degradations; raw,
+    it saturates the head), plus the valid share of the window as one more input, left as is:
+    σ cannot see a gap (missing frames read as silence), the measured share can, and a column
+    that is constant in training must not be standardised by a zero variance."""
+
+    def __init__(self, n_features: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_features, affine=False)
+        self.head = nn.Sequential(nn.Linear(n_features + 1, hidden), nn.Dropout(0.1),
+                                  nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` = [features | valid share] ``[B, n_features + 1]`` → ``[B, 1]``."""
+        return self.head(torch.cat([self.norm(x[:, :-1]), x[:, -1:]], dim=1))
+
+
 class _Embed(nn.Module):
     """1×1 conv + BatchNorm heads on a feature map: μ (and log-variance when probabilistic)."""
 
@@ -235,13 +253,7 @@ class FusionNet(nn.Module):
             self.estimator = nn.ModuleDict({
                 m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1),
                                  nn.Linear(d // 2, 1)) if cfg.estimator == "mlp"
-                # The reference head (no activation) on log σ standardised by running statistics:
-                # σ spans orders of magnitude across degradations, raw it saturates the head.
-                # One more input, the valid share of the window: σ cannot see a gap (missing
-                # frames read as silence), the measured share can.
-                else nn.Sequential(nn.BatchNorm1d(self._est_in(d), affine=False),
-                                   nn.Linear(self._est_in(d), d // 2), nn.Dropout(0.1),
-                                   nn.Linear(d // 2, 1))
+                else _LinearEstimator(self._est_in(d), d // 2)
                 for m in cfg.modalities
             })
         if spec.fusion == "pdf":
@@ -261,7 +273,7 @@ class FusionNet(nn.Module):
     # ---- helpers -------------------------------------------------------------------------
 
     def _est_in(self, d: int) -> int:
-        return {"mlp": d, "linear": d + 1, "linear_mu": 2 * d + 1}[self.cfg.estimator]
+        return {"mlp": d, "linear": d, "linear_mu": 2 * d}[self.cfg.estimator]
 
     def _embed(self, m: str, x: Tensor, preprocessed: bool
                ) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -112,10 +112,12 @@ class LogMelPrep(nn.Module):
         project measured: a 50 ms run of zeros took the audio stream's accuracy from 97% to 26%).
       * robust (``floor_dbfs`` set): energies in dB above the energy a white noise at
         ``floor_dbfs`` RMS would put in each band, so silence is exactly 0 dB and nothing falls
-        below it. With ``range_db`` set, each window is gain-normalised: its loudest band is
-        lifted to ``range_db`` (by at most what brings the floor itself there) and everything
-        more than ``range_db`` below it is cut to 0, so the same word at −46 or −6 dBFS gives the
-        same features while a silent window stays silent.
+        below it. With ``range_db`` set, each window is gain-normalised: a window whose loudest
+        band lies more than ``range_db`` above the floor is lowered so that it lies exactly
+        ``range_db`` above, and everything more than ``range_db`` below it is cut to 0; a window
+        quieter than that keeps its level (the floor is never lifted). The same word at −46 or
+        −6 dBFS gives the same features (speech at −46 dBFS peak lies 52–58 dB above the floor),
+        while a silent window stays silent.
     """
 
     def __init__(
@@ -165,7 +167,9 @@ class LogMelPrep(nn.Module):
         mel = torch.matmul(power, self.fb.t())  # [B, frames, n_mels]
         if self.floor_dbfs is None:
             out = torch.log(mel + 1e-6)
-            silence = math.log(1e-6)
+            # Not log(1e-6): that is the digital-silence value this front-end cannot cope with;
+            # the training mean standardises to 0, a neutral "no evidence".
+            silence = self.mean
         else:
             out = 10.0 * torch.log10(mel / self.band_floor + 1.0)  # dB above the floor, ≥ 0
             if self.range_db is not None:

@@ -60,7 +60,8 @@ class Pairer:
         self.ring = AudioRing(cfg.sample_rate, capacity_s=max(5.0, 3 * cfg.window_samples
                                                                / cfg.sample_rate))
         self.pending: CameraFrame | None = None
-        self.pending_since_ns = 0
+        self.pending_since_ns = 0  # when the current wait started (the first frame waiting)
+        self.pending_rx_ns = 0  # when the frame now waiting arrived
         self.frames_superseded = 0  # frames replaced by a newer one before they were fused
         self.last_frame_rx_ns: int | None = None
         self.last_audio_rx_ns: int | None = None
@@ -79,7 +80,7 @@ class Pairer:
                 # every newer frame stalled the node for good whenever the audio ran behind the
                 # camera by more than a frame interval (a late first PulseAudio block does that).
                 self.pending_since_ns = now_ns
-            self.pending = msg
+            self.pending, self.pending_rx_ns = msg, now_ns
             self.last_frame_rx_ns = now_ns
         elif isinstance(msg, AudioChunk) and msg.stream == self.audio_stream:
             self.ring.push(msg)
@@ -128,8 +129,10 @@ class Pairer:
                 seq = {self.camera_stream: f.seq}
                 if audio is not None:
                     seq[self.audio_stream] = self.last_audio_seq
-                return SyncedSample(f, audio, f.capture_ns, seq, waited, self.pending_since_ns,
-                                    valid)
+                # The sync wait reported is the emitted frame's own; the slop deadline above
+                # runs from the first frame of the wait.
+                return SyncedSample(f, audio, f.capture_ns, seq, now_ns - self.pending_rx_ns,
+                                    self.pending_rx_ns, valid)
             return None
         if (not self.camera_alive(now_ns) and self.audio_alive(now_ns)
                 and now_ns - self._last_fallback_ns >= 1e9 / cfg.fallback_hz

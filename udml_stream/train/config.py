@@ -67,8 +67,8 @@ class ModelSection(_Strict):
         "valid share; linear_mu: also the pooled μ")
     frontend: Literal["reference", "floor", "robust"] = Field(
         "reference", description="reference: log(power + 1e-6) audio, fixed image scaling; floor: "
-        "audio in dB above a -100 dBFS floor; robust: floor + per-window gain normalisation, "
-        "and per-frame image contrast normalisation (the field model)")
+        "audio in dB above a -100 dBFS floor; robust: floor + per-window gain normalisation "
+        "(the field model); floor and robust both normalise image contrast per frame")
 
     @field_validator("method")
     @classmethod
@@ -119,6 +119,14 @@ class TrainConfig(_Strict):
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)
+
+    @model_validator(mode="after")
+    def _batch_fits_estimator(self) -> TrainConfig:
+        # The linear estimator standardises with batch statistics: one sample has none.
+        if self.model.estimator != "mlp" and self.train.batch_size < 2:
+            raise ValueError(f"train.batch_size = {self.train.batch_size}; expected at least 2 "
+                             f'with model.estimator = "{self.model.estimator}"')
+        return self
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
