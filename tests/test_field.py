@@ -194,3 +194,26 @@ def test_a_dropped_stream_leaves_the_other_streams_natural_draws_unchanged(
         one = make_batch(split, rows, ones, np.random.default_rng(5), missing=(gone,))
         for m in one.inputs:
             np.testing.assert_array_equal(one.inputs[m], both.inputs[m])
+
+
+def test_field_benchmark_pairs_seeds_and_reports_held_out_families(tmp_path: Path) -> None:
+    from udml_stream.evaluate.field_benchmark import aggregate, paired_ci, write_report
+
+    def run(method: str, seed: int, acc: float, suite: str = "main") -> dict:
+        sweep = {"image/blur": {"3": acc, "11": acc - 0.1}}
+        return {"suite": suite, "method": method, "seed": seed, "clean": 0.99, "sweep": sweep,
+                "dropped": {"image": 0.95, "audio": 0.9}, "train_seconds": 1.0}
+
+    results = [run("udml_switch", s, 0.95 + 0.01 * s) for s in range(3)]
+    results += [run("qmf", s, 0.94 + 0.01 * s) for s in range(3)]
+    results += [run("udml_switch", 0, 0.9, "lofo"), run("qmf", 0, 0.85, "lofo")]
+    agg = aggregate(results)
+    mean, lo, hi = agg["paired"]["udml_switch - qmf"]["ci"]
+    assert mean == pytest.approx(0.01) and lo == pytest.approx(0.01) and hi == pytest.approx(0.01)
+    assert agg["methods"]["qmf"]["worst_vs_dropped"] == pytest.approx([-0.11, -0.1, -0.09])
+    assert agg["lofo"]["image/blur"]["udml_switch"]["mean"] == pytest.approx(0.85)
+    m, lo2, hi2 = paired_ci([0.01, 0.03, -0.01])
+    assert lo2 < m < hi2 and lo2 < 0  # a CI that straddles 0
+    path = write_report(agg, tmp_path, "udml benchmark-field", {"overrides": {}})
+    text = path.read_text()
+    assert "udml_switch - qmf" in text and "image/blur" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -18,13 +19,17 @@ log = logging.getLogger(__name__)
 
 def main(methods: list[str], seeds: list[int], lofo: bool, runs_dir: Path, cache_dir: Path,
          base_config: Path, out_dir: Path, workers: int, overrides: dict[str, Any],
-         command: str) -> Path:
+         command: str, main_suite: bool = True) -> Path:
     """Run (or resume) every run of the plan, then write the report into ``out_dir``."""
     t0 = time.perf_counter()
     avdigits.load("field", cache_dir)  # build once, before the workers race for it
-    specs = plan(methods, seeds, runs_dir, base_config, lofo, overrides)
+    specs = plan(methods, seeds, runs_dir, base_config, lofo, overrides, main_suite)
+    # The report covers every run on disk under this plan's folder, this call's or earlier ones.
+    everything = plan(methods, seeds, runs_dir, base_config, True, overrides, True)
     saved = sum((s.out_dir / "result.json").exists() for s in specs)
-    results = run_specs(specs, run_field, workers)
+    run_specs(specs, run_field, workers)
+    results = [json.loads((s.out_dir / "result.json").read_text()) for s in everything
+               if (s.out_dir / "result.json").exists()]
     meta = {"cpu_count": os.cpu_count(), "machine": platform.machine(),
             "wall_seconds_this_call": round(time.perf_counter() - t0), "runs_total": len(results),
             "runs_resumed_from_disk": saved, "overrides": overrides,

@@ -157,7 +157,10 @@ def eval_field(
 def benchmark_field(
     methods: Annotated[str, typer.Option(help="Comma-separated; default all")] = "",
     seeds: Annotated[str, typer.Option(help="Comma-separated")] = "0,1,2,3,4",
-    lofo: Annotated[bool, typer.Option(help="Also leave each family out of training")] = True,
+    main_suite: Annotated[bool, typer.Option(
+        "--main/--no-main", help="The methods × seeds suite (every family seen)")] = True,
+    lofo: Annotated[bool, typer.Option(help="Leave each family out of training, then score it")
+                    ] = True,
     config: Annotated[Path, typer.Option(help="The base training config")] = Path(
         "configs/field.toml"),
     set_: Annotated[list[str], typer.Option("--set", help="Override, e.g. train.epochs=10")] = [],  # noqa: B006
@@ -175,7 +178,7 @@ def benchmark_field(
     ms = [m for m in methods.split(",") if m] or list(FIELD_METHODS)
     command = "udml benchmark-field " + " ".join(sys.argv[2:])
     path = _run(field_benchmark.main, ms, [int(s) for s in seeds.split(",") if s], lofo, runs_dir,
-                cache_dir, config, out_dir, workers, _parse_set(set_), command)
+                cache_dir, config, out_dir, workers, _parse_set(set_), command, main_suite)
     typer.echo(str(path))
 
 

@@ -171,7 +171,12 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
                 p = (clean if lv == corrupt.CLEAN else
                      run_pass(model, split, seed, levels={m: lv}, kinds={m: fam},
                               tag=f"{m}/{fam}@{lv}"))
-                row = {"fused": float(p.correct.mean()), "share": weight_share(p.multipliers, m)}
+                # The stream alone (the others marked absent): the family's calibration check,
+                # its accuracy should fall with the level.
+                alone = run_pass(model, split, seed, levels={m: lv}, kinds={m: fam},
+                                 missing=tuple(k for k in mods if k != m), tag=f"{m}/{fam}@{lv}")
+                row = {"fused": float(p.correct.mean()), "share": weight_share(p.multipliers, m),
+                       "alone": float(alone.correct.mean())}
                 # σ̂ of a stream the gap policy made absent is never used: judge the others.
                 keep = p.present[m]
                 row["present"] = float(keep.mean())
@@ -192,6 +197,9 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
             worst = min(levels[str(lv)]["fused"] - float(dropped.correct.mean())
                         for lv in corrupt.LEVELS)
             entry["worst_vs_dropped"] = worst
+            alone_acc = [levels[str(lv)]["alone"] for lv in corrupt.LEVELS]
+            # Monotone up to sampling noise: no level more than 1 pt above the one before it.
+            entry["alone_monotone"] = bool(np.all(np.diff(alone_acc) <= 0.01))
             fams[fam] = entry
         out["modalities"][m] = {"dropped": float(dropped.correct.mean()), "families": fams}
     return out

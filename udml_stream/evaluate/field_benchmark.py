@@ -109,13 +109,17 @@ def run_field(spec: FieldRun, threads: int = 1) -> dict[str, Any]:
 
 
 def plan(methods: list[str], seeds: list[int], runs_dir: Path, base_config: Path,
-         lofo: bool, overrides: dict[str, Any] | None = None) -> list[FieldRun]:
+         lofo: bool, overrides: dict[str, Any] | None = None, main: bool = True
+         ) -> list[FieldRun]:
     """Every run, most informative first (so a run cut short still reports): seeds 0-2 of the
-    main suite, then leave-one-family-out, then the remaining seeds."""
+    main suite, then leave-one-family-out, then the remaining seeds. ``main``/``lofo`` pick the
+    suites (on 2 cores each takes over an hour: run them as separate commands)."""
     from udml_stream.validation import read_toml
 
     ov = tuple((overrides or {}).items())
     n_groups = max(len(f) for f in read_toml(base_config)["train"]["families"].values())
+    if not main:
+        seeds = []
     first = [FieldRun("main", m, s, -1, runs_dir, base_config, ov)
              for s in seeds[:3] for m in methods]
     groups = [FieldRun("lofo", m, 0, g, runs_dir, base_config, ov)

@@ -58,6 +58,10 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         lo2 = min(held)
         rows.append(("held-out families: σ̂ above its clean value on ≥ 90% of samples, level ≥ 6",
                      f"lowest {_pct(lo2[0])}% ({lo2[1]})", lo2[0] >= GOALS["above_clean"]))
+    calib = [f"{m}/{f}" for m, d in sweep.items() for f, e in d["families"].items()
+             if not e.get("alone_monotone", True)]
+    rows.append(("each family's levels: the stream's own accuracy falls monotonically (±1 pt)",
+                 "all" if not calib else f"not: {', '.join(calib)}", not calib))
     broken = []
     for m, fam in (("image", "gaussian"), ("image", "covered"), ("audio", "gaussian")):
         if m in sweep and fam in sweep[m]["families"]:
@@ -102,11 +106,12 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
                   "| --- | --- | --- | --- | " + " | ".join("---" for _ in corrupt.LEVELS) + " |"]
         for fam, e in d["families"].items():
             cells = [f"{_pct(e['levels'][str(lv)]['fused'])} / {e['levels'][str(lv)]['share']:.2f}"
-                     for lv in corrupt.LEVELS]
+                     f" / {_pct(e['levels'][str(lv)]['alone'])}" for lv in corrupt.LEVELS]
             lines.append(f"| {fam} | {'yes' if e['seen'] else 'no'} | "
                          f"{e.get('spearman', float('nan')):.2f} | "
                          f"{100 * e['worst_vs_dropped']:+.1f} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: fused accuracy % / share of the effective multiplier.", ""]
+        lines += ["", "Cells: fused accuracy % / share of the effective multiplier / the stream "
+                  "alone %.", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -119,17 +124,19 @@ def plot(result: dict[str, Any], out_prefix: Path) -> list[Path]:
 
     paths = []
     mods = result["sweep"]["modalities"]
-    fig, axes = plt.subplots(2, len(mods), figsize=(6 * len(mods), 8), squeeze=False)
+    fig, axes = plt.subplots(3, len(mods), figsize=(6 * len(mods), 12), squeeze=False)
     for j, (m, d) in enumerate(mods.items()):
         for fam, e in d["families"].items():
             ls = "-" if e["seen"] else "--"
             xs = list(corrupt.LEVELS)
             axes[0][j].plot(xs, [100 * e["levels"][str(x)]["fused"] for x in xs], ls, label=fam)
             axes[1][j].plot(xs, [e["levels"][str(x)]["share"] for x in xs], ls, label=fam)
+            axes[2][j].plot(xs, [100 * e["levels"][str(x)]["alone"] for x in xs], ls, label=fam)
         axes[0][j].axhline(100 * d["dropped"], color="k", lw=1, label=f"{m} dropped")
         axes[0][j].set(title=f"{m} degraded: fused accuracy", xlabel="level", ylabel="%")
         axes[1][j].set(title=f"{m}: share of the effective multiplier", xlabel="level",
                        ylim=(0, 1))
+        axes[2][j].set(title=f"{m} alone (calibration): accuracy", xlabel="level", ylabel="%")
         axes[0][j].legend(fontsize=7)
     fig.tight_layout()
     p = out_prefix.with_name(out_prefix.name + "_families.png")
