@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
     if card is not None:
         facts = build_card(meta, result)
         write_into_checkpoint(ckpt, facts)
-        report = (out.with_suffix(".md").name if out is not None else "")
+        report = (os.path.relpath(out.with_suffix(".md"), card.parent) if out is not None
+                  else "")
         write_card_markdown(facts, card, str(ckpt), report)
     return result

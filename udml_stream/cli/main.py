@@ -237,7 +237,7 @@ def _ensure_checkpoint(checkpoint: Path, config: Path, cache_dir: Path) -> None:
 @app.command()
 def demo(
     checkpoint: Path = Path("checkpoints/default"),
-    config: Path = Path("configs/default.toml"),
+    config: Path = Path("configs/field.toml"),
     cache_dir: CacheOpt = Path("data_cache"),
     out_dir: Path = Path("runs/demo"),
     offline: Annotated[bool, typer.Option(help="Only print the offline evaluation summary")] = False,

@@ -111,7 +111,8 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str) -> 
              "`config.json` under `card`.", "",
              f"Method `{card['model']['method']}` (estimator `{card['model']['estimator']}`), "
              f"trained on the `{card['model']['preset']}` preset; validation accuracy "
-             f"{card['model']['val_acc']}.", "", "## What each stream accepts", ""]
+             f"{100 * float(card['model']['val_acc'] or 0):.1f}% (clean and noisy mixture).", "",
+             "## What each stream accepts", ""]
     for m, facts in card["inputs"].items():
         lines.append(f"**{m}**")
         lines += [f"- {k}: {v}" for k, v in facts.items()]
