@@ -267,7 +267,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
         score = _score(model, val_batches, device)
         row = {"epoch": epoch, "val_acc": score, "lr": lr,
-               **{k: v / max(n_batches, 1) for k, v in sums.items()}}
+               **{k: v / max(n_batches, 1) for k, v in sums.items()},
+               # The dependency EMA per modality: which stream the shared head leans on (the
+               # dual-suppression question needs its ratio, epoch by epoch).
+               **{f"dependency/{m}": float(v) for m, v in
+                  zip(mcfg.modalities, model.dependency_ema.tolist(), strict=True)}}
         history.append(row)
         log.info("%s epoch %d: val %.4f loss %.3f", mcfg.method, epoch, score,
                  row.get("ce_fused", float("nan")))
