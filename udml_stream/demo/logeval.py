@@ -50,6 +50,7 @@ def plot_weights(results: list[FusionResult], segments: list[Segment], base_ns: 
 
     fig, ax = plt.subplots(figsize=(11, 3.6))
     colours = {"camera_noise": "tab:orange", "audio_noise": "tab:purple",
+               "camera_covered": "tab:brown", "mic_unplugged": "tab:green",
                "camera_killed": "tab:red"}
     for seg in segments:
         if seg.condition in colours:
