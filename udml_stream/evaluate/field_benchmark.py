@@ -156,6 +156,13 @@ def family_names() -> dict[str, tuple[str, ...]]:
     return {m: corrupt.families(m) for m in ("image", "audio")}
 
 
+def _ci_row(name: str, ci: tuple[float, float, float]) -> str:
+    """``| name | mean | [lo, hi] | excludes 0 |`` in points."""
+    mean, lo, hi = ci
+    excl = "yes" if lo > 0 or hi < 0 else "no"
+    return f"| {name} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {excl} |"
+
+
 def _fmt(mean_sd: tuple[float, float]) -> str:
     return f"{100 * mean_sd[0]:.1f} ± {100 * mean_sd[1]:.1f}"
 
@@ -228,10 +235,7 @@ def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[st
               "samples), mean and 95% t-interval, in points:", "",
               "| comparison | mean | 95% CI | CI excludes 0 | per seed |", "| --- | --- | --- | --- | --- |"]
     for name, d in agg["paired"].items():
-        mean, lo, hi = d["ci"]
-        excl = "yes" if lo > 0 or hi < 0 else "no"
-        lines.append(f"| {name} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] | {excl} "
-                     f"| {', '.join(f'{100 * x:+.1f}' for x in d['deltas'])} |")
+        lines.append(_ci_row(name, d["ci"]) + f" {', '.join(f'{100 * x:+.1f}' for x in d['deltas'])} |")
     if agg["lofo"]:
         ms = [m for m in FIELD_METHODS if any(m in row for row in agg["lofo"].values())]
         lines += ["", "## Leave-one-family-out: each family held out of training, then scored",
@@ -245,11 +249,7 @@ def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[st
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
         lines += ["", "Paired over held-out families (mean, 95% t-interval across families):", "",
                   "| comparison | mean | 95% CI | CI excludes 0 |", "| --- | --- | --- | --- |"]
-        for name, d in agg["lofo_paired"].items():
-            mean, lo, hi = d["ci"]
-            excl = "yes" if lo > 0 or hi < 0 else "no"
-            lines.append(f"| {name} | {100 * mean:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] "
-                         f"| {excl} |")
+        lines += [_ci_row(name, d["ci"]) for name, d in agg["lofo_paired"].items()]
     path = out_dir / "field_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
