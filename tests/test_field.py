@@ -112,11 +112,26 @@ def test_calibrated_gate_closes_on_information_free_input_and_never_on_everythin
     torch.testing.assert_close(gate_weights(w, sigma, torch.zeros(2), torch.zeros(2), mask), w)
 
 
-def _field_model(estimator: str = "linear") -> FusionNet:
+def _field_model(estimator: str = "linear", gap_floor: bool = False) -> FusionNet:
     pre = {"image": ImagePrep(norm="frame").params(), "audio": _robust().params()}
     cfg = ModelConfig(("image", "audio"), {"image": "cnn_image_small", "audio": "cnn_audio_small"},
-                      pre, 10, method="udml_switch", estimator=estimator)
+                      pre, 10, method="udml_switch", estimator=estimator, gap_floor=gap_floor)
     return FusionNet(cfg).eval()
+
+
+def test_gap_floor_lowers_a_gappy_stream_by_its_measured_missing_share() -> None:
+    torch.manual_seed(0)
+    plain = _field_model()
+    floored = _field_model(gap_floor=True)
+    floored.load_state_dict(plain.state_dict())
+    frame = torch.zeros(1, 480, 640, 3, dtype=torch.uint8)
+    frame[0, 150:330, 300:340] = 255
+    audio = torch.from_numpy(_word(-20.0))[None].clone()
+    audio[0, 2000:8400] = float("nan")  # 40% missing: present, but at least gap level 5
+    a = plain({"image": frame, "audio": audio})
+    b = floored({"image": frame, "audio": audio})
+    assert bool(b.present["audio"][0])
+    assert float(b.multipliers["audio"][0]) < float(a.multipliers["audio"][0])
 
 
 def test_gap_from_the_ring_reaches_the_model_as_missing() -> None:

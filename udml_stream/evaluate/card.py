@@ -41,7 +41,10 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
                           f"dB above a {p['floor_dbfs']:g} dBFS floor"),
                 "gaps": ("missing samples are NaN (the sync layer marks them); frames touching "
                          "them read as silence; above "
-                         f"{100 * MISSING_ABSENT_FRACTION:.0f}% missing the stream is absent"),
+                         f"{100 * MISSING_ABSENT_FRACTION:.0f}% missing the stream is absent"
+                         + ("; below, its quality weight counts it at least at the gap level of "
+                            "its missing share, 1 + 10·(1 − valid share)"
+                            if meta["model"].get("gap_floor") else "")),
             }
         else:
             out[m] = {"wire": f"z-scored MFCC frames [{p['frames']}, {p['coeffs']}]"}

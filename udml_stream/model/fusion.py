@@ -77,6 +77,8 @@ class ModelConfig:
     # "linear": the reference's Linear-Dropout-Linear on standardised log σ and the share of the
     # stream's window that holds measurements; "linear_mu": the same, also reading the pooled μ.
     estimator: str = "mlp"
+    # Quality weights use max(σ̂, the gap family's level for the window's missing share).
+    gap_floor: bool = False
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -405,6 +407,14 @@ class FusionNet(nn.Module):
 
         q = (torch.stack([sigma_hat[m] for m in ms], dim=1) if sigma_hat and quality_on
              else None)
+        if (q is not None and cfg.gap_floor and not self.training
+                and spec.quality == "estimator" and cfg.estimator != "mlp"):
+            # A window with a share v missing is at least at the `gap` family's level for that
+            # share, 1 + 10·(1 − v), whatever σ̂ says: σ cannot see a gap (missing frames read
+            # as silence), the share is measured. Serving only, like the gate: training is the
+            # same with or without it.
+            v = torch.stack([est[m][:, -1] for m in ms], dim=1)
+            q = torch.maximum(q, 1.0 + 10.0 * (1.0 - v))
         if self.training:
             with torch.no_grad():
                 dep_now = dependency_statistic([uni[m] for m in ms], mask)

@@ -65,6 +65,8 @@ class ModelSection(_Strict):
     estimator: Literal["mlp", "linear", "linear_mu"] = Field(
         "mlp", description="linear: the reference head on standardised log σ and the window's "
         "valid share; linear_mu: also the pooled μ")
+    gap_floor: bool = Field(False, description="serving: quality weights use max(σ̂, the gap "
+                            "family's level for the window's missing share)")
     frontend: Literal["reference", "floor", "robust"] = Field(
         "reference", description="reference: log(power + 1e-6) audio, fixed image scaling; floor: "
         "audio in dB above a -100 dBFS floor; robust: floor + per-window gain normalisation "

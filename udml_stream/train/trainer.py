@@ -203,6 +203,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         num_classes=len(data.class_names), method=cfg.model.method,
         embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma, beta=cfg.model.beta,
         estimator_weight=cfg.model.estimator_weight, estimator=cfg.model.estimator,
+        gap_floor=cfg.model.gap_floor,
     )
     kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
     model = FusionNet(mcfg).to(device)
