@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,15 @@ import numpy as np
 import torch
 
 from udml_stream.data.avdigits import AVDigits, Split
-from udml_stream.data.batching import Batch
 from udml_stream.errors import UdmlError
-from udml_stream.evaluate.field import GAP_MS, NATURAL_GRID, gap_costs, natural_input, run_pass
+from udml_stream.evaluate.field import (
+    GAP_MS,
+    NATURAL_GRID,
+    gap_costs,
+    insert_gap,
+    natural_input,
+    run_pass,
+)
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import FusionNet
 from udml_stream.train.config import TrainConfig, load_config
@@ -67,32 +72,16 @@ class Budget:
                 "train.seed": self.seed, "train.out_dir": str(self.runs_dir / frontend)}
 
 
-def insert_zeros(ms: float, modality: str = "audio",
-                 sample_rate: int = 16000) -> Callable[[Batch, np.random.Generator], None]:
-    """An ``edit`` for ``run_pass`` that overwrites one contiguous run of ``ms`` milliseconds
-    with 0.0 at a random place in every window: digital silence *in* the signal, as a
-    microphone that outputs zeros would give it (unlike a gap, nothing marks it missing)."""
-    n = round(ms * sample_rate / 1000)
-
-    def edit(b: Batch, rng: np.random.Generator) -> None:
-        x = b.inputs[modality]
-        for i in range(x.shape[0]):
-            s = int(rng.integers(0, x.shape[1] - n + 1))
-            x[i, s : s + n] = 0.0
-
-    return edit
-
-
 def zeros_cost(model: FusionNet, split: Split, seed: int, ms: float = ZEROS_MS) -> dict[str, float]:
     """Fused and audio-only accuracy with one run of ``ms`` ms of zeros in every audio window,
     and audio-only accuracy of the same samples without it (natural input drawn at random)."""
     tag = f"zeros{ms:g}"
     audio_only = tuple(m for m in split.tables if m != "audio")
     return {
-        "fused": float(run_pass(model, split, seed, edit=insert_zeros(ms), tag=tag)
+        "fused": float(run_pass(model, split, seed, edit=insert_gap(ms, value=0.0), tag=tag)
                        .correct.mean()),
-        "audio_only": float(run_pass(model, split, seed, edit=insert_zeros(ms), tag=tag,
-                                     missing=audio_only).correct.mean()),
+        "audio_only": float(run_pass(model, split, seed, edit=insert_gap(ms, value=0.0),
+                                     tag=tag, missing=audio_only).correct.mean()),
         # The natural draws depend on the batch alone, so these are the same samples as above.
         "audio_only_without": float(run_pass(model, split, seed, tag=tag, missing=audio_only)
                                     .correct.mean()),

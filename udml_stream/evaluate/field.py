@@ -108,16 +108,18 @@ def _batch(split: Split, rows: np.ndarray, lv: dict[str, np.ndarray],
     return clean
 
 
-def insert_gap(ms: float, modality: str = "audio", sample_rate: int = 16000) -> Any:
-    """An ``edit`` that makes one contiguous run of ``ms`` milliseconds missing (NaN) at a
-    random place in every window, as a microphone dropout does."""
+def insert_gap(ms: float, modality: str = "audio", sample_rate: int = 16000,
+               value: float = np.nan) -> Any:
+    """An ``edit`` that overwrites one contiguous run of ``ms`` milliseconds with ``value`` at a
+    random place in every window: NaN (the default) makes it missing, as a microphone dropout
+    marked by the sync layer; 0.0 makes it digital silence *in* the signal, which nothing marks."""
 
     def edit(b: Batch, rng: np.random.Generator) -> None:
         x = b.inputs[modality]
         n = round(ms * sample_rate / 1000)
         for i in range(x.shape[0]):
             s = int(rng.integers(0, x.shape[1] - n + 1))
-            x[i, s : s + n] = np.nan
+            x[i, s : s + n] = value
 
     return edit
 

@@ -55,7 +55,7 @@ METHODS: dict[str, MethodSpec] = {
 
 
 #: Estimator heads (see ``ModelConfig.estimator``).
-ESTIMATORS = ("mlp", "linear", "linear_mu")
+ESTIMATORS = ("mlp", "linear")
 
 
 @dataclass
@@ -75,7 +75,7 @@ class ModelConfig:
     dependency_momentum: float = 0.9  # EMA of the per-step dependency statistic
     # "mlp": Linear-ReLU-Dropout-Linear on the pooled σ (checkpoints before the field model);
     # "linear": the reference's Linear-Dropout-Linear on standardised log σ and the share of the
-    # stream's window that holds measurements; "linear_mu": the same, also reading the pooled μ.
+    # stream's window that holds measurements.
     estimator: str = "mlp"
     # Quality weights use max(σ̂, the gap family's level for the window's missing share).
     gap_floor: bool = False
@@ -255,7 +255,7 @@ class FusionNet(nn.Module):
             self.estimator = nn.ModuleDict({
                 m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1),
                                  nn.Linear(d // 2, 1)) if cfg.estimator == "mlp"
-                else _LinearEstimator(self._est_in(d), d // 2)
+                else _LinearEstimator(d, d // 2)
                 for m in cfg.modalities
             })
         if spec.fusion == "pdf":
@@ -273,9 +273,6 @@ class FusionNet(nn.Module):
             self.register_buffer("gate_broken", torch.zeros(len(cfg.modalities)))
 
     # ---- helpers -------------------------------------------------------------------------
-
-    def _est_in(self, d: int) -> int:
-        return {"mlp": d, "linear": d, "linear_mu": 2 * d}[self.cfg.estimator]
 
     def _embed(self, m: str, x: Tensor, preprocessed: bool
                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -340,7 +337,6 @@ class FusionNet(nn.Module):
         z: dict[str, Tensor] = {}
         sig: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
-        mu_pooled: dict[str, Tensor] = {}
         for m in cfg.modalities:
             p = torch.zeros(b, dtype=torch.bool, device=dev) if m not in inputs else (
                 present[m].to(dev).bool() if present is not None and m in present
@@ -350,8 +346,6 @@ class FusionNet(nn.Module):
             pres[m] = p
             if m in inputs:
                 zm, sm, mp = self._embed(m, inputs[m], preprocessed)
-                if mp is not None:
-                    mu_pooled[m] = mp[0].mean(dim=(2, 3))
                 # where() not a product: an all-missing window may embed to non-finite values.
                 z[m] = torch.where(p[:, None], zm, torch.zeros_like(zm))
                 if sm is not None:
@@ -366,10 +360,7 @@ class FusionNet(nn.Module):
         if spec.quality == "estimator" and cfg.estimator != "mlp":
             for m in cfg.modalities:
                 v = valid.get(m, torch.ones(b, device=dev))[:, None]
-                parts = [torch.log(sig[m].detach().clamp(min=1e-6)), v]
-                if cfg.estimator == "linear_mu":
-                    parts.insert(1, mu_pooled.get(m, torch.zeros_like(sig[m])).detach())
-                est[m] = torch.cat(parts, dim=1)
+                est[m] = torch.cat([torch.log(sig[m].detach().clamp(min=1e-6)), v], dim=1)
         elif spec.quality == "estimator":
             est = {m: sig[m].detach() for m in cfg.modalities}
         out = fuse(z, sig, pres, levels, quality_on, est)

@@ -97,6 +97,8 @@ MISSING_ABSENT_FRACTION = 0.5
 
 def valid_fraction(x: torch.Tensor) -> torch.Tensor:
     """Per sample, the share of a sensor-domain stream that holds measurements (not NaN), ``[B]``."""
+    if not x.is_floating_point():  # camera frames arrive as uint8: nothing can be missing
+        return torch.ones(x.shape[0], device=x.device)
     return 1.0 - torch.isnan(x.flatten(1)).float().mean(dim=1)
 
 

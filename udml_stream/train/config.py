@@ -62,9 +62,9 @@ class ModelSection(_Strict):
     gamma: float = Field(1.0, ge=0)
     beta: float = Field(1e-5, ge=0)
     estimator_weight: float = Field(0.1, ge=0)
-    estimator: Literal["mlp", "linear", "linear_mu"] = Field(
+    estimator: Literal["mlp", "linear"] = Field(
         "mlp", description="linear: the reference head on standardised log σ and the window's "
-        "valid share; linear_mu: also the pooled μ")
+        "valid share")
     gap_floor: bool = Field(False, description="serving: quality weights use max(σ̂, the gap "
                             "family's level for the window's missing share)")
     frontend: Literal["reference", "floor", "robust"] = Field(
