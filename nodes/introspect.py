@@ -7,7 +7,7 @@ import time
 import numpy as np
 import typer
 
-from udml_stream.messages import AudioChunk, CameraFrame, Message
+from udml_stream.messages import AudioChunk, CameraFrame, Heartbeat, Message
 from udml_stream.transport import Subscriber
 
 
@@ -20,21 +20,36 @@ def _describe(m: Message) -> str:
     return f"{type(m).__name__} " + " ".join(f"{k}={v}" for k, v in fields.items())
 
 
+def rejection_summary(counters: dict[str, int]) -> str:
+    """``reason=count`` for every ``rejected.<reason>`` heartbeat counter, largest first."""
+    pairs = sorted(((k.removeprefix("rejected."), v) for k, v in counters.items()
+                    if k.startswith("rejected.") and v), key=lambda kv: (-kv[1], kv[0]))
+    return " ".join(f"{k}={v}" for k, v in pairs)
+
+
 def topics(endpoints: list[str], seconds: float) -> None:
-    """Listen for ``seconds`` and list every topic with its rate."""
+    """Listen for ``seconds`` and list every topic with its rate, then what each node that
+    sends heartbeats rejected, by reason (its counters since it started)."""
     counts: dict[str, int] = {}
     kinds: dict[str, str] = {}
+    beats: dict[str, Heartbeat] = {}
     with Subscriber(endpoints) as sub:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             for m in sub.receive(100):
                 counts[m.topic] = counts.get(m.topic, 0) + 1
                 kinds[m.topic] = type(m).__name__
+                if isinstance(m, Heartbeat):
+                    beats[m.node] = m
         errors = sub.total_decode_errors
     for t in sorted(counts):
         typer.echo(f"{t:24s} {kinds[t]:14s} {counts[t] / seconds:8.1f} Hz")
     if errors:
-        typer.echo(f"({errors} malformed messages dropped)")
+        typer.echo(f"({errors} malformed messages dropped here)")
+    for node in sorted(beats):
+        summary = rejection_summary(beats[node].counters)
+        if summary:
+            typer.echo(f"{node} rejected: {summary}")
     if not counts:
         typer.echo("no messages heard")
 

@@ -16,7 +16,7 @@ from udml_stream.messages import (
     decode,
     encode,
 )
-from udml_stream.messages.codec import MAX_PAYLOAD_BYTES, ZERO_COPY_MIN_BYTES
+from udml_stream.messages.codec import DECODE_REASONS, MAX_PAYLOAD_BYTES, ZERO_COPY_MIN_BYTES
 
 
 def _frame() -> CameraFrame:
@@ -86,6 +86,23 @@ BAD = {  # name → (mutation, what the error must say)
     "one frame": (lambda f: f[:1], "at least 2 frames"),
     "ext type": (lambda f: [f[0], msgpack.packb({"v": 1, "kind": msgpack.ExtType(1, b"x")}), f[2]],
                  "extension type"),
+    # msgpack decodes its Timestamp extension itself, without the ext_hook: found by a walk.
+    "timestamp ext": (lambda f: _with(f, extra={"when": [msgpack.Timestamp(1, 2)]}),
+                      "Timestamp extension"),
+    "publish stamp too large": (lambda f: _with(f, t_publish_ns=2**64 - 1), r"outside \[0, 2\*\*63\)"),
+    "negative capture stamp": (lambda f: _with(f, t_capture_ns=-1), "t_capture_ns = -1"),
+    "seq too large": (lambda f: _with(f, seq=2**63), "seq = "),
+    "topic not utf-8": (lambda f: [b"\xff\xfe", f[1], f[2]], "not valid msgpack/UTF-8"),
+}
+REASON = {  # the named reason each bad input is counted under
+    "garbage": "not_msgpack", "not a map": "not_map", "unknown version": "version",
+    "unknown kind": "kind", "wrong field type": "field", "bool as int": "field",
+    "unknown clock": "clock", "truncated payload": "payload_size", "shape mismatch": "payload_size",
+    "oversized shape": "too_large", "negative dim": "shape", "forbidden dtype": "dtype",
+    "encoding mismatch": "encoding", "missing payload": "frames", "extra payload": "frames",
+    "one frame": "frames", "ext type": "ext_type", "timestamp ext": "ext_type",
+    "publish stamp too large": "timestamp", "negative capture stamp": "timestamp",
+    "seq too large": "seq", "topic not utf-8": "not_msgpack",
 }
 
 
@@ -93,14 +110,23 @@ BAD = {  # name → (mutation, what the error must say)
 def test_bad_input_raises_decode_error(name: str) -> None:
     frames = _bytes(encode(_frame()))
     mutate, pattern = BAD[name]
-    with pytest.raises(DecodeError, match=pattern):
+    with pytest.raises(DecodeError, match=pattern) as info:
         decode(mutate(frames))
+    assert info.value.reason == REASON[name] and info.value.reason in DECODE_REASONS
+    assert str(info.value).startswith(f"{REASON[name]}: ")  # a log line always names it
+
+
+def test_timestamps_at_the_ends_of_the_range_decode() -> None:
+    frames = _bytes(encode(_frame()))
+    back = decode(_with(frames, t_capture_ns=0, t_publish_ns=2**63 - 1, seq=2**63 - 1))
+    assert back.capture_ns == 0 and back.publish_ns == 2**63 - 1 and back.seq == 2**63 - 1
 
 
 def test_audio_consistency_is_checked() -> None:
     frames = _bytes(encode(AudioChunk("mic", 0, 0, samples=np.zeros(160, np.float32))))
-    with pytest.raises(DecodeError, match="inconsistent"):
+    with pytest.raises(DecodeError, match="inconsistent") as info:
         decode(_with(frames, n_samples=999))
+    assert info.value.reason == "audio_format"
     with pytest.raises(DecodeError, match="inconsistent"):
         decode(_with(frames, sample_rate=0))
     assert MAX_PAYLOAD_BYTES >= 640 * 480 * 3 * 4

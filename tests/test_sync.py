@@ -204,3 +204,55 @@ def test_frames_keep_flowing_when_the_audio_runs_behind_the_camera() -> None:
             out.append(s)
     assert len(out) >= 20, len(out)
     assert all(s.audio is not None for s in out)
+
+
+def test_ring_reanchors_when_the_stamps_jump_forward_within_the_old_tolerance() -> None:
+    """A 131 ms forward jump of the stamps (the replayed log of issue 9): the timeline follows
+    the stamps (a NaN gap where nothing was recorded) instead of lagging them for good."""
+    ring = AudioRing(SR, capacity_s=2.0)
+    for i in range(10):
+        ring.push(chunk(i, 20 * i))
+    ring.push(chunk(10, 200 + 131, value=5.0))
+    assert ring.reanchors == 1 and ring.resets == 0 and ring.gap_samples == 131
+    assert ring.end_ns == (331 + 20) * MS  # on the stamps, not 131 ms behind them
+    w = ring.window(351 * MS, 20)
+    np.testing.assert_array_equal(w, np.full(20, 5.0, np.float32))
+
+
+def test_ring_moves_its_timeline_back_when_the_clock_steps_back_and_seq_goes_on() -> None:
+    ring = AudioRing(SR, capacity_s=2.0)
+    for i in range(10):
+        ring.push(chunk(i, 1000 + 20 * i))
+    ring.push(chunk(10, 1200 - 131))  # seq continues, the stamp steps back 131 ms
+    assert ring.reanchors == 1 and ring.resets == 0 and ring.gap_samples == 0
+    assert ring.end_ns == (1069 + 20) * MS
+    # The samples held stay, in order, now ending at the new stamps: no audio is thrown away.
+    w = ring.window(ring.end_ns, 40)
+    np.testing.assert_array_equal(w, np.r_[np.arange(1180, 1200), np.arange(1069, 1089)]
+                                  .astype(np.float32))
+    ring.push(chunk(0, 900))  # seq back to 0 as well: the source restarted
+    assert ring.resets == 1 and ring.start_ns == 900 * MS
+
+
+def test_pairer_does_not_wait_the_slop_after_a_stamp_jump() -> None:
+    cfg = PairingConfig(sample_rate=SR, window_samples=100, slop_ns=60 * MS)
+    p = Pairer(cfg)
+    for i in range(30):  # audio 20 ms chunks; the stamps jump 131 ms ahead at chunk 15
+        t = 20 * i + (131 if i >= 15 else 0)
+        p.add(chunk(i, t), now_ns=(t + 21) * MS)
+    assert p.ring.reanchors == 1
+    t_frame = 20 * 29 + 131 + 10
+    p.add(_frame(0, t_frame), now_ns=(t_frame + 1) * MS)
+    s = p.ready((t_frame + 1) * MS)  # the audio already covers the frame: out at once
+    assert s is not None and s.wait_ns == 0 and s.audio_valid == 1.0
+
+
+def test_frames_with_no_window_while_audio_lives_are_counted() -> None:
+    """Audio stamped on a clock 10 s away from the camera's: the frames go out camera-only,
+    but not silently."""
+    p = Pairer(PairingConfig(sample_rate=SR, window_samples=100, slop_ns=0))
+    for i in range(10):
+        p.add(chunk(i, 10_000 + 20 * i), now_ns=(20 * i + 21) * MS)
+    p.add(_frame(0, 200), now_ns=201 * MS)
+    s = p.ready(201 * MS)
+    assert s is not None and s.audio is None and p.windows_missed == 1

@@ -3,8 +3,9 @@
 A message is ``[topic, header, *payload]``: the topic as UTF-8 bytes (the SUB prefix filter),
 a msgpack map, and zero or more raw payload frames (one for camera frames and audio chunks).
 Decoding never trusts the peer: every field is type-checked, the dtype comes from a whitelist,
-payload sizes must match ``shape`` exactly and stay under the limits; any violation raises
-``DecodeError``. Nothing is ever unpickled.
+payload sizes must match ``shape`` exactly and stay under the limits, timestamps and sequence
+numbers lie in ``[0, 2**63)``; any violation raises ``DecodeError`` with a named ``reason`` (one of
+``DECODE_REASONS``). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -29,10 +30,41 @@ MAX_DIMS = 4
 MAX_TOPIC_BYTES = 256
 #: Payloads at least this large are handed to ZeroMQ without a copy (FIELD.md: ~64 kB break-even).
 ZERO_COPY_MIN_BYTES = 64 * 1024
+#: Timestamps and sequence numbers must lie in [0, MAX_INT): any difference of two of them (a
+#: latency) then still fits a signed 64-bit int, which is what msgpack and the results carry.
+MAX_INT = 2**63
+
+#: Why a message was rejected by ``decode``: reason name → what it means (docs/wire-format.md).
+DECODE_REASONS: dict[str, str] = {
+    "frames": "wrong number of frames (fewer than 2, or payload frames not as the kind needs)",
+    "too_large": "topic, header or payload over its size limit",
+    "not_msgpack": "topic not UTF-8, or header not valid msgpack",
+    "ext_type": "a msgpack extension type (Timestamp included) anywhere in the header",
+    "not_map": "header is not a msgpack map",
+    "version": "wire format version is not 1",
+    "kind": "unknown message kind",
+    "clock": "unknown clock",
+    "field": "a required header key is missing or has the wrong type",
+    "timestamp": "t_capture_ns or t_publish_ns outside [0, 2**63)",
+    "seq": "seq outside [0, 2**63)",
+    "dtype": "payload dtype not allowed",
+    "shape": "shape is not 1..4 non-negative ints",
+    "payload_size": "payload size differs from prod(shape) x itemsize",
+    "encoding": "camera encoding does not fit the array",
+    "audio_format": "audio sample_rate, n_samples, shape or dtype inconsistent",
+}
 
 
 class DecodeError(UdmlError):
-    """A received message is malformed; it must be counted and dropped, never crash a node."""
+    """A received message is malformed; it must be counted and dropped, never crash a node.
+
+    ``reason`` is one of ``DECODE_REASONS`` (what nodes count by); the text says what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass
@@ -173,16 +205,30 @@ def encode(msg: Message) -> list[Any]:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
-    raise DecodeError(f"msgpack extension type {code} is not allowed")
+    raise DecodeError("ext_type", f"msgpack extension type {code} is not allowed")
+
+
+def _reject_timestamps(obj: Any) -> None:
+    """msgpack decodes its Timestamp extension (type -1) itself, without calling ``ext_hook``;
+    the wire format forbids every extension type, so find any such value in the header."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, msgpack.Timestamp):
+            raise DecodeError("ext_type", "msgpack Timestamp extension (type -1) is not allowed")
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
 
 
 def _get(h: dict[str, Any], key: str, typ: type | tuple[type, ...], kind: str) -> Any:
     if key not in h:
-        raise DecodeError(f"{kind} header lacks {key!r}")
+        raise DecodeError("field", f"{kind} header lacks {key!r}")
     val = h[key]
     if (typ is int and isinstance(val, bool)) or not isinstance(val, typ):
-        raise DecodeError(f"{kind} header field {key!r} has type {type(val).__name__}; "
-                          f"expected {typ}")
+        raise DecodeError("field", f"{kind} header field {key!r} has type "
+                          f"{type(val).__name__}; expected {typ}")
     return val
 
 
@@ -190,31 +236,34 @@ def _map(h: dict[str, Any], key: str, vtyp: type | tuple[type, ...], kind: str) 
     val = _get(h, key, dict, kind)
     for k, v in val.items():
         if not isinstance(k, str) or not isinstance(v, vtyp):
-            raise DecodeError(f"{kind} header field {key!r} must map str to {vtyp}")
+            raise DecodeError("field", f"{kind} header field {key!r} must map str to {vtyp}")
     return val
 
 
 def _array(h: dict[str, Any], frames: list[Any], kind: str) -> np.ndarray:
     if len(frames) != 3:
-        raise DecodeError(f"{kind} needs exactly one payload frame, got {len(frames) - 2}")
+        raise DecodeError("frames", f"{kind} needs exactly one payload frame, got "
+                          f"{len(frames) - 2}")
     dtype_name = _get(h, "dtype", str, kind)
     if dtype_name not in DTYPES:
-        raise DecodeError(f"{kind} dtype {dtype_name!r} is not allowed; expected one of "
-                          f"{sorted(DTYPES)}")
+        raise DecodeError("dtype", f"{kind} dtype {dtype_name!r} is not allowed; expected one "
+                          f"of {sorted(DTYPES)}")
     shape = _get(h, "shape", list, kind)
     if not 1 <= len(shape) <= MAX_DIMS or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES
             for d in shape):
-        raise DecodeError(f"{kind} shape {shape!r} is invalid (1..{MAX_DIMS} non-negative ints)")
+        raise DecodeError("shape", f"{kind} shape {shape!r} is invalid (1..{MAX_DIMS} "
+                          "non-negative ints)")
     dt = DTYPES[dtype_name]
     want = math.prod(shape) * dt.itemsize
     if want > MAX_PAYLOAD_BYTES:
-        raise DecodeError(f"{kind} shape {shape} needs {want} bytes; limit {MAX_PAYLOAD_BYTES}")
+        raise DecodeError("too_large", f"{kind} shape {shape} needs {want} bytes; limit "
+                          f"{MAX_PAYLOAD_BYTES}")
     buf = frames[2]
     view = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
     if view.nbytes != want:
-        raise DecodeError(f"{kind} payload has {view.nbytes} bytes; shape {shape} × "
-                          f"{dtype_name} needs {want}")
+        raise DecodeError("payload_size", f"{kind} payload has {view.nbytes} bytes; shape "
+                          f"{shape} × {dtype_name} needs {want}")
     # Copy out of the ZeroMQ frame: holding received zero-copy buffers leaks memory (FIELD.md).
     return np.frombuffer(view, dtype=dt).reshape(shape).copy()
 
@@ -222,37 +271,49 @@ def _array(h: dict[str, Any], frames: list[Any], kind: str) -> np.ndarray:
 def decode(frames: list[Any]) -> Message:
     """Validate and decode multipart ``frames`` (bytes or ``zmq.Frame``); raises ``DecodeError``."""
     if len(frames) < 2:
-        raise DecodeError(f"a message has at least 2 frames (topic, header), got {len(frames)}")
+        raise DecodeError("frames", f"a message has at least 2 frames (topic, header), got "
+                          f"{len(frames)}")
     raw = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in frames[:2]]
     topic_b, header_b = raw
     if len(topic_b) > MAX_TOPIC_BYTES:
-        raise DecodeError(f"topic is {len(topic_b)} bytes; limit {MAX_TOPIC_BYTES}")
+        raise DecodeError("too_large", f"topic is {len(topic_b)} bytes; limit {MAX_TOPIC_BYTES}")
     if len(header_b) > MAX_HEADER_BYTES:
-        raise DecodeError(f"header is {len(header_b)} bytes; limit {MAX_HEADER_BYTES}")
+        raise DecodeError("too_large", f"header is {len(header_b)} bytes; limit "
+                          f"{MAX_HEADER_BYTES}")
     try:
         topic = topic_b.decode()
         h = msgpack.unpackb(header_b, raw=False, ext_hook=_ext_hook, strict_map_key=True)
     except DecodeError:
         raise
     except Exception as err:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"header is not valid msgpack/UTF-8: {err}") from None
+        # Some of them carry no text; the type name keeps the log line informative.
+        raise DecodeError("not_msgpack", f"header is not valid msgpack/UTF-8: "
+                          f"{type(err).__name__} {err}".rstrip()) from None
     if not isinstance(h, dict):
-        raise DecodeError(f"header must be a map, got {type(h).__name__}")
+        raise DecodeError("not_map", f"header must be a map, got {type(h).__name__}")
+    _reject_timestamps(h)
     version = h.get("v")
     if version != FORMAT_VERSION:
-        raise DecodeError(f"wire format version {version!r} is not supported (expected "
-                          f"{FORMAT_VERSION})")
+        raise DecodeError("version", f"wire format version {version!r} is not supported "
+                          f"(expected {FORMAT_VERSION})")
     kind = _get(h, "kind", str, "message")
     if kind not in KINDS:
-        raise DecodeError(f"unknown message kind {kind!r}; expected one of {sorted(KINDS)}")
+        raise DecodeError("kind", f"unknown message kind {kind!r}; expected one of "
+                          f"{sorted(KINDS)}")
     clock = _get(h, "clock", str, kind)
     if clock not in CLOCKS:
-        raise DecodeError(f"{kind} clock {clock!r}; expected one of {CLOCKS}")
+        raise DecodeError("clock", f"{kind} clock {clock!r}; expected one of {CLOCKS}")
     common = {
         "stream": _get(h, "stream", str, kind), "seq": _get(h, "seq", int, kind),
         "capture_ns": _get(h, "t_capture_ns", int, kind),
         "publish_ns": _get(h, "t_publish_ns", int, kind), "clock": clock, "topic": topic,
     }
+    for key in ("capture_ns", "publish_ns"):
+        if not 0 <= common[key] < MAX_INT:
+            raise DecodeError("timestamp", f"{kind} t_{key} = {common[key]} is outside "
+                              "[0, 2**63)")
+    if not 0 <= common["seq"] < MAX_INT:
+        raise DecodeError("seq", f"{kind} seq = {common['seq']} is outside [0, 2**63)")
     if kind in ("camera_frame", "audio_chunk"):
         arr = _array(h, frames, kind)
         if kind == "camera_frame":
@@ -260,28 +321,28 @@ def decode(frames: list[Any]) -> Message:
             channels = 1 if arr.ndim == 2 else arr.shape[-1]
             if enc not in _ENCODINGS or arr.ndim not in (2, 3) or channels != _ENCODINGS[enc] \
                     or arr.dtype != np.uint8:
-                raise DecodeError(f"camera_frame encoding {enc!r} does not fit a "
+                raise DecodeError("encoding", f"camera_frame encoding {enc!r} does not fit a "
                                   f"{arr.dtype} array of shape {list(arr.shape)}")
             return CameraFrame(**common, image=arr, encoding=enc)
         rate = _get(h, "sample_rate", int, kind)
         n = _get(h, "n_samples", int, kind)
         if not 0 < rate <= 384_000 or arr.ndim > 2 or n != arr.shape[0] or arr.dtype == np.uint8:
-            raise DecodeError(f"audio_chunk with rate {rate}, n_samples {n}, shape "
-                              f"{list(arr.shape)}, dtype {arr.dtype} is inconsistent")
+            raise DecodeError("audio_format", f"audio_chunk with rate {rate}, n_samples {n}, "
+                              f"shape {list(arr.shape)}, dtype {arr.dtype} is inconsistent")
         return AudioChunk(**common, samples=arr, sample_rate=rate)
     if len(frames) != 2:
-        raise DecodeError(f"{kind} carries no payload frames, got {len(frames) - 2}")
+        raise DecodeError("frames", f"{kind} carries no payload frames, got {len(frames) - 2}")
     num = (int, float)
     if kind == "fusion_result":
         probs = _get(h, "probs", list, kind)
         if not all(isinstance(p, num) for p in probs):
-            raise DecodeError("fusion_result probs must be numbers")
+            raise DecodeError("field", "fusion_result probs must be numbers")
         names = _get(h, "class_names", list, kind)
         if not all(isinstance(n, str) for n in names):
-            raise DecodeError("fusion_result class_names must be strings")
+            raise DecodeError("field", "fusion_result class_names must be strings")
         valid = h.get("audio_valid")  # optional: absent in older results
         if valid is not None and (isinstance(valid, bool) or not isinstance(valid, num)):
-            raise DecodeError(f"fusion_result header field 'audio_valid' has type "
+            raise DecodeError("field", f"fusion_result header field 'audio_valid' has type "
                               f"{type(valid).__name__}; expected a number")
         return FusionResult(
             **common, probs=[float(p) for p in probs], pred=_get(h, "pred", int, kind),

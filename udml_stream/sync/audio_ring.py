@@ -28,13 +28,22 @@ class AudioRing:
     """Keeps the last ``capacity_s`` seconds of one mono audio stream on a continuous timeline.
 
     Chunk stamps jitter (ADC time mapped onto the host clock), so consecutive chunks are laid end
-    to end; the timeline is re-anchored only when a chunk's stamp departs from the expected
-    continuation by more than ``tolerance_ns`` (a forward jump is a gap, written as NaN and
-    counted in ``gap_samples``; a backward jump means the source restarted, and the ring is
-    cleared).
+    to end; the timeline is re-anchored to a chunk's stamp when the stamp departs from the
+    expected continuation by more than ``tolerance_ns`` (counted in ``reanchors``):
+
+    * forward: samples were lost (or the clock stepped ahead); the jump is a gap, written as NaN
+      and counted in ``gap_samples``;
+    * backward with a higher ``seq``: the stream went on but its clock stepped back; the samples
+      held stay in order and the timeline is moved back so that they end at the new stamp
+      (keeping the old timeline would leave every window late by the jump for good);
+    * backward with a ``seq`` not above the last one: the source restarted; the ring is cleared
+      (counted in ``resets``).
+
+    The tolerance is kept below the pairer's slop: a timeline that lags the stamps by less than
+    the tolerance delays a frame by at most that much.
     """
 
-    def __init__(self, sample_rate: int, capacity_s: float = 5.0, tolerance_ns: int = 150_000_000):
+    def __init__(self, sample_rate: int, capacity_s: float = 5.0, tolerance_ns: int = 50_000_000):
         self.sample_rate = sample_rate
         self.capacity = int(capacity_s * sample_rate)
         self.tolerance_ns = tolerance_ns
@@ -44,6 +53,8 @@ class AudioRing:
         self.end_ns: int | None = None  # capture time just after the newest sample
         self.gap_samples = 0
         self.resets = 0
+        self.reanchors = 0  # stamp departures beyond the tolerance that moved the timeline
+        self.last_seq: int | None = None
 
     def _ns(self, n: int) -> int:
         return n * 1_000_000_000 // self.sample_rate
@@ -60,6 +71,7 @@ class AudioRing:
     def clear(self) -> None:
         """Forget every sample (the source restarted)."""
         self._filled, self._write, self.end_ns = 0, 0, None
+        self.last_seq = None
 
     def push(self, chunk: AudioChunk) -> None:
         """Append one chunk (mono, or the first channel of a multi-channel chunk)."""
@@ -76,19 +88,28 @@ class AudioRing:
         if self.end_ns is not None:
             delta = chunk.capture_ns - self.end_ns
             if delta < -self.tolerance_ns:
-                self.resets += 1
-                log.debug("audio stamp went back %.3f s: source restarted, ring cleared",
-                          -delta / 1e9)
-                self.clear()
+                if self.last_seq is not None and chunk.seq > self.last_seq:
+                    self.reanchors += 1
+                    log.debug("audio stamp went back %.3f s with seq going on: timeline moved "
+                              "back", -delta / 1e9)
+                    self.end_ns = chunk.capture_ns
+                else:
+                    self.resets += 1
+                    log.debug("audio stamp went back %.3f s: source restarted, ring cleared",
+                              -delta / 1e9)
+                    self.clear()
             elif delta > self.tolerance_ns:
+                self.reanchors += 1
                 gap = int(delta * self.sample_rate // 1_000_000_000)
                 self.gap_samples += gap
                 self._append(np.full(min(gap, self.capacity), np.nan, np.float32))
-                self.end_ns += self._ns(gap)
+                # Onto the stamp itself (not gap / rate): the sub-sample rest must not build up.
+                self.end_ns = chunk.capture_ns
         if self.end_ns is None:
             self.end_ns = chunk.capture_ns
         self._append(x)
         self.end_ns += self._ns(x.shape[0])
+        self.last_seq = chunk.seq
 
     @property
     def start_ns(self) -> int | None:

@@ -69,6 +69,9 @@ class Pairer:
         self._last_fallback_ns = 0
         self.partial_windows = 0  # samples sent with a window the ring held only in part
         self.missing_samples = 0  # NaN samples in the windows sent, in total
+        # Frames sent without audio although the audio stream was alive: the ring held nothing
+        # of their window (the two streams' capture clocks disagree, or the audio restarted).
+        self.windows_missed = 0
 
     def add(self, msg: Message, now_ns: int) -> None:
         """Take one received message (other streams and kinds are ignored)."""
@@ -125,6 +128,8 @@ class Pairer:
                     # After the slop the window ends where the audio stops, not in the future.
                     end = min(f.capture_ns, self.ring.end_ns or f.capture_ns)
                     audio, missing = self._window(end)
+                    if audio is None:
+                        self.windows_missed += 1
                 valid = self._sent(audio, missing)
                 seq = {self.camera_stream: f.seq}
                 if audio is not None:
