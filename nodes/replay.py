@@ -23,6 +23,12 @@ def main(cfg: ReplayConfig) -> ReplayStats:
 def summary(stats: ReplayStats) -> str:
     """One paragraph about a finished replay."""
     lines = [f"published {sum(stats.published.values())} messages: {stats.published}"]
+    if stats.unheard:
+        lines.append(f"not published (no subscriber for the topic): "
+                     f"{sum(stats.unheard.values())} {stats.unheard}")
+    if stats.not_sent:
+        lines.append(f"not published (a subscriber stayed full past the send timeout): "
+                     f"{sum(stats.not_sent.values())} {stats.not_sent}")
     if stats.timing_error_ns:
         e = np.asarray(stats.timing_error_ns) / 1e6
         lines.append(f"timing error (actual − scheduled): p50 {np.percentile(e, 50):.3f} ms, "

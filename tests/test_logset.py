@@ -115,3 +115,49 @@ def test_logs_config_names_the_missing_key(tmp_path: Path) -> None:
     cfg.write_text('[data]\nsource = "logs"\n[data.logs]\ntrain = ["a.mcap"]\n')
     with pytest.raises(ConfigError, match=r"data\.logs\.val"):
         load_config(cfg)
+
+
+def test_log_dataset_pairs_frames_as_the_polling_live_node_does(tmp_path: Path) -> None:
+    """Audio in 100 ms chunks behind a 33 ms camera: frames wait past the 60 ms slop. The live
+    node polls its pairer every few ms, so a waiting frame goes out when its slop runs out; the
+    log data set must keep and supersede the same frames (it used to supersede nearly all)."""
+    from udml_stream.logs.writer import LogWriter
+    from udml_stream.messages import AudioChunk, CameraFrame, Label, encode
+    from udml_stream.sync import Pairer, PairingConfig
+
+    ms, sr = 1_000_000, 16000
+    events = []  # (log time, message)
+    t0 = 1000 * ms
+    events.append((t0, Label("label", 0, t0, label=3, name="three")))
+    for i in range(60):
+        t = t0 + 100 * ms + 33 * ms * i
+        events.append((t, CameraFrame("camera", i, t, image=np.zeros((4, 4), np.uint8),
+                                      encoding="mono8")))
+    for k in range(22):  # 100 ms chunks, each received when it ends (+2 ms)
+        t = t0 + 100 * ms * k
+        events.append((t + 102 * ms, AudioChunk("mic", k, t, samples=np.full(1600, 1000, np.int16),
+                                               sample_rate=sr)))
+    events.sort(key=lambda e: e[0])
+    path = tmp_path / "paced.mcap"
+    out = LogWriter(path)
+    for log_ns, m in events:
+        out.write(m.stream, encode(m)[1:], m.seq, m.capture_ns, log_ns, m.kind, m.stream, m.clock)
+    out.finish()
+
+    # The live node: every received message added at its arrival, the pairer polled each ms.
+    live = Pairer(PairingConfig(sample_rate=sr, window_samples=800))
+    released = 0
+    queue = [e for e in events if not isinstance(e[1], Label)]
+    now = queue[0][0]
+    while queue or live.pending is not None:
+        while queue and queue[0][0] <= now:
+            live.add(queue.pop(0)[1], now)
+        while (s := live.ready(now)) is not None:
+            released += s.frame is not None
+        now += ms
+    src = LogSource(window_samples=800, min_audio_valid=0.0)
+    _, stats = read_split("paced", [path], src)
+    assert stats.superseded == live.frames_superseded < 30
+    assert stats.samples + stats.no_audio + stats.unlabelled == released
+    assert stats.per_file == {str(path): {"frames": 60, "samples": stats.samples,
+                                          "superseded": stats.superseded}}

@@ -33,6 +33,7 @@ from udml_stream.logs import LogError, iter_wire
 from udml_stream.messages import AudioChunk, CameraFrame, DecodeError, Label, decode
 from udml_stream.model.preprocess import ImagePrep
 from udml_stream.sync import Pairer, PairingConfig
+from udml_stream.sync.pairing import SyncedSample
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class LogSource:
     # Keep a frame only when at least this share of its audio window was recorded: below 1.0
     # the waveforms carry NaN where samples are missing, which the corruption must then accept.
     min_audio_valid: float = 1.0
+    # The live node's pairing timing (launch file ``slop_ms`` / ``audio_deadline_ms``), so that
+    # a frame is kept or superseded as it was live; None = the node's defaults.
+    slop_ms: float | None = None
+    audio_deadline_ms: float | None = None
 
 
 @dataclass
@@ -69,6 +74,7 @@ class LogReadStats:
     pending_at_end: int = 0  # the log ended while the frame waited for its audio
     decode_errors: int = 0
     per_label: dict[int, int] = field(default_factory=dict)
+    per_file: dict[str, dict[str, int]] = field(default_factory=dict)  # frames/samples/superseded
 
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
@@ -107,6 +113,17 @@ def _truth(path: Path, src: LogSource) -> tuple[list[tuple[int, int, str]],
     return sorted(found[src.label_topic]), sorted(found[src.condition_topic])
 
 
+def _release_ns(pairer: Pairer) -> int | None:
+    """When the waiting frame, if any, goes out with no further input: its slop runs out, or
+    the audio stream dies (``audio_alive`` turns false one ns after its deadline)."""
+    if pairer.pending is None:
+        return None
+    due = pairer.pending_since_ns + pairer.cfg.slop_ns
+    if pairer.last_audio_rx_ns is not None:
+        due = min(due, pairer.last_audio_rx_ns + pairer.cfg.audio_deadline_ns + 1)
+    return due
+
+
 def read_log(path: Path, src: LogSource, stats: LogReadStats
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """Images (model pixels), waveforms and labels of the usable samples of one log."""
@@ -116,12 +133,50 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
     window_ns = src.window_samples * 1_000_000_000 // src.sample_rate
     # The pairer matches streams by name; the topic is authoritative in a log (it may have been
     # remapped), so messages are renamed to the topic they were recorded on.
-    pairer = Pairer(PairingConfig(sample_rate=src.sample_rate, window_samples=src.window_samples),
-                    camera=src.camera_topic, audio=src.audio_topic)
+    timing: dict[str, int] = {}
+    if src.slop_ms is not None:
+        timing["slop_ns"] = int(src.slop_ms * 1e6)
+    if src.audio_deadline_ms is not None:
+        timing["audio_deadline_ns"] = int(src.audio_deadline_ms * 1e6)
+    pairer = Pairer(PairingConfig(sample_rate=src.sample_rate, window_samples=src.window_samples,
+                                  **timing), camera=src.camera_topic, audio=src.audio_topic)
     geometry = ImagePrep(size=src.image_size)
     images: list[np.ndarray] = []
     waves: list[np.ndarray] = []
     ys: list[int] = []
+
+    def take(sample: SyncedSample | None) -> None:
+        if sample is None or sample.frame is None:
+            return  # an audio-only result while the camera was silent
+        if sample.audio is None or sample.audio_valid < src.min_audio_valid:
+            stats.no_audio += 1
+            stats.partial_audio += int(sample.audio is not None)
+            return
+        # The window ends at the frame's instant, or earlier when the audio stopped short of it.
+        end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
+        j = _span_index(starts, end - window_ns, sample.t_ns)
+        if j < 0:
+            stats.unlabelled += 1
+            return
+        if src.conditions is not None:
+            c = _span_index(cstarts, end - window_ns, sample.t_ns)
+            if c < 0 or conds[c][2] not in src.conditions:
+                stats.other_condition += 1
+                return
+        # Labelled: only now is the frame reduced to model pixels and its window kept.
+        with torch.no_grad():
+            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
+            images.append(geometry.pixels(frame)[0, 0].numpy())
+        waves.append(sample.audio)
+        y = labels[j][1]
+        ys.append(y)
+        stats.per_label[y] = stats.per_label.get(y, 0) + 1
+
+    def drain(now_ns: int) -> None:
+        while (sample := pairer.ready(now_ns)) is not None:
+            take(sample)
+
+    frames_before = stats.frames
     for rec in iter_wire(path, topics=[src.camera_topic, src.audio_topic]):
         try:
             msg = decode(rec.frames)
@@ -134,37 +189,26 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
         msg.stream = rec.topic
         if isinstance(msg, CameraFrame):
             stats.frames += 1
+        # The live node polls its pairer every few ms, so a waiting frame goes out when its
+        # slop (or the audio deadline) runs out, not when the next message happens to arrive:
+        # without this, each frame was superseded by the next before its wait was checked.
+        due = _release_ns(pairer)
+        if due is not None and due <= rec.log_ns:
+            drain(due)
         pairer.add(msg, rec.log_ns)
-        sample = pairer.ready(rec.log_ns)
-        if sample is None or sample.frame is None:
-            continue  # nothing due, or an audio-only result while the camera was silent
-        if sample.audio is None or sample.audio_valid < src.min_audio_valid:
-            stats.no_audio += 1
-            stats.partial_audio += int(sample.audio is not None)
-            continue
-        # The window ends at the frame's instant, or earlier when the audio stopped short of it.
-        end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
-        j = _span_index(starts, end - window_ns, sample.t_ns)
-        if j < 0:
-            stats.unlabelled += 1
-            continue
-        if src.conditions is not None:
-            c = _span_index(cstarts, end - window_ns, sample.t_ns)
-            if c < 0 or conds[c][2] not in src.conditions:
-                stats.other_condition += 1
-                continue
-        # Labelled: only now is the frame reduced to model pixels and its window kept.
-        with torch.no_grad():
-            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
-            images.append(geometry.pixels(frame)[0, 0].numpy())
-        waves.append(sample.audio)
-        y = labels[j][1]
-        ys.append(y)
-        stats.per_label[y] = stats.per_label.get(y, 0) + 1
+        drain(rec.log_ns)
+    due = _release_ns(pairer)  # the log ended: the live node would still have sent it then
+    if due is not None:
+        drain(due)
     stats.superseded += pairer.frames_superseded
     stats.pending_at_end += int(pairer.pending is not None)
     stats.files += 1
     stats.samples += len(ys)
+    stats.per_file[str(path)] = {
+        "frames": stats.frames - frames_before, "samples": len(ys),
+        "superseded": pairer.frames_superseded}
+    log.info("%s: %d of %d frames kept, %d superseded", path, len(ys),
+             stats.frames - frames_before, pairer.frames_superseded)
     return images, waves, ys
 
 

@@ -38,7 +38,11 @@ class SessionSpec:
     """Rates and topics of an emitted session."""
 
     fps: int = 10
-    chunk_samples: int = 1024  # 64 ms at 16 kHz, a common capture block
+    # 50 ms at 16 kHz. A frame waits for the chunk covering its instant for at most the fusion
+    # node's slop (60 ms by default), so a chunk plus its 2 ms transport must stay below it:
+    # with 64 ms chunks about one frame in sixteen went out with a window cut short, live and
+    # (once the log data set paced its pairer as the live node does) in training too.
+    chunk_samples: int = 800
     gap_s: float = 0.1  # after each utterance window, before the next sample's segment
     camera_topic: str = "camera"
     audio_topic: str = "mic"

@@ -3,8 +3,10 @@
 A receive thread only receives and validates; a writer thread compresses and writes (zstd and
 lz4 release the GIL), connected by a bounded queue whose overflow is counted, never silent.
 Files split by duration or size; per-topic counts, sequence gaps and drops go into the file's
-metadata when it is finished. SIGINT/SIGTERM finish the file; after SIGKILL only the chunk in
-progress is lost and ``udml log recover`` rebuilds a readable file.
+metadata when it is finished. SIGINT/SIGTERM finish the file. Chunks close on size and on time
+(``chunk_seconds``, 1 s by default, checked even while no message arrives), so after SIGKILL at
+most the last ``chunk_seconds`` of any topic mix is lost and ``udml log recover`` rebuilds a
+readable file from the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import zmq
 
+from udml_stream.errors import ConfigError
 from udml_stream.logs.writer import COMPRESSION, LogWriter
 from udml_stream.messages import DecodeError, decode
 
@@ -35,6 +39,7 @@ class RecorderConfig:
     exclude: list[str] = field(default_factory=lambda: ["hb.*"])
     compression: str = "zstd"
     chunk_size: int = 4 * 1024 * 1024
+    chunk_seconds: float = 1.0  # a chunk also closes this long after its first message
     split_seconds: float = 0.0  # 0 = no split by duration
     split_bytes: int = 0  # 0 = no split by size
     queue_messages: int = 2000
@@ -52,12 +57,41 @@ class TopicStats:
     last_seq: int = -1
 
 
+def topic_matches(topic: str, patterns: list[str]) -> bool:
+    """Whether ``topic`` equals one of ``patterns`` or matches it as an fnmatch pattern
+    (``cam*``, ``mic?``, ``[ab]*``); shared by ``udml record`` and ``udml replay``."""
+    return any(fnmatch.fnmatchcase(topic, p) for p in patterns)
+
+
+def validate(cfg: RecorderConfig) -> None:
+    """Raise ``ConfigError`` naming the first setting of ``cfg`` that cannot work."""
+    if not cfg.endpoints:
+        raise ConfigError("record: give at least one endpoint to record from")
+    for ep in cfg.endpoints:
+        if "://" not in ep:
+            raise ConfigError(f"record: endpoint {ep!r} is not a ZeroMQ endpoint "
+                              "(expected e.g. tcp://127.0.0.1:5600 or ipc:///tmp/udml/camera.sock)")
+    if cfg.compression not in COMPRESSION:
+        raise ConfigError(f"record: compression = {cfg.compression!r}; expected one of "
+                          f"{', '.join(COMPRESSION)}")
+    if not cfg.topics or any(not t for t in cfg.topics):
+        raise ConfigError("record: --topic must be a non-empty name or pattern")
+    for name, value in (("chunk_seconds", cfg.chunk_seconds), ("split_seconds", cfg.split_seconds),
+                        ("split_bytes", cfg.split_bytes)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"record: {name} = {value}; expected a finite number ≥ 0 (0 = off)")
+    if cfg.chunk_size <= 0 or cfg.queue_messages <= 0:
+        raise ConfigError("record: chunk_size and queue_messages must be > 0")
+    out = Path(cfg.output)
+    if out.exists() and not out.is_file():
+        raise ConfigError(f"record: output {out} exists and is not a file")
+
+
 class Recorder:
     """Records until ``stop()``; run ``run()`` in the main thread (it owns the socket)."""
 
     def __init__(self, cfg: RecorderConfig, ctx: zmq.Context | None = None) -> None:
-        if cfg.compression not in COMPRESSION:
-            raise ValueError(f"compression = {cfg.compression!r}; expected one of {list(COMPRESSION)}")
+        validate(cfg)
         self.cfg = cfg
         self._ctx = ctx or zmq.Context.instance()
         self._q: queue.Queue = queue.Queue(maxsize=cfg.queue_messages)
@@ -69,8 +103,7 @@ class Recorder:
 
     def wanted(self, topic: str) -> bool:
         """Whether ``topic`` passes the topic patterns and not the excludes."""
-        return (any(fnmatch.fnmatchcase(topic, p) for p in self.cfg.topics)
-                and not any(fnmatch.fnmatchcase(topic, p) for p in self.cfg.exclude))
+        return topic_matches(topic, self.cfg.topics) and not topic_matches(topic, self.cfg.exclude)
 
     def stop(self) -> None:
         """Ask the recorder to finish (safe from a signal handler)."""
@@ -85,9 +118,16 @@ class Recorder:
     def _write_loop(self) -> None:
         index, out = 0, None
         opened_at = 0.0
+        # Wake up often enough to close a chunk on time even when no message arrives.
+        poll_s = min(0.1, self.cfg.chunk_seconds / 4) if self.cfg.chunk_seconds > 0 else None
         try:
             while True:
-                item = self._q.get()
+                try:
+                    item = self._q.get(timeout=poll_s)
+                except queue.Empty:
+                    if out is not None:
+                        out.tick()
+                    continue
                 if item is None:
                     break
                 topic, frames, seq, capture_ns, rx_ns, kind, stream, clock, msg = item
@@ -99,7 +139,7 @@ class Recorder:
                     out, index = None, index + 1
                 if out is None:
                     out = LogWriter(self._path(index), self.cfg.compression, self.cfg.chunk_size,
-                                    self.cfg.foxglove)
+                                    self.cfg.foxglove, chunk_seconds=self.cfg.chunk_seconds)
                     opened_at = time.monotonic()
                     self.files.append(out.path)
                 out.write(topic, frames, seq, capture_ns, rx_ns, kind, stream, clock, msg)
@@ -126,7 +166,11 @@ class Recorder:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         for ep in self.cfg.endpoints:
-            sock.connect(ep)
+            try:
+                sock.connect(ep)
+            except zmq.ZMQError as err:
+                sock.close(linger=0)
+                raise ConfigError(f"record: cannot connect to {ep!r}: {err}") from None
         writer = threading.Thread(target=self._write_loop, name="mcap-writer", daemon=True)
         writer.start()
         end = time.monotonic() + duration_s if duration_s > 0 else float("inf")

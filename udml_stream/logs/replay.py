@@ -6,12 +6,19 @@ measures the actual-minus-scheduled error. Lossless mode is consumer-paced for o
 evaluation: every camera frame is published after the audio that covers its instant, and the
 replayer waits for the fusion node's result for that frame before going on, collecting every
 result. Reads are streamed from the MCAP index with a bounded read-ahead.
+
+Every message counted as published was accepted by ZeroMQ for at least one subscriber: the
+XPUB socket blocks instead of dropping at its high-water mark (``XPUB_NODROP``, bounded by
+``send_timeout_s``; a message still refused is counted in ``not_sent``), a message whose topic
+no subscriber wants is counted in ``unheard``, and closing waits (up to ``linger_s``) until the
+queued tail has gone out.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,10 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+from mcap.reader import SeekingReader
 
+from udml_stream.errors import ConfigError
 from udml_stream.logs.reader import WireRecord, iter_wire
+from udml_stream.logs.recorder import topic_matches
 from udml_stream.messages import FusionResult
 from udml_stream.transport import Subscriber
+from udml_stream.transport.security import close_context, new_context
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +50,7 @@ class ReplayConfig:
     loop: bool = False
     start_s: float | None = None  # offsets from the log's first message
     end_s: float | None = None
-    topics: list[str] | None = None
+    topics: list[str] | None = None  # names or fnmatch patterns, as ``udml record`` takes
     remap: dict[str, str] = field(default_factory=dict)
     order: str = "log"  # "log" (receive time) or "capture"
     read_ahead: int = 512  # bounded reorder window for capture-time order
@@ -50,17 +61,83 @@ class ReplayConfig:
     audio_topic: str = "mic"
     result_timeout_s: float = 5.0
     wait_subscribers_s: float = 10.0
+    send_timeout_s: float = 10.0  # a subscriber this far behind makes a message count as not sent
+    linger_s: float = 10.0  # how long closing waits for the queued tail to go out
+
+
+ORDERS = ("log", "capture")
+
+
+def validate(cfg: ReplayConfig) -> None:
+    """Raise ``ConfigError`` naming the first setting of ``cfg`` that cannot work."""
+    if not Path(cfg.path).is_file():
+        raise ConfigError(f"replay: log {cfg.path} not found" if not Path(cfg.path).exists()
+                          else f"replay: {cfg.path} is not a file")
+    if "://" not in cfg.endpoint:
+        raise ConfigError(f"replay: endpoint {cfg.endpoint!r} is not a ZeroMQ endpoint "
+                          "(expected e.g. tcp://127.0.0.1:5610)")
+    if not (math.isfinite(cfg.rate) and cfg.rate > 0):
+        raise ConfigError(f"replay: --rate {cfg.rate}; expected a finite number > 0 "
+                          "(1 = recorded pace, 2 = twice as fast)")
+    for name, v in (("--start", cfg.start_s), ("--end", cfg.end_s)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"replay: {name} {v}; expected seconds ≥ 0 from the log start")
+    if cfg.start_s is not None and cfg.end_s is not None and cfg.end_s <= cfg.start_s:
+        raise ConfigError(f"replay: --end {cfg.end_s} must be after --start {cfg.start_s}")
+    if cfg.order not in ORDERS:
+        raise ConfigError(f"replay: --order {cfg.order!r}; expected one of {', '.join(ORDERS)}")
+    if cfg.lossless and not cfg.results_endpoint:
+        raise ConfigError("replay: --lossless waits for each frame's fusion result, so it needs "
+                          "--results ENDPOINT (the fusion node's output)")
+    if cfg.results_endpoint and not cfg.lossless:
+        raise ConfigError("replay: --results is only used with --lossless")
+    if cfg.lossless and cfg.order != "log":
+        raise ConfigError("replay: --lossless replays in log order; drop --order")
+    if cfg.topics is not None and any(not t for t in cfg.topics):
+        raise ConfigError("replay: --topic must be a non-empty name or pattern")
+    for old, new in cfg.remap.items():
+        if not old or not new:
+            raise ConfigError(f"replay: --remap {old}={new}: expected OLD=NEW with both names")
+    for name, v in (("read_ahead", cfg.read_ahead), ("prefetch", cfg.prefetch)):
+        if v < 1:
+            raise ConfigError(f"replay: {name} = {v}; expected ≥ 1")
+    for name, f in (("result_timeout_s", cfg.result_timeout_s),
+                    ("wait_subscribers_s", cfg.wait_subscribers_s),
+                    ("send_timeout_s", cfg.send_timeout_s), ("linger_s", cfg.linger_s)):
+        if not (math.isfinite(f) and f >= 0):
+            raise ConfigError(f"replay: {name} = {f}; expected seconds ≥ 0")
+
+
+def parse_remap(items: list[str]) -> dict[str, str]:
+    """``["old=new", …]`` → ``{"old": "new"}``; ``ConfigError`` on anything else."""
+    out: dict[str, str] = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new or "=" in new:
+            raise ConfigError(f"replay: --remap {item!r}: expected OLD=NEW, e.g. camera=camera_rear")
+        if old in out:
+            raise ConfigError(f"replay: --remap names {old!r} twice")
+        out[old] = new
+    return out
 
 
 @dataclass
 class ReplayStats:
     """What a replay did."""
 
-    published: dict[str, int] = field(default_factory=dict)
+    published: dict[str, int] = field(default_factory=dict)  # accepted for ≥ 1 subscriber
+    unheard: dict[str, int] = field(default_factory=dict)  # no subscriber wanted the topic
+    not_sent: dict[str, int] = field(default_factory=dict)  # refused after send_timeout_s
     timing_error_ns: list[int] = field(default_factory=list)
     results: list[FusionResult] = field(default_factory=list)
     frames_without_result: int = 0
     loops: int = 0
+
+    @property
+    def replayed(self) -> int:
+        """Records taken from the log and handled: published, unheard or not sent."""
+        return sum(self.published.values()) + sum(self.unheard.values()) + sum(
+            self.not_sent.values())
 
 
 _END = object()
@@ -115,23 +192,54 @@ def _first_log_ns(path: Path) -> int:
     return 0
 
 
+def _resolve_topics(path: Path, patterns: list[str]) -> list[str]:
+    """The log's topics that ``patterns`` match (names pass as they are when no summary lists
+    the channels)."""
+    if not any(c in p for p in patterns for c in "*?["):
+        return list(patterns)
+    try:
+        with open(path, "rb") as fh:
+            summary = SeekingReader(fh).get_summary()
+    except Exception:  # no readable summary (a killed recorder's file)
+        summary = None
+    if summary is None:
+        return []
+    return sorted({c.topic for c in summary.channels.values()
+                   if topic_matches(c.topic, patterns)})
+
+
 class Replayer:
     """Publishes a log on an XPUB socket (so it can wait until subscribers have joined)."""
 
     def __init__(self, cfg: ReplayConfig, ctx: zmq.Context | None = None) -> None:
+        validate(cfg)
         self.cfg = cfg
-        self._ctx = ctx or zmq.Context.instance()
+        # A context of its own unless given one: closing terminates it, which is what waits
+        # for the queued tail to leave (linger) without touching anyone else's sockets.
+        self._own_ctx = ctx is None
+        self._ctx = ctx or new_context()  # the process's CURVE policy, when one is set
         self.sock = self._ctx.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.LINGER, int(cfg.linger_s * 1000))
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        if cfg.bind:
-            self.sock.bind(cfg.endpoint)
-            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        else:
-            self.sock.connect(cfg.endpoint)
-            self.endpoint = cfg.endpoint
+        # Block at the high-water mark instead of dropping, so "published" means handed over.
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(cfg.send_timeout_s * 1000))
+        try:
+            if cfg.bind:
+                self.sock.bind(cfg.endpoint)
+                self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            else:
+                self.sock.connect(cfg.endpoint)
+                self.endpoint = cfg.endpoint
+        except zmq.ZMQError as err:
+            self.sock.close(linger=0)
+            if self._own_ctx:
+                close_context(self._ctx)
+            raise ConfigError(f"replay: cannot {'bind' if cfg.bind else 'connect'} "
+                              f"{cfg.endpoint!r}: {err}") from None
         self._stop = False
         self.subscriptions: set[bytes] = set()
+        self._heard: dict[str, bool] = {}  # topic → some subscription covers it (cached)
 
     def stop(self) -> None:
         """Finish after the current message (safe from a signal handler)."""
@@ -145,17 +253,26 @@ class Replayer:
             if all(any(w.startswith(s) for s in self.subscriptions) for w in want):
                 return True
             if self.sock.poll(50):
-                ev = self.sock.recv()
-                if ev and ev[0] == 1:
-                    self.subscriptions.add(ev[1:])
+                self._take_subscription()
         return False
+
+    def _take_subscription(self) -> None:
+        """Apply one (un)subscription message of the XPUB socket."""
+        ev = self.sock.recv()
+        if ev and ev[0] == 1:
+            self.subscriptions.add(ev[1:])
+        elif ev and ev[0] == 0:
+            self.subscriptions.discard(ev[1:])
+        self._heard.clear()
 
     def _records(self) -> Iterator[WireRecord]:
         cfg = self.cfg
         first = _first_log_ns(cfg.path)
         start = first + int(cfg.start_s * 1e9) if cfg.start_s is not None else None
         end = first + int(cfg.end_s * 1e9) if cfg.end_s is not None else None
-        it = prefetch(iter_wire(cfg.path, cfg.topics, start, end), cfg.prefetch)
+        patterns = cfg.topics
+        it = prefetch((r for r in iter_wire(cfg.path, None, start, end)
+                       if patterns is None or topic_matches(r.topic, patterns)), cfg.prefetch)
         if cfg.order == "log":
             yield from it
             return
@@ -169,8 +286,21 @@ class Replayer:
 
     def _send(self, rec: WireRecord, stats: ReplayStats) -> None:
         topic = self.cfg.remap.get(rec.topic, rec.topic)
+        while self.sock.poll(0):  # subscriptions that arrived since the last message
+            self._take_subscription()
+        heard = self._heard.get(topic)
+        if heard is None:
+            t = topic.encode()
+            heard = self._heard[topic] = any(t.startswith(s) for s in self.subscriptions)
+        if not heard:  # XPUB would discard it silently: not a published message
+            stats.unheard[topic] = stats.unheard.get(topic, 0) + 1
+            return
         frames = rec.frames if topic == rec.topic else [topic.encode(), *rec.frames[1:]]
-        self.sock.send_multipart(frames, copy=False)  # payloads ≥ 64 kB go without a copy
+        try:
+            self.sock.send_multipart(frames, copy=False)  # payloads ≥ 64 kB go without a copy
+        except zmq.Again:
+            stats.not_sent[topic] = stats.not_sent.get(topic, 0) + 1
+            return
         stats.published[topic] = stats.published.get(topic, 0) + 1
 
     def run(self) -> ReplayStats:
@@ -179,7 +309,10 @@ class Replayer:
         topics = self.cfg.topics or []
         results = (Subscriber([self.cfg.results_endpoint], ctx=self._ctx)
                    if self.cfg.lossless and self.cfg.results_endpoint else None)
-        self.wait_for_subscribers([self.cfg.remap.get(t, t) for t in topics] or [""],
+        # Patterns wait for the log's concrete topics they match (a subscriber never names
+        # "cam*"); without a summary to list them, for any subscription at all.
+        names = _resolve_topics(self.cfg.path, topics) if topics else []
+        self.wait_for_subscribers([self.cfg.remap.get(t, t) for t in names] or [""],
                                   self.cfg.wait_subscribers_s)
         if results is not None:
             self._wait_for_results_link(results)
@@ -272,5 +405,7 @@ class Replayer:
                 stats.frames_without_result += 1
 
     def close(self) -> None:
-        """Close the socket."""
-        self.sock.close(linger=0)
+        """Close the socket, waiting up to ``linger_s`` for queued messages to go out."""
+        self.sock.close()  # with the LINGER set in __init__
+        if self._own_ctx:
+            close_context(self._ctx)  # returns once the tail has left (or linger_s has passed)
