@@ -12,6 +12,7 @@ import sys
 
 from udml_stream.errors import UdmlError
 from udml_stream.launch.config import load_launch, node_adapter
+from udml_stream.transport.security import configure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a field of the node's table")
     args = ap.parse_args(argv)
     try:
-        spec = load_launch(args.launch).nodes.get(args.node)
+        launch = load_launch(args.launch)
+        spec = launch.nodes.get(args.node)
         if spec is None:
             print(f"error: no node {args.node!r} in {args.launch}", file=sys.stderr)
             return 2
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                 key, _, raw = item.partition("=")
                 data[key] = json.loads(raw)
             spec = node_adapter().validate_python(data)
+        # Every socket of the node (CURVE from [security], inbound size limits) before any opens.
+        configure(launch.security.load())
     except UdmlError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,10 +11,12 @@ from pathlib import Path
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from udml_stream.launch.config import load_launch
 from udml_stream.launch.monitor import Monitor
-from udml_stream.launch.supervisor import Supervisor
+from udml_stream.launch.supervisor import CRASH_LOOP_AFTER, Supervisor
+from udml_stream.transport.security import configure
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +24,15 @@ log = logging.getLogger(__name__)
 def render(sup: Supervisor, mon: Monitor) -> Group:
     """The status view: nodes, streams, and the latest fusion result."""
     nodes = Table(title="nodes")
-    for col in ("node", "alive", "restarts", "heartbeat"):
+    for col in ("node", "state", "restarts", "last error", "heartbeat"):
         nodes.add_column(col)
-    alive = sup.alive()
+    now = time.monotonic()
     for name, n in sup.nodes.items():
         hb = mon.heartbeats.get(name)
-        nodes.add_row(name, "yes" if alive[name] else "no", str(n.restarts),
+        state = n.state(now)
+        failing = n.gave_up or n.streak >= CRASH_LOOP_AFTER
+        nodes.add_row(name, f"[red]{state}[/red]" if failing else state, str(n.restarts),
+                      Text(n.last_error or "-", style="red" if failing else ""),
                       " ".join(f"{k}={v}" for k, v in hb.counters.items()) if hb else "-")
     streams = Table(title="streams")
     for col in ("stream", "rate Hz", "drops", "latency p50 ms", "p99 ms"):
@@ -48,10 +53,19 @@ def render(sup: Supervisor, mon: Monitor) -> Group:
     return Group(nodes, streams, fused)
 
 
-def main(path: Path, duration_s: float = 0.0) -> int:
-    """Run until Ctrl-C, SIGTERM or ``duration_s``; stop every node before returning."""
+def default_run_dir(path: Path) -> Path:
+    """Where a launch keeps its node logs by default: ``runs/launch/<file stem>``."""
+    return Path("runs") / "launch" / Path(path).stem
+
+
+def main(path: Path, duration_s: float = 0.0, run_dir: Path | None = None) -> int:
+    """Run until Ctrl-C, SIGTERM or ``duration_s``; stop every node before returning. Node
+    output goes to ``run_dir/logs/<node>.log`` (rotated)."""
     launch = load_launch(path)
-    sup = Supervisor(path, launch)
+    configure(launch.security.load())  # the status view subscribes like any other client
+    log_dir = (run_dir or default_run_dir(path)) / "logs"
+    sup = Supervisor(path, launch, log_dir=log_dir)
+    log.info("node logs: %s", log_dir)
     endpoints = [n.endpoint for n in launch.nodes.values()] + launch.status_endpoints
     mon = Monitor(endpoints)
     stop = threading.Event()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +22,6 @@ from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbea
 from udml_stream.transport import Publisher, Subscriber
 
 ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(sub: Subscriber, pred, timeout_s: float = 20.0) -> list:
@@ -100,19 +93,21 @@ def test_camera_node_from_mjpeg_http_stream(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MjpegHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
-    ep = f"tcp://127.0.0.1:{free_port()}"
     launch = tmp_path / "l.toml"
-    launch.write_text(f'[nodes.ipcam]\nprogram = "camera"\nsource = "{url}"\nendpoint = "{ep}"\n')
-    proc = subprocess.Popen(node_cmd(launch, "ipcam"))
-    try:
-        with Subscriber([ep], topics=["camera"]) as sub:
+    # The test binds first (a port the OS picks and the test holds) and the node connects to it:
+    # no window in which another process can take the port.
+    with Subscriber(["tcp://127.0.0.1:*"], bind=True, topics=["camera"]) as sub:
+        launch.write_text(f'[nodes.ipcam]\nprogram = "camera"\nsource = "{url}"\n'
+                          f'endpoint = "{sub.endpoints[0]}"\nbind = false\n')
+        proc = subprocess.Popen(node_cmd(launch, "ipcam"))
+        try:
             msgs = wait_for(sub, lambda m: len(m) >= 5)
-        assert all(m.image.shape == (240, 320, 3) for m in msgs)
-        assert max(m.image.max() for m in msgs) > 200  # real content, not blank frames
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        server.shutdown()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            server.shutdown()
+    assert all(m.image.shape == (240, 320, 3) for m in msgs)
+    assert max(m.image.max() for m in msgs) > 200  # real content, not blank frames
 
 
 def test_camera_node_reports_missing_device(tmp_path: Path) -> None:
@@ -173,7 +168,7 @@ def _bad_messages() -> list[list[bytes]]:
 @pytest.fixture
 def pipeline(scene, tiny_checkpoint, tmp_path: Path):
     """Camera (video file) + microphone (WAV file) + fusion, supervised; plus a rogue publisher."""
-    rogue = f"tcp://127.0.0.1:{free_port()}"
+    rogue = f"ipc://{tmp_path}/rogue"  # bound later by the test: a path cannot be taken meanwhile
     eps = {n: f"ipc://{tmp_path}/{n}" for n in ("camera", "mic", "fusion")}
     launch = tmp_path / "launch.toml"
     launch.write_text(f"""
@@ -257,7 +252,7 @@ def test_plain_pyzmq_client_reads_fusion_results(pipeline) -> None:
 
 
 def test_plain_pyzmq_publisher_feeds_a_subscriber(tmp_path: Path) -> None:
-    ep = f"tcp://127.0.0.1:{free_port()}"
+    ep = f"ipc://{tmp_path}/plain"  # the example binds it: a path cannot be taken meanwhile
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "plain_zmq_client.py"),
                              "publish-audio", ep, "3"])
     try:

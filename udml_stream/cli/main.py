@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -21,9 +21,17 @@ CacheOpt = Annotated[Path, typer.Option(help="Folder of the cached data sets.")]
 
 
 @app.callback()
-def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    security: Annotated[Path | None, typer.Option(
+        envvar="UDML_SECURITY", help="A launch file whose [security] table (CurveZMQ keys) "
+        "every socket of this command uses: record, replay, topics, echo, hz")] = None,
+) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from udml_stream.launch.config import configure_security
+
+    _run(configure_security, security)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -37,6 +45,12 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+def _fail(message: str) -> NoReturn:
+    """One clear line and exit status 2 (a bad argument)."""
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
 
 
 def _run(fn: Any, *args: Any) -> Any:
@@ -140,6 +154,9 @@ def eval_field(
     card: Annotated[Path | None, typer.Option(
         help="Store the model card in the checkpoint and write it here (docs/model-card.md)")
     ] = None,
+    split: Annotated[str, typer.Option(
+        help="test (reports, the card) or val (choosing between training runs: never on test)")
+    ] = "test",
 ) -> None:
     """Field evaluation of CHECKPOINT: natural input, audio gaps, and every degradation family
     at every level against dropping that stream, with the field goals checked."""
@@ -147,8 +164,13 @@ def eval_field(
 
     from udml_stream.evaluate.field_report import goals
 
+    if split not in ("test", "val"):
+        _fail(f"--split {split!r}: expected 'test' or 'val'")
+    if card is not None and split != "test":
+        _fail("--card needs --split test: the model card reports held-out test numbers")
     command = "udml eval-field " + " ".join(sys.argv[2:])
-    result = _run(field_eval.main, checkpoint, cache_dir, seed, device, limit, out, command, card)
+    result = _run(field_eval.main, checkpoint, cache_dir, seed, device, limit, out, command, card,
+                  split)
     for goal, measured, ok in goals(result):
         typer.echo(f"{'✓' if ok else '✗'} {goal}: {measured}")
 
@@ -263,11 +285,32 @@ def demo(
 def launch(
     file: Path,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = until Ctrl-C)")] = 0.0,
+    run_dir: Annotated[Path | None, typer.Option(
+        help="Node logs go to RUN_DIR/logs/<node>.log (rotated); default runs/launch/<FILE stem>")
+    ] = None,
 ) -> None:
     """Start every node of a launch FILE, restart per policy, show a live status table."""
     from udml_stream_apps.nodes import launch as prog
 
-    raise typer.Exit(_run(prog.main, file, duration))
+    raise typer.Exit(_run(prog.main, file, duration, run_dir))
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="CurveZMQ keys for the [security] table.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    folder: Annotated[Path, typer.Argument(help="Where the keys go (security.keys)")] = Path("keys"),
+    client: Annotated[list[str], typer.Option(help="Client key pair name (repeatable)")] = ["client"],  # noqa: B006
+    allow: Annotated[bool, typer.Option(help="Add the new clients to FOLDER/allowed")] = True,
+) -> None:
+    """Write the server key pair (unless present) and client key pairs with zmq.auth; never
+    overwrites a key. Copy *.key_secret only to the hosts that use it (see docs/security.md)."""
+    from udml_stream.transport.security import generate_keys
+
+    for f in _run(generate_keys, folder, client, allow):
+        typer.echo(str(f))
 
 
 @app.command()
@@ -368,16 +411,30 @@ def record(
     split_mb: float = 0.0,
     duration: float = 0.0,
     foxglove: Annotated[bool, typer.Option(help="Also write Foxglove viewer channels")] = False,
+    chunk_seconds: Annotated[float, typer.Option(
+        help="Close a chunk this long after its first message: a SIGKILL loses at most this "
+             "much (0 = on size only)")] = 1.0,
 ) -> None:
     """Record topics from ENDPOINTS into MCAP with their exact wire frames."""
+    import math
+
     from udml_stream_apps.nodes import record as prog
 
     from udml_stream.logs import RecorderConfig
+    from udml_stream.logs.recorder import validate
 
-    cfg = RecorderConfig(endpoints, output, topic, exclude, compression,
-                         split_seconds=split_seconds, split_bytes=int(split_mb * 1e6),
-                         foxglove=foxglove)
-    for f in _run(prog.main, cfg, duration):
+    def build() -> RecorderConfig:
+        for name, v in (("--duration", duration), ("--split-seconds", split_seconds),
+                        ("--split-mb", split_mb), ("--chunk-seconds", chunk_seconds)):
+            if not math.isfinite(v) or v < 0:
+                raise UdmlError(f"record: {name} {v}; expected a number ≥ 0 (0 = off)")
+        cfg = RecorderConfig(endpoints, output, topic, exclude, compression,
+                             chunk_seconds=chunk_seconds, split_seconds=split_seconds,
+                             split_bytes=int(split_mb * 1e6), foxglove=foxglove)
+        validate(cfg)
+        return cfg
+
+    for f in _run(prog.main, _run(build), duration):
         typer.echo(str(f))
 
 
@@ -389,7 +446,8 @@ def replay(
     loop: bool = False,
     start: Annotated[float | None, typer.Option(help="Seconds from the log start")] = None,
     end: Annotated[float | None, typer.Option(help="Seconds from the log start")] = None,
-    topic: Annotated[list[str] | None, typer.Option(help="Only these topics")] = None,
+    topic: Annotated[list[str] | None, typer.Option(
+        help="Only these topics: names or patterns, as `udml record` takes (repeatable)")] = None,
     remap: Annotated[list[str] | None, typer.Option(help="OLD=NEW topic")] = None,
     order: Annotated[str, typer.Option(help="log or capture")] = "log",
     lossless: Annotated[bool, typer.Option(help="Consumer-paced; needs --results")] = False,
@@ -398,12 +456,20 @@ def replay(
     """Publish a recorded log on its topics (timed, or lossless and consumer-paced)."""
     from udml_stream_apps.nodes import replay as prog
 
-    from udml_stream.logs.replay import ReplayConfig
+    from udml_stream.logs.replay import ReplayConfig, parse_remap, validate
 
-    cfg = ReplayConfig(path, endpoint, rate=rate, loop=loop, start_s=start, end_s=end,
-                       topics=topic, remap=dict(r.split("=", 1) for r in remap or []),
-                       order=order, lossless=lossless, results_endpoint=results)
-    typer.echo(prog.summary(_run(prog.main, cfg)))
+    def build() -> ReplayConfig:
+        cfg = ReplayConfig(path, endpoint, rate=rate, loop=loop, start_s=start, end_s=end,
+                           topics=topic, remap=parse_remap(remap or []), order=order,
+                           lossless=lossless, results_endpoint=results)
+        validate(cfg)
+        return cfg
+
+    typer.echo(prog.summary(_run(prog.main, _run(build))))
+
+
+def _missing_log(path: Path) -> None:
+    raise UdmlError(f"log {path} not found" if not path.exists() else f"{path} is not a file")
 
 
 @log_app.command("info")
@@ -412,8 +478,15 @@ def log_info(path: Path) -> None:
     from udml_stream.logs import info
 
     i = _run(info, path)
-    typer.echo(f"{i.path}: {'complete' if i.complete else 'NO SUMMARY (run `udml log recover`)'}"
-               f", {i.messages} messages, {i.duration_s:.2f} s")
+    state = ("DAMAGED (run `udml log recover`)" if i.damaged
+             else "complete" if i.complete else "NO SUMMARY (run `udml log recover`)")
+    typer.echo(f"{i.path}: {state}, {i.messages} intact messages, {i.duration_s:.2f} s")
+    if i.damaged:
+        typer.echo(f"  damaged: {i.damage_summary}")
+        for d in i.damage[:20]:
+            typer.echo(f"  lost {d.describe()}")
+        if len(i.damage) > 20:
+            typer.echo(f"  … and {len(i.damage) - 20} more damaged stretches")
     for t, ti in sorted(i.topics.items()):
         dur = max((ti.last_ns - ti.first_ns) / 1e9, 1e-9)
         rate = (ti.messages - 1) / dur if ti.messages > 1 else 0.0
@@ -433,6 +506,8 @@ def log_eval(
 
     from udml_stream.demo.logeval import evaluate_log
 
+    if not path.is_file():
+        _run(_missing_log, path)
     res = _run(evaluate_log, path, checkpoint, out_dir)
     print_scores(res["scores"], f"{path}: {res['frames']} frames replayed, {res['results']} "
                                 f"results, {res['frames_without_result']} frames without one")
@@ -445,8 +520,17 @@ def log_recover(path: Path, output: Annotated[Path | None, typer.Option("-o")] =
     from udml_stream.logs import recover
 
     out = output or path.with_name(path.stem + ".recovered.mcap")
-    n = _run(recover, path, out)
-    typer.echo(f"recovered {n} messages into {out}")
+    rep = _run(recover, path, out)
+    typer.echo(f"recovered {rep.messages} messages from {rep.chunks_ok} intact chunks into {out}")
+    if rep.damage:
+        typer.echo(f"skipped {len(rep.damage)} damaged stretch(es) ({rep.chunks_bad} chunks "
+                   "failed their CRC; nothing from them was written):")
+        for d in rep.damage:
+            typer.echo(f"  {d.describe()}")
+    if rep.orphan_messages:
+        typer.echo(f"skipped {rep.orphan_messages} messages whose channel record was lost")
+    if rep.other_encoding:
+        typer.echo(f"left out {rep.other_encoding} viewer-channel messages (not udml-wire)")
 
 
 if __name__ == "__main__":

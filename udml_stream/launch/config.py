@@ -6,7 +6,14 @@ program = "camera"          # camera | microphone | fusion
 restart = "on-failure"      # never | on-failure | always
 source = "0"                # device index, video file or stream URL
 endpoint = "tcp://127.0.0.1:5601"
+
+[security]                  # optional; see docs/security.md
+curve = true                # CurveZMQ on every socket of every node (and of the status view)
+keys = "keys"               # from `udml keys generate keys`
 ```
+
+Binding a TCP endpoint beyond loopback without CURVE is refused unless
+``security.plaintext_remote = true`` says so on purpose.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from udml_stream.errors import ConfigError
+from udml_stream.transport.security import Security, configure
 from udml_stream.validation import format_validation_error, read_toml
 
 
@@ -28,8 +36,11 @@ class _Node(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     restart: Literal["never", "on-failure", "always"] = "on-failure"
-    restart_delay_s: float = Field(0.5, ge=0)
-    max_restarts: int = Field(20, ge=0)
+    restart_delay_s: float = Field(0.5, ge=0, description="first restart delay; doubles per "
+                                   "failure in a row up to restart_max_delay_s")
+    restart_max_delay_s: float = Field(30.0, ge=0)
+    stable_after_s: float = Field(10.0, ge=0, description="a run this long resets the backoff")
+    max_restarts: int = Field(20, ge=0, description="restarts in a row without a stable run")
     endpoint: str = Field(description="where this node publishes (PUB socket)")
     bind: bool = True
     heartbeat_s: float = Field(1.0, gt=0)
@@ -83,6 +94,34 @@ class FusionNode(_Node):
 NodeSpec = Annotated[CameraNode | MicrophoneNode | FusionNode, Field(discriminator="program")]
 
 
+_LOOPBACK_HOSTS = {"localhost", "lo", "::1", "[::1]"}
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether binding ``endpoint`` stays on this host (``ipc://``, ``inproc://``, 127.x, ::1)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class SecuritySection(BaseModel):
+    """The ``[security]`` table: CurveZMQ for every socket the launched programs open."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    curve: bool = Field(False, description="encrypt and authenticate every tcp/ipc socket")
+    keys: Path = Field(Path("keys"), description="folder written by `udml keys generate`")
+    client: str = Field("client", description="which client key pair this host presents")
+    allow: Path | None = Field(None, description="allow-list folder; default <keys>/allowed")
+    plaintext_remote: bool = Field(
+        False, description="permit binding beyond loopback without CURVE (a trusted network)")
+
+    def load(self) -> Security | None:
+        """The key material (None when CURVE is off); a missing key is a ``ConfigError``."""
+        return Security.from_keys_dir(self.keys, self.client, self.allow) if self.curve else None
+
+
 class LaunchFile(BaseModel):
     """A whole launch file."""
 
@@ -91,14 +130,24 @@ class LaunchFile(BaseModel):
     nodes: dict[str, NodeSpec]
     status_endpoints: list[str] = Field(default_factory=list,
                                         description="extra endpoints the status view listens to")
+    security: SecuritySection = Field(default_factory=SecuritySection)
 
 
 def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
     """Validate a launch mapping; errors name the key, the value and the expectation."""
     try:
-        return LaunchFile.model_validate(data)
+        launch = LaunchFile.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
+    # Anyone who can reach a plaintext socket can read and inject every stream.
+    if not (launch.security.curve or launch.security.plaintext_remote):
+        for name, spec in launch.nodes.items():
+            if spec.bind and not is_loopback(spec.endpoint):
+                raise ConfigError(
+                    f"{source}: nodes.{name}.endpoint = {spec.endpoint!r} binds beyond this host "
+                    "without encryption; bind 127.0.0.1, or set [security] curve = true (see "
+                    "docs/security.md), or plaintext_remote = true on a trusted network")
+    return launch
 
 
 def load_launch(path: Path) -> LaunchFile:
@@ -163,3 +212,9 @@ def write_launch(path: Path, nodes: dict[str, dict[str, Any]], comment: str = ""
     launch = parse_launch(tomllib.loads(text), str(path))
     Path(path).write_text(text)
     return launch
+
+
+def configure_security(path: Path | None) -> None:
+    """Apply the ``[security]`` table of launch file ``path`` to this process's sockets (no
+    file: no CURVE, inbound size limits only). Programs call this once in their main."""
+    configure(load_launch(path).security.load() if path is not None else None)

@@ -12,31 +12,68 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from udml_stream.launch.config import LaunchFile
+from udml_stream.launch.nodelog import NodeLog
 
 log = logging.getLogger(__name__)
 
 
+#: Consecutive fast failures from which a node counts as crash-looping in the status view.
+CRASH_LOOP_AFTER = 3
+
+
 @dataclass
 class NodeProcess:
-    """One supervised node."""
+    """One supervised node and its restart state."""
 
     name: str
     cmd: list[str]
     policy: str
     delay_s: float
     max_restarts: int
+    max_delay_s: float = 30.0
+    stable_s: float = 10.0
     proc: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # in total
+    streak: int = 0  # restarts since the node last ran stably (drives backoff and the limit)
     exits: list[int] = field(default_factory=list)
     restart_at: float | None = None
-    log_path: Path | None = None
+    started_at: float = 0.0
+    gave_up: bool = False
+    output: NodeLog | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        """The node's log file (None when logs are not kept)."""
+        return self.output.path if self.output else None
+
+    @property
+    def last_error(self) -> str | None:
+        """The newest error line the node wrote (a traceback's last line, an ERROR record)."""
+        return self.output.last_error if self.output else None
+
+    def backoff_s(self) -> float:
+        """The delay before the next restart: ``delay_s`` doubled per failure in a row."""
+        return min(self.delay_s * 2.0 ** self.streak, self.max_delay_s)
+
+    def state(self, now: float) -> str:
+        """running, restarting in …, crash loop, gave up, exited or stopped."""
+        if self.proc is not None:
+            return "running"
+        if self.gave_up:
+            return f"gave up after {self.streak} restarts in a row"
+        if self.restart_at is not None:
+            wait = f"restart in {max(0.0, self.restart_at - now):.1f} s"
+            return f"crash loop ({self.streak}): {wait}" if self.streak >= CRASH_LOOP_AFTER else wait
+        return f"exited ({self.exits[-1]})" if self.exits else "stopped"
 
 
 class Supervisor:
-    """Runs the nodes of ``launch`` (file ``path``) as child processes."""
+    """Runs the nodes of ``launch`` (file ``path``) as child processes; each node's output goes to
+    ``log_dir/<node>.log`` (rotated at ``log_max_bytes``, ``log_backups`` kept)."""
 
     def __init__(self, path: Path, launch: LaunchFile, log_dir: Path | None = None,
-                 overrides: dict[str, list[str]] | None = None) -> None:
+                 overrides: dict[str, list[str]] | None = None, log_max_bytes: int = 10_000_000,
+                 log_backups: int = 3) -> None:
         self.path = Path(path)
         self.nodes: dict[str, NodeProcess] = {}
         self.log_dir = log_dir
@@ -44,22 +81,22 @@ class Supervisor:
             cmd = [sys.executable, "-m", "udml_stream_apps.nodes", str(self.path), name]
             for item in (overrides or {}).get(name, []):
                 cmd += ["--set", item]
-            self.nodes[name] = NodeProcess(name, cmd, spec.restart, spec.restart_delay_s,
-                                           spec.max_restarts)
+            self.nodes[name] = NodeProcess(
+                name, cmd, spec.restart, spec.restart_delay_s, spec.max_restarts,
+                spec.restart_max_delay_s, spec.stable_after_s,
+                output=NodeLog(log_dir / f"{name}.log" if log_dir is not None else None,
+                               log_max_bytes, log_backups))
 
     def _spawn(self, n: NodeProcess) -> None:
-        out = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            n.log_path = self.log_dir / f"{n.name}.log"
-            out = open(n.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         # A session of its own: a terminal's Ctrl-C reaches only the launcher, which then stops
-        # the nodes in order; each node also asks for SIGTERM if the launcher dies.
-        n.proc = subprocess.Popen(n.cmd, stdout=out or subprocess.DEVNULL,
-                                  stderr=out or subprocess.DEVNULL, start_new_session=True,
+        # the nodes in order; each node also asks for SIGTERM if the launcher dies. Output comes
+        # through a pipe so the launcher can rotate the file and keep the last error line.
+        n.proc = subprocess.Popen(n.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if out is not None:
-            out.close()
+        n.started_at = time.monotonic()
+        if n.output is not None and n.proc.stdout is not None:
+            n.output.follow(n.proc.stdout)
         log.info("started %s (pid %d)", n.name, n.proc.pid)
 
     def start(self) -> None:
@@ -74,21 +111,33 @@ class Supervisor:
             n.proc.send_signal(sig)
 
     def poll(self) -> list[str]:
-        """Reap exited nodes and restart them per policy; returns event lines."""
+        """Reap exited nodes and restart them per policy, with exponential backoff that resets
+        after a stable run; returns event lines."""
         events = []
         now = time.monotonic()
         for n in self.nodes.values():
             if n.proc is not None and (rc := n.proc.poll()) is not None:
                 n.exits.append(rc)
                 n.proc = None
-                again = (n.policy == "always" or (n.policy == "on-failure" and rc != 0)) \
-                    and n.restarts < n.max_restarts
-                events.append(f"{n.name} exited with {rc}" + ("; restarting" if again else ""))
+                if n.output is not None:
+                    n.output.drain()
+                if now - n.started_at >= n.stable_s:
+                    n.streak = 0  # it ran long enough: this failure starts a fresh backoff
+                wanted = n.policy == "always" or (n.policy == "on-failure" and rc != 0)
+                again = wanted and n.streak < n.max_restarts
+                n.gave_up = wanted and not again
+                why = f": {n.last_error}" if rc != 0 and n.last_error else ""
                 if again:
-                    n.restart_at = now + n.delay_s
+                    n.restart_at = now + n.backoff_s()
+                    events.append(f"{n.name} exited with {rc}{why}; restarting in "
+                                  f"{n.backoff_s():.1f} s")
+                else:
+                    events.append(f"{n.name} exited with {rc}{why}" + (
+                        f"; gave up after {n.streak} restarts in a row" if n.gave_up else ""))
             if n.proc is None and n.restart_at is not None and now >= n.restart_at:
                 n.restart_at = None
                 n.restarts += 1
+                n.streak += 1
                 self._spawn(n)
                 events.append(f"{n.name} restarted ({n.restarts})")
         for e in events:
@@ -118,4 +167,7 @@ class Supervisor:
                 n.proc.kill()
                 codes[n.name] = n.proc.wait()
             n.proc = None
+        for n in self.nodes.values():
+            if n.output is not None:
+                n.output.close()
         return codes

@@ -6,6 +6,8 @@
   discards older frames itself, counting them as dropped.
 * Other topics (audio) are delivered in order, every message.
 * Malformed messages are counted per topic and dropped; sequence gaps are counted per stream.
+* Inbound size is capped by ``ZMQ_MAXMSGSIZE`` (see ``transport.security``): a peer announcing a
+  frame larger than its socket may receive is disconnected before anything is allocated.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import zmq
 
 from udml_stream.messages import DecodeError, Message, decode, encode
+from udml_stream.transport.security import PUBLISHER_MAX_INBOUND, SUBSCRIBER_MAX_INBOUND
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class Publisher:
         self.sock = self._ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
+        # A PUB socket receives only subscriptions (and CURVE handshakes): keep them small.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, PUBLISHER_MAX_INBOUND)
         if bind:
             self.sock.bind(endpoint)
             self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -98,11 +103,15 @@ class Subscriber:
         latest_only: Iterable[str] = (),
         hwm: int = 1000,
         ctx: zmq.Context | None = None,
+        max_frame_bytes: int = SUBSCRIBER_MAX_INBOUND,
     ) -> None:
+        """``max_frame_bytes``: the largest frame accepted (ZMQ_MAXMSGSIZE); default the wire
+        format's payload limit; a subscriber of known small streams may pass less."""
         self._ctx = ctx or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         for t in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.endpoints = []
