@@ -68,7 +68,7 @@ def run(name: str, spec: FusionNode) -> int:
             beat.tick({**service.counters(now), "decode_errors": sub.total_decode_errors,
                        **decode_reasons, "internal_errors": internal_errors,
                        "frames_dropped_stale": sum(st.dropped_stale for st in stats.values()),
-                       "audio_gaps": sum(st.gaps for s, st in stats.items() if s == audio_stream)},
+                       "audio_gaps": service.edge.lost[audio_stream]},
                       force=service.liveness_changed(now))
     log.info("stopped after %d results", service.seq)
     return 0

@@ -210,6 +210,16 @@ def test_edge_rejections_have_named_reasons() -> None:
     assert sum(edge.rejected.values()) == len(cases) + 2 and edge.accepted == 2
 
 
+def test_lost_messages_are_counted_from_admitted_seqs_only() -> None:
+    """A rejected message with a stale seq is not a gap in the stream; a skipped seq is."""
+    edge = Edge("camera", "mic", 16000)
+    for seq in (0, 1, 4):  # 2 and 3 never arrived
+        assert edge.admit(audio(seq)) is not None
+    assert edge.admit(audio(1)) is None  # a stale replay: rejected, loses nothing
+    assert edge.admit(audio(5)) is not None
+    assert edge.lost["mic"] == 2 and edge.lost["camera"] == 0
+
+
 def test_non_finite_samples_become_missing_and_are_counted() -> None:
     edge = Edge("camera", "mic", 16000)
     x = np.array([0.5, np.nan, np.inf, -np.inf, 2.0, -0.25], np.float32)

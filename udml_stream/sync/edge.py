@@ -75,6 +75,7 @@ class Edge:
     def __init__(self, camera: str, audio: str, sample_rate: int) -> None:
         self.camera, self.audio, self.sample_rate = camera, audio, sample_rate
         self.rejected: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()  # stream → messages missing between admitted seqs
         self.degraded: Counter[str] = Counter()
         self._state = {camera: _StreamState(), audio: _StreamState()}
         self.last_rejection: Rejected | None = None
@@ -115,6 +116,10 @@ class Edge:
                 name = "duplicate_seq" if msg.seq == st.seq else "reordered_seq"
                 raise Rejected(name, f"{msg.stream} seq {msg.seq} after {st.seq}")
             self.degraded["stream_restarts"] += 1
+        elif st.seq >= 0 and msg.seq > st.seq + 1:
+            # Counted here, after admission, not by the transport: a rejected message with a
+            # stale or wild seq must not read as thousands of lost ones.
+            self.lost[msg.stream] += msg.seq - st.seq - 1
         jump = st.seq < 0 or msg.seq != st.seq + 1
         st.seq, st.capture_ns = msg.seq, msg.capture_ns
         return jump
