@@ -28,20 +28,22 @@ def seen_families(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
-         out: Path | None, command: str, card: Path | None = None) -> dict[str, Any]:
-    """Evaluate ``ckpt`` on its own preset's test split (``field`` for the shipped model); with
-    ``out`` write ``out.json``, ``out.md`` and ``out_families.png``; with ``card`` store the
-    model card in the checkpoint and write it as markdown to ``card``."""
+         out: Path | None, command: str, card: Path | None = None,
+         split: str = "test") -> dict[str, Any]:
+    """Evaluate ``ckpt`` on ``split`` of its own preset (``field`` for the shipped model; ``val``
+    to choose between training runs, never the test split); with ``out`` write ``out.json``,
+    ``out.md`` and ``out_families.png``; with ``card`` store the model card in the
+    checkpoint and write it as markdown to ``card``."""
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
     data = load_data_for_checkpoint(meta, cache_dir)
-    test = data.splits["test"]
+    test = data.splits[split]
     if limit:
         test = avdigits.Split(test.name, test.labels[:limit], test.tables,
                               {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
     result = evaluate_field(model, test, seed, seen_families(meta))
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
-                   "preset": data.preset.name, "seed": seed})
+                   "preset": data.preset.name, "seed": seed, "split": split})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))

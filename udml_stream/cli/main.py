@@ -350,7 +350,8 @@ def hz(
 
 @app.command()
 def bench(
-    what: Annotated[str, typer.Argument(help="latency, logs, train-step or frontends")] = "latency",
+    what: Annotated[str, typer.Argument(
+        help="latency, logs, train-step, frontends, flood or fuzz")] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
@@ -365,13 +366,30 @@ def bench(
                     ] = 0,
     runs_dir: Annotated[Path, typer.Option(help="frontends: one resumable run per front-end")
                         ] = Path("runs/bench_frontends"),
+    phase_s: Annotated[float, typer.Option(help="flood: seconds per phase (baseline, flood)")
+                       ] = 10.0,
+    flood_rate: Annotated[float, typer.Option(help="flood: malformed messages per second")
+                          ] = 20_000.0,
+    curve: Annotated[bool, typer.Option(help="flood: also run both phases with CURVE on, the "
+                                        "flood from an unlisted peer")] = True,
+    minutes: Annotated[float, typer.Option(help="fuzz: about how long to run")] = 10.0,
 ) -> None:
     """Benchmarks, printed as a table and written to OUT (+ .md): ``latency`` of the live
     pipeline; ``logs``: recording throughput, compression, replay speed and timing;
     ``train-step``: CPU training/evaluation speed of the model against the earlier path;
     ``frontends``: the field model trained with each audio/image front-end (reference, floor,
-    robust) at a reduced budget, scored on natural input, gaps and digital zeros."""
-    from udml_stream_apps.training import bench_frontends, bench_latency, bench_logs, bench_train_step
+    robust) at a reduced budget, scored on natural input, gaps and digital zeros; ``flood``: a
+    running fusion node's results/s, log lines, memory and rejections under a 20,000 msg/s
+    malformed flood against a baseline (and with CURVE); ``fuzz``: tests/test_fuzz.py with a
+    large hypothesis budget for about ``--minutes``."""
+    from udml_stream_apps.training import (
+        bench_flood,
+        bench_frontends,
+        bench_fuzz,
+        bench_latency,
+        bench_logs,
+        bench_train_step,
+    )
 
     cmd = "udml " + " ".join(sys.argv[1:])
     out = out or Path(f"docs/results/{what.replace('-', '_')}.json")
@@ -391,9 +409,17 @@ def bench(
         Console().print(frontends.to_table(res))
         typer.echo(frontends.verdict(res))
         typer.echo(f"written: {out} and {out.with_suffix('.md')}")
+    elif what == "flood":
+        if phase_s <= 0 or flood_rate <= 0:
+            _fail("--phase-s and --flood-rate must be positive")
+        typer.echo(_run(bench_flood.main, checkpoint, phase_s, flood_rate, curve, out, cmd))
+    elif what == "fuzz":
+        if minutes <= 0:
+            _fail("--minutes must be positive")
+        typer.echo(_run(bench_fuzz.main, minutes, out, cmd))
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
-                                 "'train-step' or 'frontends'")
+                                 "'train-step', 'frontends', 'flood' or 'fuzz'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")
