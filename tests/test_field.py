@@ -177,6 +177,28 @@ def test_field_batches_are_natural(field_data: avdigits.AVDigits) -> None:
     assert b.inputs["image"].max() > 200 and b.inputs["image"].shape[1:] == (28, 28)
 
 
+def test_training_jitter_moves_the_digit_and_evaluation_does_not(field_data: avdigits.AVDigits
+                                                                  ) -> None:
+    """Training draws a fresh pose per image (NaturalInput(jitter=True)); evaluation keeps the
+    cached camera view, so scores stay paired across conditions."""
+    split = field_data.splits["test"]
+    rows = np.arange(32)
+    ones = {m: np.ones(32, np.int64) for m in field_data.modalities}
+    plain = NaturalInput(exposure=False)
+    a = make_batch(split, rows, ones, np.random.default_rng(3), natural=plain)
+    b = make_batch(split, rows, ones, np.random.default_rng(3), natural=plain)
+    np.testing.assert_array_equal(a.inputs["image"], b.inputs["image"])
+    moved = make_batch(split, rows, ones, np.random.default_rng(3),
+                       natural=NaturalInput(exposure=False, jitter=True)).inputs["image"]
+    assert moved.shape == a.inputs["image"].shape
+    changed = np.abs(moved - a.inputs["image"]).reshape(32, -1).max(axis=1) > 50
+    assert changed.mean() > 0.9  # the pose changed for (nearly) every image
+    # Ink is moved, not created: the digit keeps most of its bright area.
+    ink = (a.inputs["image"] > 128).reshape(32, -1).sum(axis=1)
+    ink_moved = (moved > 128).reshape(32, -1).sum(axis=1)
+    assert np.all(ink_moved > 0.4 * ink) and np.all(ink_moved < 2.5 * ink + 5)
+
+
 def test_shipped_checkpoint_on_natural_input_matches_its_card(field_data: avdigits.AVDigits
                                                                ) -> None:
     """The shipped field model on natural input from the small test build (its voices may have

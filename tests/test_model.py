@@ -119,11 +119,13 @@ def test_model_config_names_bad_keys() -> None:
         ModelConfig(("image", "audio"), {"image": "a"}, {"image": {}, "audio": {}}, 10)
 
 
-@pytest.mark.parametrize("name", ["cnn_image_small", "cnn_audio_small", "conv1d_mfcc", "resnet18"])
+@pytest.mark.parametrize("name", ["cnn_image_small", "cnn_image_deep", "cnn_audio_small",
+                                  "conv1d_mfcc", "resnet18"])
 def test_every_registered_encoder_builds_and_runs(name: str) -> None:
     from udml_stream.model import encoders
 
-    shapes = {"cnn_image_small": (2, 1, 28, 28), "cnn_audio_small": (2, 1, 32, 63),
+    shapes = {"cnn_image_small": (2, 1, 28, 28), "cnn_image_deep": (2, 1, 28, 28),
+              "cnn_audio_small": (2, 1, 32, 63),
               "conv1d_mfcc": (2, 13, 64, 1), "resnet18": (2, 3, 64, 64)}
     enc = encoders.create(name, in_channels=shapes[name][1])
     out = enc(torch.zeros(shapes[name]))

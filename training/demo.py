@@ -22,6 +22,8 @@ HURTS: tuple[tuple[str, str], ...] = (
 #: What the demo should show in every segment: a fused accuracy this high over enough results
 #: that one lucky or unlucky digit cannot decide it.
 TARGET_ACCURACY = 0.90
+#: The conditions in which the launcher kills the node of the stream they hurt.
+KILLED = ("camera_killed", "mic_unplugged")
 MIN_RESULTS = 20
 
 
@@ -36,6 +38,14 @@ def verdicts(scores: list[SegmentScore]) -> list[str]:
         s = by.get(cond)
         if s is None or not s.results:
             lines.append(f"{cond}: no scored results")
+            continue
+        if cond in KILLED:
+            # The node is dead for ~3 s of the segment: the mean share over the whole segment
+            # says little; what matters is that fusion went on without the stream.
+            absent = s.camera_absent if hurt == "image" else s.audio_absent
+            n = round(absent * s.results) if absent == absent else 0  # NaN: not measured
+            lines.append(f"{cond}: {n} of {s.results} scored results fused without the {hurt} "
+                         f"{'✓ went on with the healthy stream' if n else '✗ none'}")
             continue
         before, after = clean.weight_share.get(hurt, 0), s.weight_share.get(hurt, 0)
         ok = after < before

@@ -9,7 +9,7 @@ import numpy as np
 
 from udml_stream import corrupt
 from udml_stream.data.avdigits import Split
-from udml_stream.data.field import NaturalAudio, naturalise_audio, naturalise_image
+from udml_stream.data.field import NaturalAudio, jitter_images, naturalise_audio, naturalise_image
 
 
 @dataclass
@@ -38,6 +38,7 @@ class NaturalInput:
     peak_dbfs: float | None = None
     floor_dbfs: float | None = None  # RMS of the room floor; -inf: none
     exposure: bool = True  # random exposure and sensor noise on the images
+    jitter: bool = False  # a random pose per image too (training: data.field.jitter_images)
 
 
 def draw_training_levels(
@@ -97,8 +98,10 @@ def make_batch(
             _, raw[m], refs[m], floor_level = naturalise_audio(
                 x, rng, NaturalAudio(), nat.peak_dbfs, nat.floor_dbfs)
             out_levels[m] = np.maximum(lv, floor_level).astype(np.float32)
-        elif split.natural and m == "image" and nat.exposure:
-            raw[m] = naturalise_image(x, rng)
+        elif split.natural and m == "image":
+            if nat.jitter:  # the pose first: exposure and sensor noise act on the posed view
+                x = jitter_images(x, rng)
+            raw[m] = naturalise_image(x, rng) if nat.exposure else x
     for m, x in raw.items():
         present[m] = np.full(len(rows), m not in missing)
         if m in missing:

