@@ -27,8 +27,9 @@ KILLED = ("camera_killed", "mic_unplugged")
 MIN_RESULTS = 20
 
 
-def verdicts(scores: list[SegmentScore]) -> list[str]:
-    """Did the weights move toward the healthy stream in each degraded segment?"""
+def verdicts(scores: list[SegmentScore], live: bool = True) -> list[str]:
+    """Did the weights move toward the healthy stream in each degraded segment? (``live``
+    False: a lossless replay, which fuses per recorded frame, so a dead camera leaves nothing.)"""
     by = {s.condition: s for s in scores}
     clean = by.get("clean")
     lines = []
@@ -38,6 +39,9 @@ def verdicts(scores: list[SegmentScore]) -> list[str]:
         s = by.get(cond)
         if s is None or not s.results:
             lines.append(f"{cond}: no scored results")
+            continue
+        if cond in KILLED and not live and hurt == "image":
+            lines.append(f"{cond}: the dead camera left no frames to replay (live only)")
             continue
         if cond in KILLED:
             # The node is dead for ~3 s of the segment: the mean share over the whole segment
@@ -69,8 +73,8 @@ def accuracy_verdicts(scores: list[SegmentScore]) -> list[str]:
     return lines
 
 
-def print_scores(scores: list[SegmentScore], title: str) -> None:
-    """The per-segment table and the verdicts."""
+def print_scores(scores: list[SegmentScore], title: str, live: bool = True) -> None:
+    """The per-segment table and the verdicts (``live`` False for a replayed log)."""
     t = Table(title=title)
     for col in ("segment", "scored", "fused acc", "image weight", "audio weight", "camera absent",
                 "audio absent"):
@@ -81,7 +85,7 @@ def print_scores(scores: list[SegmentScore], title: str) -> None:
                   f"{100 * s.camera_absent:.0f}%", f"{100 * s.audio_absent:.0f}%")
     con = Console()
     con.print(t)
-    for line in verdicts(scores) + accuracy_verdicts(scores):
+    for line in verdicts(scores, live) + accuracy_verdicts(scores):
         con.print(line)
 
 

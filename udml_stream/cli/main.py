@@ -536,7 +536,8 @@ def log_eval(
         _run(_missing_log, path)
     res = _run(evaluate_log, path, checkpoint, out_dir)
     print_scores(res["scores"], f"{path}: {res['frames']} frames replayed, {res['results']} "
-                                f"results, {res['frames_without_result']} frames without one")
+                                f"results, {res['frames_without_result']} frames without one",
+                 live=False)
     typer.echo(f"weights over time: {res['plot']}")
 
 
