@@ -16,3 +16,16 @@ def test_pyproject_lists_every_package() -> None:
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
     assert {"udml_stream_apps.nodes", "udml_stream_apps.training"} <= listed
     assert not listed & {"nodes", "training"}
+
+
+def test_the_fusion_node_loads_no_training_or_dataset_code() -> None:
+    """Serving stays small: the fusion node program imports neither ``udml_stream.train`` nor
+    ``udml_stream.data`` (checked in a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, udml_stream_apps.nodes.fusion; "
+            "print(' '.join(m for m in sys.modules if m.startswith(('udml_stream.train', "
+            "'udml_stream.data', 'udml_stream_apps.training'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", out.stdout

@@ -9,7 +9,8 @@ from typing import Any
 from udml_stream.data import avdigits
 from udml_stream.evaluate.conditions import evaluate_model
 from udml_stream.model import checkpoint
-from udml_stream.train.trainer import load_data_for_checkpoint, resolve_device
+from udml_stream.model.device import resolve_device
+from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 

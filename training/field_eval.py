@@ -15,7 +15,8 @@ from udml_stream.evaluate.card import write_markdown as write_card_markdown
 from udml_stream.evaluate.field import evaluate_field
 from udml_stream.evaluate.field_report import plot, write_markdown
 from udml_stream.model import checkpoint
-from udml_stream.train.trainer import load_data_for_checkpoint, resolve_device
+from udml_stream.model.device import resolve_device
+from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 
 from udml_stream.errors import CheckpointError
 from udml_stream.model import checkpoint
-from udml_stream.train.trainer import resolve_device
+from udml_stream.model.device import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -18,19 +18,13 @@ from udml_stream.data import avdigits
 from udml_stream.data.batching import Batch, NaturalInput, draw_training_levels, make_batch
 from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
+from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.loss import compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
 from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def to_torch(batch: Batch, device: torch.device) -> tuple[dict, dict, dict, torch.Tensor]:
