@@ -80,7 +80,9 @@ class FusionNode(_Node):
     stream: str = "fused"
     checkpoint: Path = Path("checkpoints/default")
     device: str = "auto"
-    threads: int = Field(0, ge=0)
+    # One torch thread: batch-1 inference of the small encoders gains nothing from more, and
+    # torch's default (every core) competes with the sensor nodes on the same machine.
+    threads: int = Field(1, ge=0, description="torch CPU threads; 0 = torch's default (all cores)")
     subscribe: list[str] = Field(description="endpoints of the sensor nodes")
     streams: dict[str, str] = Field(
         default_factory=lambda: {"image": "camera", "audio": "mic"},
