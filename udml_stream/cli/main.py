@@ -351,7 +351,7 @@ def hz(
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(
-        help="latency, logs, train-step, frontends, flood or fuzz")] = "latency",
+        help="latency, logs, train-step, frontends, flood, fuzz or attacks")] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
@@ -371,7 +371,12 @@ def bench(
     flood_rate: Annotated[float, typer.Option(help="flood: malformed messages per second")
                           ] = 20_000.0,
     curve: Annotated[bool, typer.Option(help="flood: also run both phases with CURVE on, the "
-                                        "flood from an unlisted peer")] = True,
+                                        "flood from an unlisted peer; attacks: also attack "
+                                        "CURVE nodes from an unlisted client")] = True,
+    subscriptions: Annotated[int, typer.Option(help="attacks: subscription attempts per layout")
+                             ] = 200_000,
+    hold_s: Annotated[float, typer.Option(help="attacks: seconds a partial frame is held")
+                      ] = 3.0,
     minutes: Annotated[float, typer.Option(help="fuzz: about how long to run")] = 10.0,
 ) -> None:
     """Benchmarks, printed as a table and written to OUT (+ .md): ``latency`` of the live
@@ -381,8 +386,10 @@ def bench(
     robust) at a reduced budget, scored on natural input, gaps and digital zeros; ``flood``: a
     running fusion node's results/s, log lines, memory and rejections under a 20,000 msg/s
     malformed flood against a baseline (and with CURVE); ``fuzz``: tests/test_fuzz.py with a
-    large hypothesis budget for about ``--minutes``."""
+    large hypothesis budget for about ``--minutes``; ``attacks``: a camera and a fusion node's
+    memory under 200,000 subscription attempts and a held partial 1 GiB frame, CURVE off and on."""
     from udml_stream_apps.training import (
+        bench_attacks,
         bench_flood,
         bench_frontends,
         bench_fuzz,
@@ -417,9 +424,13 @@ def bench(
         if minutes <= 0:
             _fail("--minutes must be positive")
         typer.echo(_run(bench_fuzz.main, minutes, out, cmd))
+    elif what == "attacks":
+        if subscriptions < 2000 or hold_s <= 0:
+            _fail("--subscriptions must be at least 2000 and --hold-s positive")
+        typer.echo(_run(bench_attacks.main, checkpoint, subscriptions, hold_s, curve, out, cmd))
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
-                                 "'train-step', 'frontends', 'flood' or 'fuzz'")
+                                 "'train-step', 'frontends', 'flood', 'fuzz' or 'attacks'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")
