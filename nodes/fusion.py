@@ -62,6 +62,9 @@ def run(name: str, spec: FusionNode) -> int:
                 internal_errors += 1
                 log.exception("internal error, sample dropped: %s", type(err).__name__)
             now = time.monotonic_ns()
+            changed = service.liveness_changed(now)
+            if not (changed or beat.due()):
+                continue  # counters are built only for a heartbeat that goes out
             stats = sub.stats
             decode_reasons = {f"rejected.{r}": n for r, n in sorted(limiter.seen.items())
                               if r in DECODE_REASONS}
@@ -69,6 +72,6 @@ def run(name: str, spec: FusionNode) -> int:
                        **decode_reasons, "internal_errors": internal_errors,
                        "frames_dropped_stale": sum(st.dropped_stale for st in stats.values()),
                        "audio_gaps": service.edge.lost[audio_stream]},
-                      force=service.liveness_changed(now))
+                      force=changed)
     log.info("stopped after %d results", service.seq)
     return 0

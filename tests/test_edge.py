@@ -15,6 +15,7 @@ import pytest
 import zmq
 from scipy import signal
 
+from udml_stream.benchmarks.flood import with_header
 from udml_stream.messages import (
     AudioChunk,
     CameraFrame,
@@ -22,9 +23,8 @@ from udml_stream.messages import (
     FusionResult,
     Heartbeat,
     Label,
-    Message,
     decode,
-    encode,
+    encode_bytes,
 )
 from udml_stream.serve import FusionRunner, FusionService
 from udml_stream.serve.ratelimit import RateLimitFilter
@@ -37,17 +37,6 @@ ROOT = Path(__file__).parent.parent
 CKPT = ROOT / "checkpoints" / "default"
 MS = 1_000_000
 T0 = 5_000_000_000
-
-
-def wire(msg: Message) -> list[bytes]:
-    """``msg`` as the bytes a subscriber receives."""
-    return [bytes(memoryview(f)) if isinstance(f, np.ndarray) else bytes(f) for f in encode(msg)]
-
-
-def with_header(frames: list[bytes], **changes: object) -> list[bytes]:
-    h = msgpack.unpackb(frames[1])
-    h.update(changes)
-    return [frames[0], msgpack.packb(h), *frames[2:]]
 
 
 def frame(seq: int = 0, t_ns: int = T0, img: np.ndarray | None = None, enc: str = "bgr8",
@@ -73,27 +62,27 @@ def issue_inputs(t0: int = T0, seq0: int = 0) -> dict[str, list[list[bytes]]]:
     from ``seq0``) and then a camera frame at its end, one of the two carrying the fault."""
 
     def a(i: int, **kw: object) -> list[bytes]:
-        return wire(audio(i, t0=t0, seq0=seq0, **kw))
+        return encode_bytes(audio(i, t0=t0, seq0=seq0, **kw))
 
     def xs(x: np.ndarray) -> list[list[bytes]]:
         return [a(i, x=x) for i in range(50)]
 
     good_audio = [a(i) for i in range(50)]
     t = t0 + 50 * 20 * MS
-    cam = wire(frame(seq0, t))
+    cam = encode_bytes(frame(seq0, t))
     ts = with_header(cam, extra=msgpack.Timestamp(1, 2))
-    rear = wire(CameraFrame("camera_rear", seq0, t, image=np.zeros((48, 64, 3), np.uint8)))
+    rear = encode_bytes(CameraFrame("camera_rear", seq0, t, image=np.zeros((48, 64, 3), np.uint8)))
     return {
         "audio 44.1 kHz": [a(i, rate=44100) for i in range(50)] + [cam],
-        "camera [0,0,3]": [*good_audio, wire(frame(seq0, t, np.zeros((0, 0, 3), np.uint8)))],
-        "camera [480,0,3]": [*good_audio, wire(frame(seq0, t, np.zeros((480, 0, 3), np.uint8)))],
-        "mono8 [480,640,1]": [*good_audio, wire(frame(seq0, t, np.zeros((480, 640, 1), np.uint8),
+        "camera [0,0,3]": [*good_audio, encode_bytes(frame(seq0, t, np.zeros((0, 0, 3), np.uint8)))],
+        "camera [480,0,3]": [*good_audio, encode_bytes(frame(seq0, t, np.zeros((480, 0, 3), np.uint8)))],
+        "mono8 [480,640,1]": [*good_audio, encode_bytes(frame(seq0, t, np.zeros((480, 640, 1), np.uint8),
                                                       "mono8"))],
         "audio [320,0]": [*xs(np.zeros((320, 0), np.float32)), cam],
         "t_publish_ns 2**64-1": [*good_audio, with_header(cam, t_publish_ns=2**64 - 1)],
         "NaN audio": [*xs(np.full(320, np.nan, np.float32)), cam],
         "Inf audio": [*xs(np.full(320, np.inf, np.float32)), cam],
-        "rgb8": [*good_audio, wire(frame(seq0, t, np.zeros((48, 64, 3), np.uint8), "rgb8"))],
+        "rgb8": [*good_audio, encode_bytes(frame(seq0, t, np.zeros((48, 64, 3), np.uint8), "rgb8"))],
         "duplicate seq": [f for f in good_audio for _ in range(2)] + [cam],
         "reordered seq": [good_audio[i ^ 1] for i in range(50)] + [cam],
         "clock jump": good_audio[:25] + [a(i, t_ns=t0 + (i * 20 + 131) * MS)
@@ -131,7 +120,7 @@ def drive(service: FusionService, inputs: list[list[bytes]]) -> tuple[list[Fusio
         results += service.results(now)
     results += service.results(now + 200 * MS)  # past the slop: nothing left waiting
     for r in results:
-        assert isinstance(decode(wire(r)), FusionResult)
+        assert isinstance(decode(encode_bytes(r)), FusionResult)
     return results, decode_rejects
 
 
@@ -336,11 +325,11 @@ heartbeat_s = 0.2
     def good_traffic(ms: int) -> None:
         """``ms`` of audio and a frame every 40 ms, stamped now (the node's clock)."""
         for _ in range(ms // 20):
-            pub.send_multipart(wire(AudioChunk("mic", seq["a"], t_mono() - 20 * MS,
+            pub.send_multipart(encode_bytes(AudioChunk("mic", seq["a"], t_mono() - 20 * MS,
                                                samples=np.zeros(320, np.float32))))
             seq["a"] += 1
             if seq["a"] % 2 == 0:
-                pub.send_multipart(wire(frame(seq["f"], t_mono())))
+                pub.send_multipart(encode_bytes(frame(seq["f"], t_mono())))
                 seq["f"] += 1
             time.sleep(0.02)  # paces the sender like a microphone; nothing is asserted on it
 

@@ -15,6 +15,7 @@ from udml_stream.messages import (
     Label,
     decode,
     encode,
+    encode_bytes,
 )
 from udml_stream.messages.codec import DECODE_REASONS, MAX_PAYLOAD_BYTES, ZERO_COPY_MIN_BYTES
 
@@ -22,10 +23,6 @@ from udml_stream.messages.codec import DECODE_REASONS, MAX_PAYLOAD_BYTES, ZERO_C
 def _frame() -> CameraFrame:
     img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     return CameraFrame("camera", 7, 1_000, 2_000, "monotonic", image=img)
-
-
-def _bytes(frames: list) -> list[bytes]:
-    return [bytes(memoryview(f)) if isinstance(f, np.ndarray) else bytes(f) for f in frames]
 
 
 def test_round_trip_every_kind() -> None:
@@ -37,7 +34,7 @@ def test_round_trip_every_kind() -> None:
                           source_seq={"image": 7, "audio": 3}, latency_ns={"inference": 1200})
     for msg in (_frame(), audio, result, Heartbeat("camera", 1, 2, node="camera", counters={"x": 1}),
                 Label("label", 1, 2, label=4, name="4")):
-        back = decode(_bytes(encode(msg)))
+        back = decode(encode_bytes(msg))
         assert type(back) is type(msg)
         for k, v in vars(msg).items():
             got = getattr(back, k)
@@ -108,7 +105,7 @@ REASON = {  # the named reason each bad input is counted under
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input_raises_decode_error(name: str) -> None:
-    frames = _bytes(encode(_frame()))
+    frames = encode_bytes(_frame())
     mutate, pattern = BAD[name]
     with pytest.raises(DecodeError, match=pattern) as info:
         decode(mutate(frames))
@@ -117,13 +114,13 @@ def test_bad_input_raises_decode_error(name: str) -> None:
 
 
 def test_timestamps_at_the_ends_of_the_range_decode() -> None:
-    frames = _bytes(encode(_frame()))
+    frames = encode_bytes(_frame())
     back = decode(_with(frames, t_capture_ns=0, t_publish_ns=2**63 - 1, seq=2**63 - 1))
     assert back.capture_ns == 0 and back.publish_ns == 2**63 - 1 and back.seq == 2**63 - 1
 
 
 def test_audio_consistency_is_checked() -> None:
-    frames = _bytes(encode(AudioChunk("mic", 0, 0, samples=np.zeros(160, np.float32))))
+    frames = encode_bytes(AudioChunk("mic", 0, 0, samples=np.zeros(160, np.float32)))
     with pytest.raises(DecodeError, match="inconsistent") as info:
         decode(_with(frames, n_samples=999))
     assert info.value.reason == "audio_format"

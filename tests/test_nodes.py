@@ -18,7 +18,7 @@ import pytest
 
 from udml_stream.launch.config import load_launch
 from udml_stream.launch.supervisor import Supervisor
-from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat, encode
+from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat, encode_bytes
 from udml_stream.transport import Publisher, Subscriber
 
 ROOT = Path(__file__).parent.parent
@@ -153,9 +153,8 @@ def test_microphone_node_through_pulseaudio(tmp_path: Path) -> None:
 def _bad_messages() -> list[list[bytes]]:
     import msgpack
 
-    good = encode(CameraFrame("camera", 0, time.monotonic_ns(),
-                              image=np.zeros((48, 64, 3), np.uint8)))
-    good = [bytes(memoryview(f)) if isinstance(f, np.ndarray) else bytes(f) for f in good]
+    good = encode_bytes(CameraFrame("camera", 0, time.monotonic_ns(),
+                                    image=np.zeros((48, 64, 3), np.uint8)))
     h = msgpack.unpackb(good[1])
 
     def w(**kw: object) -> list[bytes]:

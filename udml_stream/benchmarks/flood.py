@@ -58,8 +58,7 @@ from udml_stream.messages import (
     FusionResult,
     Heartbeat,
     Label,
-    Message,
-    encode,
+    encode_bytes,
 )
 from udml_stream.transport import Publisher, Security, Subscriber, secure_context
 from udml_stream.transport.security import generate_keys, stop_authenticator
@@ -72,12 +71,8 @@ GOAL_RATE_RATIO = 0.95
 GOAL_CURVE_RSS_MB = 50.0
 
 
-def wire(msg: Message) -> list[bytes]:
-    """``msg`` as the bytes a subscriber receives."""
-    return [bytes(memoryview(f)) if isinstance(f, np.ndarray) else bytes(f) for f in encode(msg)]
-
-
-def _with_header(frames: list[bytes], **changes: object) -> list[bytes]:
+def with_header(frames: list[bytes], **changes: object) -> list[bytes]:
+    """``frames`` with header fields changed (forging a malformed message)."""
     h = msgpack.unpackb(frames[1])
     h.update(changes)
     return [frames[0], msgpack.packb(h), *frames[2:]]
@@ -99,42 +94,42 @@ def flood_messages(start_ns: int = 1_000_000_000) -> list[FloodKind]:
     message (``seq`` 0); kinds on a served stream sit there, so the edge sees them as stale."""
     t = start_ns
     small = np.zeros((4, 4, 3), np.uint8)
-    cam = wire(CameraFrame("camera", 0, t, image=small))
-    mic = wire(AudioChunk("mic", 0, t, samples=np.zeros(320, np.float32)))
+    cam = encode_bytes(CameraFrame("camera", 0, t, image=small))
+    mic = encode_bytes(AudioChunk("mic", 0, t, samples=np.zeros(320, np.float32)))
 
     def audio(x: np.ndarray, rate: int = 16000) -> list[bytes]:
-        return wire(AudioChunk("mic", 0, t, samples=x, sample_rate=rate))
+        return encode_bytes(AudioChunk("mic", 0, t, samples=x, sample_rate=rate))
 
     return [
         FloodKind("garbage bytes", [b"camera", b"\xc1\xffgarbage\x00\x01"], ("not_msgpack",)),
         FloodKind("header only", [b"mic", mic[1]], ("frames",)),
-        FloodKind("bad version", _with_header(cam, v=2), ("version",)),
-        FloodKind("unknown kind", _with_header(cam, kind="bogus"), ("kind",)),
+        FloodKind("bad version", with_header(cam, v=2), ("version",)),
+        FloodKind("unknown kind", with_header(cam, kind="bogus"), ("kind",)),
         FloodKind("header not a map", [b"camera", msgpack.packb([1, 2, 3]), cam[2]], ("not_map",)),
-        FloodKind("Timestamp extension", _with_header(cam, extra=msgpack.Timestamp(1, 2)),
+        FloodKind("Timestamp extension", with_header(cam, extra=msgpack.Timestamp(1, 2)),
                   ("ext_type",)),
-        FloodKind("t_publish_ns 2**64-1", _with_header(cam, t_publish_ns=2**64 - 1),
+        FloodKind("t_publish_ns 2**64-1", with_header(cam, t_publish_ns=2**64 - 1),
                   ("timestamp",)),
-        FloodKind("t_capture_ns 2**64-1", _with_header(mic, t_capture_ns=2**64 - 1),
+        FloodKind("t_capture_ns 2**64-1", with_header(mic, t_capture_ns=2**64 - 1),
                   ("timestamp",)),
-        FloodKind("seq 2**64-1", _with_header(mic, seq=2**64 - 1), ("seq",)),
+        FloodKind("seq 2**64-1", with_header(mic, seq=2**64 - 1), ("seq",)),
         FloodKind("payload size mismatch", [*cam[:2], cam[2][:-1]], ("payload_size",)),
-        FloodKind("bad dtype", _with_header(mic, dtype="float64"), ("dtype",)),
+        FloodKind("bad dtype", with_header(mic, dtype="float64"), ("dtype",)),
         FloodKind("camera shape [0,0,3]",
-                  wire(CameraFrame("camera", 0, t, image=np.zeros((0, 0, 3), np.uint8))),
+                  encode_bytes(CameraFrame("camera", 0, t, image=np.zeros((0, 0, 3), np.uint8))),
                   ("empty_frame",)),
         FloodKind("camera shape [480,0,3]",
-                  wire(CameraFrame("camera", 0, t, image=np.zeros((480, 0, 3), np.uint8))),
+                  encode_bytes(CameraFrame("camera", 0, t, image=np.zeros((480, 0, 3), np.uint8))),
                   ("empty_frame",)),
         FloodKind("audio shape [320,0]", audio(np.zeros((320, 0), np.float32)),
                   ("empty_audio",)),
-        FloodKind("wrong kind (label on camera)", wire(Label("camera", 0, t, label=3)),
+        FloodKind("wrong kind (label on camera)", encode_bytes(Label("camera", 0, t, label=3)),
                   ("wrong_kind",)),
-        FloodKind("wrong kind (heartbeat on mic)", wire(Heartbeat("mic", 0, t)), ("wrong_kind",)),
-        FloodKind("topic camera_rear", wire(CameraFrame("camera_rear", 0, t, image=small)),
+        FloodKind("wrong kind (heartbeat on mic)", encode_bytes(Heartbeat("mic", 0, t)), ("wrong_kind",)),
+        FloodKind("topic camera_rear", encode_bytes(CameraFrame("camera_rear", 0, t, image=small)),
                   ("other_topic",)),
         FloodKind("stream differs from topic",
-                  wire(CameraFrame("cam2", 0, t, topic="camera", image=small)),
+                  encode_bytes(CameraFrame("cam2", 0, t, topic="camera", image=small)),
                   ("stream_mismatch",)),
         FloodKind("audio 16,001 Hz", audio(np.zeros(320, np.float32), 16001), ("sample_rate",)),
         FloodKind("NaN audio (stale)", audio(np.full(320, np.nan, np.float32)),

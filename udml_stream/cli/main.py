@@ -57,8 +57,7 @@ def _run(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except UdmlError as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 @dataset_app.command("build")

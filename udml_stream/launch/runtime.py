@@ -50,6 +50,10 @@ class Beater:
         self._seq = 0
         self._next = 0.0
 
+    def due(self) -> bool:
+        """Whether ``tick`` would send now (lets a loop skip building its counters)."""
+        return time.monotonic() >= self._next
+
     def tick(self, counters: dict[str, int], state: str = "ok", force: bool = False) -> None:
         """Send a heartbeat if one is due (or ``force``)."""
         now = time.monotonic()

@@ -15,6 +15,7 @@ from udml_stream.messages.codec import (
     Message,
     decode,
     encode,
+    encode_bytes,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "Message",
     "decode",
     "encode",
+    "encode_bytes",
 ]

@@ -201,6 +201,12 @@ def encode(msg: Message) -> list[Any]:
     return [topic, msgpack.packb(header, use_bin_type=True), *payload]
 
 
+def encode_bytes(msg: Message) -> list[bytes]:
+    """``encode(msg)`` as the plain bytes a subscriber receives (payload arrays copied), for
+    code that edits or stores frames rather than sending them."""
+    return [bytes(memoryview(f)) if isinstance(f, np.ndarray) else bytes(f) for f in encode(msg)]
+
+
 # ---- decoding ------------------------------------------------------------------------------
 
 
