@@ -182,7 +182,8 @@ def test_replay_at_full_speed_delivers_every_message_it_counts(tmp_path: Path) -
     log = tmp_path / "a.mcap"
     _write_log(log, 2000, chunk_size=256 * 1024)  # 4000 messages
     ep = f"ipc://{tmp_path}/replay"
-    rep = Replayer(ReplayConfig(log, ep, rate=1e9, topics=["cam*", "mic"]))
+    # drain_s long enough for any load; it ends as soon as the subscriber leaves.
+    rep = Replayer(ReplayConfig(log, ep, rate=1e9, topics=["cam*", "mic"], drain_s=60.0))
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 50)  # a small receive queue: a dropping publisher would lose
@@ -192,15 +193,17 @@ def test_replay_at_full_speed_delivers_every_message_it_counts(tmp_path: Path) -
     got: list[bytes] = []
 
     def receive() -> None:
-        while sub.poll(5000):  # bounded: ends 5 s after the last message
+        # Leaves once it has all 4000 (or after 5 s of silence): the replayer's drain ends
+        # when its last subscriber leaves.
+        while len(got) < 4000 and sub.poll(5000):
             got.append(sub.recv_multipart()[0])
+        sub.close()
 
     th = threading.Thread(target=receive)
     th.start()
     stats = rep.run()  # waits for the subscription (XPUB handshake)
-    rep.close()  # returns once the queued tail has gone out
+    rep.close()  # drains until the subscriber has left, then the queued tail goes out
     th.join(30)
-    sub.close()
     ctx.term()
     assert stats.published == {"camera": 2000, "mic": 2000}
     assert len(got) == sum(stats.published.values())

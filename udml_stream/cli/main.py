@@ -488,6 +488,8 @@ def replay(
     order: Annotated[str, typer.Option(help="log or capture")] = "log",
     lossless: Annotated[bool, typer.Option(help="Consumer-paced; needs --results")] = False,
     results: Annotated[str | None, typer.Option(help="The fusion node's endpoint")] = None,
+    drain: Annotated[float, typer.Option(
+        help="Seconds subscribers get to read the tail after the log ends")] = 2.0,
 ) -> None:
     """Publish a recorded log on its topics (timed, or lossless and consumer-paced)."""
     from udml_stream_apps.nodes import replay as prog
@@ -497,7 +499,7 @@ def replay(
     def build() -> ReplayConfig:
         cfg = ReplayConfig(path, endpoint, rate=rate, loop=loop, start_s=start, end_s=end,
                            topics=topic, remap=parse_remap(remap or []), order=order,
-                           lossless=lossless, results_endpoint=results)
+                           lossless=lossless, results_endpoint=results, drain_s=drain)
         validate(cfg)
         return cfg
 

@@ -12,6 +12,11 @@ XPUB socket blocks instead of dropping at its high-water mark (``XPUB_NODROP``, 
 ``send_timeout_s``; a message still refused is counted in ``not_sent``), a message whose topic
 no subscriber wants is counted in ``unheard``, and closing waits (up to ``linger_s``) until the
 queued tail has gone out.
+
+Going out is not yet arriving: libzmq discards what a subscriber had not yet read from the
+wire when its publisher disconnects (a subscriber that was a few dozen messages behind lost
+them all). So after a log that ended (not one stopped), the socket stays open until every
+subscriber has left or ``drain_s`` has passed, whichever comes first.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class ReplayConfig:
     wait_subscribers_s: float = 10.0
     send_timeout_s: float = 10.0  # a subscriber this far behind makes a message count as not sent
     linger_s: float = 10.0  # how long closing waits for the queued tail to go out
+    drain_s: float = 2.0  # after the log ends, how long subscribers get to read the tail
 
 
 ORDERS = ("log", "capture")
@@ -103,7 +109,8 @@ def validate(cfg: ReplayConfig) -> None:
             raise ConfigError(f"replay: {name} = {v}; expected ≥ 1")
     for name, f in (("result_timeout_s", cfg.result_timeout_s),
                     ("wait_subscribers_s", cfg.wait_subscribers_s),
-                    ("send_timeout_s", cfg.send_timeout_s), ("linger_s", cfg.linger_s)):
+                    ("send_timeout_s", cfg.send_timeout_s), ("linger_s", cfg.linger_s),
+                    ("drain_s", cfg.drain_s)):
         if not (math.isfinite(f) and f >= 0):
             raise ConfigError(f"replay: {name} = {f}; expected seconds ≥ 0")
 
@@ -404,8 +411,22 @@ class Replayer:
             if not got:
                 stats.frames_without_result += 1
 
+    def drain(self) -> None:
+        """Keep the socket open until every subscriber has left or ``drain_s`` has passed.
+
+        A subscriber's unread tail lives in its kernel buffer and receive queue; libzmq drops
+        both when the publisher disconnects, so leaving at once would lose what it had counted
+        as published. XPUB reports each leaving subscriber as an unsubscription."""
+        end = time.monotonic() + self.cfg.drain_s
+        while self.subscriptions and (left := end - time.monotonic()) > 0:
+            if self.sock.poll(int(min(left, 0.05) * 1000) + 1):
+                self._take_subscription()
+
     def close(self) -> None:
-        """Close the socket, waiting up to ``linger_s`` for queued messages to go out."""
+        """Close the socket after :meth:`drain` (skipped once stopped), waiting up to
+        ``linger_s`` for queued messages to go out."""
+        if not self._stop:
+            self.drain()
         self.sock.close()  # with the LINGER set in __init__
         if self._own_ctx:
             close_context(self._ctx)  # returns once the tail has left (or linger_s has passed)
