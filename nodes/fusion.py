@@ -35,7 +35,8 @@ def run(name: str, spec: FusionNode) -> int:
         sample_rate=runner.sample_rate, window_samples=runner.window_samples,
         slop_ns=int(spec.slop_ms * 1e6), camera_deadline_ns=int(spec.camera_deadline_ms * 1e6),
         audio_deadline_ns=int(spec.audio_deadline_ms * 1e6), fallback_hz=spec.fallback_hz,
-    ), camera=image_stream, audio=audio_stream, stream=spec.stream)
+    ), camera=image_stream, audio=audio_stream, stream=spec.stream, robots=spec.robots,
+        max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6))
     # One line per reason every few seconds, however fast bad messages come; the filter on the
     # transport's logger also tallies its decode errors by reason for the heartbeat.
     limiter = RateLimitFilter()
@@ -46,10 +47,12 @@ def run(name: str, spec: FusionNode) -> int:
     # No latest-only draining in the transport: it would keep the newest *decoded* frame of a
     # batch, which may be one the edge then rejects (a peer could starve the camera that way);
     # the pairer keeps the newest *admitted* frame instead (counted as frames_superseded).
-    with Subscriber(spec.subscribe, topics=[image_stream, audio_stream], hwm=5000) as sub, \
+    with Subscriber(spec.subscribe, topics=service.topics, hwm=5000 * len(service.lanes)
+                    ) as sub, \
             Publisher(spec.endpoint, bind=spec.bind) as pub:
         beat = Beater(pub, name, spec.heartbeat_s)
-        log.info("fusing %s + %s from %s on %s", image_stream, audio_stream, spec.subscribe,
+        log.info("fusing %s + %s%s from %s on %s", image_stream, audio_stream,
+                 f" of {len(spec.robots)} robots" if spec.robots else "", spec.subscribe,
                  pub.endpoint)
         while not stop.is_set():
             try:
@@ -70,8 +73,7 @@ def run(name: str, spec: FusionNode) -> int:
                               if r in DECODE_REASONS}
             beat.tick({**service.counters(now), "decode_errors": sub.total_decode_errors,
                        **decode_reasons, "internal_errors": internal_errors,
-                       "frames_dropped_stale": sum(st.dropped_stale for st in stats.values()),
-                       "audio_gaps": service.edge.lost[audio_stream]},
+                       "frames_dropped_stale": sum(st.dropped_stale for st in stats.values())},
                       force=changed)
     log.info("stopped after %d results", service.seq)
     return 0

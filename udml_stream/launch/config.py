@@ -25,9 +25,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from udml_stream.errors import ConfigError
+from udml_stream.messages.topics import check_robot_names
 from udml_stream.transport.security import Security, configure
 from udml_stream.validation import format_validation_error, read_toml
 
@@ -91,6 +92,18 @@ class FusionNode(_Node):
     camera_deadline_ms: float = Field(500.0, gt=0)
     audio_deadline_ms: float = Field(300.0, gt=0)
     fallback_hz: float = Field(10.0, gt=0)
+    robots: list[str] = Field(default_factory=list, description=(
+        "robots served by this one node; their streams are <robot>/<stream> (empty: one "
+        "robot, streams as named in `streams`)"))
+    max_batch: int = Field(64, ge=1, description="most samples fused in one forward pass")
+    batch_wait_ms: float = Field(0.0, ge=0, description=(
+        "how long a due sample may wait for samples of other robots to join its batch"))
+
+    @field_validator("robots")
+    @classmethod
+    def _robot_names(cls, v: list[str]) -> list[str]:
+        check_robot_names(v)
+        return v
 
 
 NodeSpec = Annotated[CameraNode | MicrophoneNode | FusionNode, Field(discriminator="program")]

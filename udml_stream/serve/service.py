@@ -1,54 +1,139 @@
 """The fusion node's logic without sockets: decoded messages in, fusion results out.
 
-``FusionService`` owns the edge policy (``sync.Edge``), the pairer and the runner; the node
+``FusionService`` owns the edge policy (``sync.Edge``), the pairers and the runner; the node
 program only moves messages between sockets and the service, and tests drive it in memory with
 their own clock (every method takes ``now_ns``).
+
+One service serves one robot or a fleet. A fleet's streams are namespaced by robot
+(``<robot>/camera``, ``<robot>/mic``; results on ``<robot>/fused``): each robot has its own
+lane (edge state, pairer, result sequence, counters), and the samples that are due across all
+lanes are fused in one batched forward pass (micro-batching: a sample may wait up to
+``batch_wait_ns`` for others to join its batch, never longer).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from udml_stream.messages import FusionResult, Message
+from udml_stream.messages.topics import check_robot_names, namespaced
 from udml_stream.serve.runner import FusionRunner
-from udml_stream.sync import Pairer, PairingConfig
+from udml_stream.sync import Pairer, PairingConfig, SyncedSample
 from udml_stream.sync.edge import Edge
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Lane:
+    """One robot's streams: admission, pairing and its own result sequence."""
+
+    robot: str
+    camera: str  # topic of its camera stream
+    audio: str  # topic of its audio stream
+    stream: str  # topic of its results
+    edge: Edge
+    pairer: Pairer
+    seq: int = 0  # results published so far
+    last_audio_valid: float = 0.0  # of the newest sample fused (0 before the first)
+    alive: tuple[bool, bool] | None = None
+
+
 class FusionService:
-    """Admits messages, pairs them and fuses every sample that is due."""
+    """Admits messages, pairs them per robot and fuses every sample that is due, batched."""
 
     def __init__(self, runner: FusionRunner, pairing: PairingConfig, camera: str = "camera",
-                 audio: str = "mic", stream: str = "fused") -> None:
-        self.runner, self.stream = runner, stream
-        self.edge = Edge(camera, audio, runner.sample_rate)
-        self.pairer = Pairer(pairing, camera=camera, audio=audio)
-        self.seq = 0  # results published so far
-        self.last_audio_valid = 0.0  # of the newest sample fused (0 before the first)
-        self._alive: tuple[bool, bool] | None = None
+                 audio: str = "mic", stream: str = "fused", robots: Sequence[str] = (),
+                 max_batch: int = 64, batch_wait_ns: int = 0) -> None:
+        """``robots``: names of the robots served (streams ``<robot>/<camera>`` …); empty for
+        one robot whose streams are ``camera`` and ``audio`` as given. ``max_batch`` caps one
+        forward pass; ``batch_wait_ns`` is how long a due sample may wait for batch mates."""
+        if max_batch < 1 or batch_wait_ns < 0:
+            raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
+                             f"{batch_wait_ns} (expected ≥ 0)")
+        check_robot_names(robots)
+        self.runner, self.max_batch, self.batch_wait_ns = runner, max_batch, batch_wait_ns
+        self.lanes: dict[str, Lane] = {}
+        for r in robots or [""]:
+            cam, mic = namespaced(r, camera), namespaced(r, audio)
+            self.lanes[r] = Lane(r, cam, mic, namespaced(r, stream),
+                                 Edge(cam, mic, runner.sample_rate),
+                                 Pairer(pairing, camera=cam, audio=mic))
+        self._by_topic = {t: lane for lane in self.lanes.values() for t in (lane.camera,
+                                                                            lane.audio)}
+        self.fleet = bool(robots)
+        self.other_topics = 0  # messages on a topic no robot of the fleet publishes
+        self.batches: Counter[int] = Counter()  # batch size → forward passes
+        self._due: list[tuple[Lane, SyncedSample, int]] = []  # (lane, sample, due since)
+
+    # The single robot's lane, for callers that serve one robot.
+    @property
+    def edge(self) -> Edge:
+        """The first (for one robot: the only) lane's edge."""
+        return next(iter(self.lanes.values())).edge
+
+    @property
+    def pairer(self) -> Pairer:
+        """The first (for one robot: the only) lane's pairer."""
+        return next(iter(self.lanes.values())).pairer
+
+    @property
+    def seq(self) -> int:
+        """Results produced so far, all robots."""
+        return sum(lane.seq for lane in self.lanes.values())
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the service takes (the node subscribes to exactly these)."""
+        return list(self._by_topic)
 
     def add(self, msg: Message, now_ns: int) -> None:
         """Take one decoded message received at ``now_ns`` (monotonic)."""
-        out = self.edge.admit(msg)
+        topic = msg.topic or msg.stream
+        lane = self._by_topic.get(topic)
+        if lane is None:
+            if self.fleet:
+                self.other_topics += 1
+                log.warning("rejected a message on %r: other_topic: no robot of the fleet "
+                            "publishes it", topic)
+                return
+            lane = next(iter(self.lanes.values()))  # its edge rejects it by name
+        out = lane.edge.admit(msg)
         if out is not None:
-            self.pairer.add(out, now_ns)
-        elif self.edge.last_rejection is not None:
-            log.warning("rejected a message on %r: %s", msg.topic, self.edge.last_rejection)
+            lane.pairer.add(out, now_ns)
+        elif lane.edge.last_rejection is not None:
+            log.warning("rejected a message on %r: %s", topic, lane.edge.last_rejection)
 
     def results(self, now_ns: int, wall_minus_mono_ns: int = 0) -> list[FusionResult]:
-        """Fuse every sample due at ``now_ns``. ``wall_minus_mono_ns`` (wall clock minus
-        monotonic clock, now) converts receive times for frames stamped on the wall clock."""
+        """Fuse every sample due at ``now_ns`` (batched across robots). ``wall_minus_mono_ns``
+        (wall clock minus monotonic clock, now) converts receive times for frames stamped on
+        the wall clock."""
+        for lane in self.lanes.values():
+            while (sample := lane.pairer.ready(now_ns)) is not None:
+                self._due.append((lane, sample, now_ns))
+        out: list[FusionResult] = []
+        while self._due and (len(self._due) >= self.max_batch
+                             or now_ns - self._due[0][2] >= self.batch_wait_ns):
+            batch, self._due = self._due[:self.max_batch], self._due[self.max_batch:]
+            out.extend(self._fuse(batch, now_ns, wall_minus_mono_ns))
+        return out
+
+    def _fuse(self, batch: list[tuple[Lane, SyncedSample, int]], now_ns: int,
+              wall_minus_mono_ns: int) -> list[FusionResult]:
+        # A partly held audio window goes to the model as is: NaN marks the missing samples,
+        # and the model decides from their share whether the stream is present.
+        preds = self.runner.predict_batch([
+            {"image": s.frame.image if s.frame else None, "audio": s.audio} for _, s, _ in batch])
+        self.batches[len(batch)] += 1
         out = []
-        while (sample := self.pairer.ready(now_ns)) is not None:
-            # A partly held audio window goes to the model as is: NaN marks the missing
-            # samples, and the model decides from their share whether the stream is present.
-            self.last_audio_valid = sample.audio_valid
-            pred = self.runner.predict({"image": sample.frame.image if sample.frame else None,
-                                        "audio": sample.audio})
-            lat = {"sync_wait": sample.wait_ns, "preprocess": pred.preprocess_ns,
-                   "inference": pred.inference_ns}
+        for (lane, sample, since), pred in zip(batch, preds, strict=True):
+            lane.last_audio_valid = sample.audio_valid
+            # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
+            lat = {"sync_wait": sample.wait_ns + now_ns - since,
+                   "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
             if sample.frame is not None:
                 f = sample.frame
                 lat["publish"] = f.publish_ns - f.capture_ns
@@ -57,40 +142,54 @@ class FusionService:
                 rx = sample.rx_ns + (wall_minus_mono_ns if f.clock == "realtime" else 0)
                 lat["transport"] = rx - f.publish_ns
             out.append(FusionResult(
-                self.stream, self.seq, sample.t_ns,
+                lane.stream, lane.seq, sample.t_ns,
                 clock=sample.frame.clock if sample.frame else "monotonic",
                 probs=pred.probs, pred=pred.pred, class_names=self.runner.class_names,
                 sigma_hat=pred.sigma_hat, weights=pred.weights, present=pred.present,
                 source_seq=sample.source_seq, latency_ns=lat, audio_valid=sample.audio_valid))
-            self.seq += 1
+            lane.seq += 1
         return out
 
     def liveness_changed(self, now_ns: int) -> bool:
-        """True when the camera or the audio stream came or went since the last call (the node
-        then sends a heartbeat at once instead of at its next period)."""
-        alive = (self.pairer.camera_alive(now_ns), self.pairer.audio_alive(now_ns))
-        changed = self._alive is not None and alive != self._alive
-        if changed:
-            log.info("streams now: camera %s, audio %s", *("alive" if a else "absent" for a in alive))
-        self._alive = alive
+        """True when a camera or audio stream of any robot came or went since the last call
+        (the node then sends a heartbeat at once instead of at its next period)."""
+        changed = False
+        for lane in self.lanes.values():
+            alive = (lane.pairer.camera_alive(now_ns), lane.pairer.audio_alive(now_ns))
+            if lane.alive is not None and alive != lane.alive:
+                changed = True
+                log.info("%sstreams now: camera %s, audio %s",
+                         f"{lane.robot}: " if lane.robot else "",
+                         *("alive" if a else "absent" for a in alive))
+            lane.alive = alive
         return changed
 
     def counters(self, now_ns: int) -> dict[str, int]:
         """Heartbeat counters: results, sync state, audio timeline events, edge rejections by
-        reason (``rejected.<reason>``) and degraded input."""
-        p, ring = self.pairer, self.pairer.ring
-        return {
-            "results": self.seq,
-            "frames_superseded": p.frames_superseded,
-            # Windows fused with missing (NaN) samples; heartbeat counters are ints, so the
-            # newest window's missing share travels in thousandths.
-            "audio_partial_windows": p.partial_windows,
-            "audio_missing_samples": p.missing_samples,
-            "audio_missing_permille": round(1000 * (1.0 - self.last_audio_valid)),
-            "audio_windows_missed": p.windows_missed,
-            "audio_reanchors": ring.reanchors,
-            "audio_resets": ring.resets,
-            "camera_alive": int(p.camera_alive(now_ns)),
-            "audio_alive": int(p.audio_alive(now_ns)),
-            **self.edge.counters(),
-        }
+        reason (``rejected.<reason>``) and degraded input; in a fleet, each robot's under
+        ``<robot>/`` and the batching under ``batches.<size>``."""
+        out: dict[str, int] = {}
+        for lane in self.lanes.values():
+            p, ring = lane.pairer, lane.pairer.ring
+            c = {
+                "results": lane.seq,
+                "frames_superseded": p.frames_superseded,
+                # Windows fused with missing (NaN) samples; heartbeat counters are ints, so the
+                # newest window's missing share travels in thousandths.
+                "audio_partial_windows": p.partial_windows,
+                "audio_missing_samples": p.missing_samples,
+                "audio_missing_permille": round(1000 * (1.0 - lane.last_audio_valid)),
+                "audio_windows_missed": p.windows_missed,
+                "audio_reanchors": ring.reanchors,
+                "audio_resets": ring.resets,
+                "audio_gaps": lane.edge.lost[lane.audio],
+                "camera_alive": int(p.camera_alive(now_ns)),
+                "audio_alive": int(p.audio_alive(now_ns)),
+                **lane.edge.counters(),
+            }
+            out.update({namespaced(lane.robot, k): v for k, v in c.items()})
+        if self.fleet:
+            out["results"] = self.seq
+            out["rejected.other_topic"] = self.other_topics
+            out.update({f"batches.{n}": k for n, k in sorted(self.batches.items())})
+        return out
