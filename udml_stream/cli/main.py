@@ -350,7 +350,8 @@ def hz(
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(
-        help="latency, logs, train-step, frontends, flood, fuzz or attacks")] = "latency",
+        help="latency, logs, train-step, frontends, flood, fuzz, attacks or fleet")
+    ] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
     seconds: float = 20.0,
@@ -386,7 +387,9 @@ def bench(
     running fusion node's results/s, log lines, memory and rejections under a 20,000 msg/s
     malformed flood against a baseline (and with CURVE); ``fuzz``: tests/test_fuzz.py with a
     large hypothesis budget for about ``--minutes``; ``attacks``: a camera and a fusion node's
-    memory under 200,000 subscription attempts and a held partial 1 GiB frame, CURVE off and on."""
+    memory under 200,000 subscription attempts and a held partial 1 GiB frame, CURVE off and on;
+    ``fleet``: the most robots at 30 fps one batched fusion process sustains against one process
+    per robot (``--seconds`` measured per trial)."""
     from udml_stream_apps.training import (
         bench_attacks,
         bench_flood,
@@ -405,6 +408,10 @@ def bench(
         typer.echo(_run(bench_logs.main, checkpoint, cache_dir, seconds, out, cmd))
     elif what == "train-step":
         typer.echo(_run(bench_train_step.main, out, cmd))
+    elif what == "fleet":
+        from udml_stream_apps.training import bench_fleet
+
+        typer.echo(_run(bench_fleet.main, checkpoint, seconds, out, cmd))
     elif what == "frontends":
         from rich.console import Console
 
@@ -429,7 +436,8 @@ def bench(
         typer.echo(_run(bench_attacks.main, checkpoint, subscriptions, hold_s, curve, out, cmd))
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
-                                 "'train-step', 'frontends', 'flood', 'fuzz' or 'attacks'")
+                                 "'train-step', 'frontends', 'flood', 'fuzz', 'attacks' or "
+                                 "'fleet'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")

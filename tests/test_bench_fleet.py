@@ -1,0 +1,30 @@
+"""The fleet benchmark's trial: real fusion nodes fed by the driver process, counted right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from udml_stream.benchmarks import fleet
+
+CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+
+
+def test_a_short_batched_trial_answers_the_frames_it_counts(tmp_path: Path) -> None:
+    t = fleet.trial("batched", 2, CKPT, tmp_path, seconds=1.5, warmup_s=0.5)
+    # 2 robots × 30 fps × 2 s sent, the first 0.5 s (15 frames each) outside the window.
+    assert 2 * 40 <= t["frames_expected"] <= 2 * 47
+    assert t["frames_answered"] <= t["frames_expected"]
+    assert t["answered_share"] >= 0.8  # a loaded machine may miss some; none are invented
+    assert t["e2e_ms"]["p50"] > 0 and t["e2e_ms"]["p99"] >= t["e2e_ms"]["p50"]
+    assert sum(t["batch_sizes"].values()) > 0
+
+
+def test_serving_summary_merges_keys(tmp_path: Path) -> None:
+    p = tmp_path / "serving.json"
+    p.write_text('{"transport_vs_raw_p50": 1.1}')
+    fleet.update_serving(p, {"robots_30fps_cpu": 8, "robots_30fps_cpu_processes": 4,
+                             "batched_vs_processes": 2.0})
+    assert json.loads(p.read_text()) == {"transport_vs_raw_p50": 1.1, "robots_30fps_cpu": 8,
+                                         "robots_30fps_cpu_processes": 4,
+                                         "batched_vs_processes": 2.0}
