@@ -580,5 +580,65 @@ def log_recover(path: Path, output: Annotated[Path | None, typer.Option("-o")] =
         typer.echo(f"left out {rep.other_encoding} viewer-channel messages (not udml-wire)")
 
 
+@log_app.command("convert")
+def log_convert(
+    bag: Path,
+    output: Annotated[Path, typer.Option("-o", "--output")],
+    map_: Annotated[list[str], typer.Option("--map", help="ROLE=/topic with ROLE image, audio, "
+                    "audio_info, label or condition (repeatable)")] = [],  # noqa: B006
+    clock: Annotated[str | None, typer.Option(help="Clock of the stamps: realtime (ROS time) "
+                     "or monotonic; default: what the bag says, else realtime")] = None,
+) -> None:
+    """Convert a ROS 2 bag (MCAP or sqlite3 storage) into a udml log (camera, mic, label)."""
+    from udml_stream.logs import ros2
+
+    rep = _run(lambda: ros2.convert(bag, output, ros2.parse_map(map_), clock=clock))
+    for topic, n in sorted(rep.written.items()):
+        typer.echo(f"  {topic:10s} {n:7d} msgs  from {rep.topics.get(topic, '')}")
+    for what, n in sorted(rep.skipped.items()):
+        typer.echo(f"  left out {n}: {what}")
+    typer.echo(f"wrote {rep.output} (clock {rep.clock})")
+
+
+@log_app.command("export")
+def log_export(
+    path: Path,
+    output: Annotated[Path, typer.Option("-o", "--output")],
+    format_: Annotated[str, typer.Option("--format", help="ros2")] = "ros2",
+    storage: Annotated[str, typer.Option(help="ros2: mcap or sqlite3")] = "mcap",
+) -> None:
+    """Write a log as a ROS 2 bag: camera, audio, fusion results, labels."""
+    from udml_stream.logs import ros2
+
+    if format_ != "ros2":
+        _fail(f"--format {format_!r}; expected ros2")
+    if not path.is_file():
+        _run(_missing_log, path)
+    rep = _run(lambda: ros2.export(path, output, storage=storage))
+    for topic, n in sorted(rep.written.items()):
+        typer.echo(f"  {topic:20s} {n:7d} msgs")
+    for what, n in sorted(rep.skipped.items()):
+        typer.echo(f"  left out {n}: {what}")
+    typer.echo(f"wrote {rep.output}")
+
+
+@app.command("label")
+def label_cmd(
+    path: Path,
+    spans: Annotated[Path, typer.Option(help="CSV start,end,label[,condition]: seconds from "
+                     "the log start (log time)")],
+    output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    replace: Annotated[bool, typer.Option(help="Drop the log's own label/condition messages")
+                       ] = False,
+) -> None:
+    """Write a labelled copy of a log (every other record kept byte for byte)."""
+    from udml_stream.logs.label import label
+
+    out = output or path.with_name(path.stem + ".labelled.mcap")
+    rep = _run(lambda: label(path, spans, out, replace=replace))
+    typer.echo(f"{rep.spans} spans → {rep.labels_written} label messages; "
+               f"{rep.records_copied} records copied into {rep.output}")
+
+
 if __name__ == "__main__":
     app()

@@ -155,7 +155,7 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
         # The window ends at the frame's instant, or earlier when the audio stopped short of it.
         end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
         j = _span_index(starts, end - window_ns, sample.t_ns)
-        if j < 0:
+        if j < 0 or labels[j][1] < 0:  # a negative label closes a span: no ground truth
             stats.unlabelled += 1
             return
         if src.conditions is not None:

@@ -34,6 +34,8 @@ def segments_from_log(path: Path) -> tuple[list[Segment], int]:
     segs = []
     for i, s in enumerate(seqs):
         end = starts[i + 1] if i + 1 < len(starts) else starts[i] + step
+        if found["label"][s].label < 0:
+            continue  # a negative label closes a span (`udml label`): nothing to score there
         cond = found["condition"].get(s)
         segs.append(Segment(s, found["label"][s].label, (starts[i] - base) / 1e9,
                             (end - base) / 1e9, cond.name if cond else "unknown"))

@@ -67,7 +67,7 @@ def run_field(spec: FieldRun, threads: int = 1) -> dict[str, Any]:
 
     from udml_stream.evaluate.field import run_pass
     from udml_stream.model import checkpoint
-    from udml_stream.train.config import parse_config
+    from udml_stream.train.config import parse_config, resolve_paths
     from udml_stream.train.trainer import load_data, train
     from udml_stream.validation import read_toml, set_dotted
 
@@ -75,7 +75,7 @@ def run_field(spec: FieldRun, threads: int = 1) -> dict[str, Any]:
     result_path = spec.out_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    raw = read_toml(spec.base_config)
+    raw = resolve_paths(read_toml(spec.base_config), Path(spec.base_config).parent)
     for dotted, value in (("model.method", spec.method), ("train.seed", spec.seed),
                           ("train.out_dir", str(spec.out_dir)), ("train.threads", threads),
                           ("train.device", "cpu"), *spec.overrides):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +115,14 @@ class TrainSection(_Strict):
         return v
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = leave as is")
     device: str = "auto"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward pass and loss under bf16 autocast (CUDA only; weights "
+        "and optimizer stay fp32)")
+    host_sync: Literal["auto", "step", "interval"] = Field(
+        "auto", description="when the loop reads its losses back to the host: step = every step "
+        "(the CPU path, as it always was), interval = every log_interval steps from sums kept on "
+        "the device (no per-step stall of a GPU); auto = step on CPU, interval on CUDA")
+    log_interval: int = Field(50, gt=0, description="host_sync = interval: steps between reads")
     out_dir: Path = Path("runs/default")
 
 
@@ -141,9 +150,39 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+#: Config keys holding a path (or a list of paths and glob patterns). A relative one written in
+#: a config file is relative to that file's folder; ``--set`` overrides and defaults are
+#: relative to the working directory, like any path typed in a shell.
+PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.test",
+             "train.out_dir")
+
+
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Make the relative paths under ``PATH_KEYS`` of a raw config relative to ``base_dir``
+    (in place; returned). Paths are joined and normalised lexically: a config in ``configs/``
+    naming ``../runs/x`` gives ``runs/x`` when run from the checkout."""
+    def fix(value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value  # left for validation to name
+        p = Path(value).expanduser()
+        return value if p.is_absolute() else os.path.normpath(base_dir / p)
+
+    for dotted in PATH_KEYS:
+        *parents, key = dotted.split(".")
+        node: Any = data
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node:
+            v = node[key]
+            node[key] = [fix(x) for x in v] if isinstance(v, list) else fix(v)
+    return data
+
+
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Load ``path`` (TOML), apply dotted ``overrides`` (``{"train.seed": 3}``) and validate."""
-    data = read_toml(path)
+    """Load ``path`` (TOML), resolve its relative paths against its folder (``resolve_paths``),
+    apply dotted ``overrides`` (``{"train.seed": 3}``, paths relative to the working directory)
+    and validate."""
+    data = resolve_paths(read_toml(path), Path(path).parent)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_config(data, str(path))
