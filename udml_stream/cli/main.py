@@ -350,7 +350,7 @@ def hz(
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(
-        help="latency, logs, train-step, frontends, flood, fuzz, attacks or fleet")
+        help="latency, logs, train-step, frontends, flood, fuzz, attacks, fleet or gpu")
     ] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
@@ -389,7 +389,9 @@ def bench(
     large hypothesis budget for about ``--minutes``; ``attacks``: a camera and a fusion node's
     memory under 200,000 subscription attempts and a held partial 1 GiB frame, CURVE off and on;
     ``fleet``: the most robots at 30 fps one batched fusion process sustains against one process
-    per robot (``--seconds`` measured per trial)."""
+    per robot (``--seconds`` measured per trial); ``gpu``: batch-1 latency eager vs CUDA graph,
+    robots per GPU, paper-size training speed and bf16 accuracy (needs a CUDA device; see
+    ``scripts/gpu-check``)."""
     from udml_stream_apps.training import (
         bench_attacks,
         bench_flood,
@@ -412,6 +414,10 @@ def bench(
         from udml_stream_apps.training import bench_fleet
 
         typer.echo(_run(bench_fleet.main, checkpoint, seconds, out, cmd))
+    elif what == "gpu":
+        from udml_stream_apps.training import bench_gpu
+
+        typer.echo(_run(bench_gpu.main, out, cmd, checkpoint))
     elif what == "frontends":
         from rich.console import Console
 
@@ -436,8 +442,8 @@ def bench(
         typer.echo(_run(bench_attacks.main, checkpoint, subscriptions, hold_s, curve, out, cmd))
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
-                                 "'train-step', 'frontends', 'flood', 'fuzz', 'attacks' or "
-                                 "'fleet'")
+                                 "'train-step', 'frontends', 'flood', 'fuzz', 'attacks', "
+                                 "'fleet' or 'gpu'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")

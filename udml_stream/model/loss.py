@@ -14,11 +14,18 @@ from udml_stream.model.fusion import FusionNet, FusionOutput
 
 @dataclass
 class LossTerms:
-    """The total loss, its named parts (floats, for logging) and per-sample unimodal losses."""
+    """The total loss, its named parts (detached 0-dim tensors on the loss's device, for logging)
+    and per-sample unimodal losses."""
 
     total: Tensor
-    parts: dict[str, float]
+    part_tensors: dict[str, Tensor]
     unimodal_per_sample: dict[str, Tensor]
+
+    @property
+    def parts(self) -> dict[str, float]:
+        """The named parts as floats (each read waits for the device: a GPU loop that logs every
+        step sums ``part_tensors`` on the device instead)."""
+        return {k: float(v) for k, v in self.part_tensors.items()}
 
 
 def _masked_ce(logits: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +67,7 @@ def compute_loss(
     """
     cfg, spec = model.cfg, model.cfg.spec
     total = F.cross_entropy(out.logits, y)
-    parts = {"ce_fused": float(total.detach())}
+    parts = {"ce_fused": total.detach()}
     uni_ps: dict[str, Tensor] = {}
     for m in cfg.modalities:
         mask = out.present[m].float()
@@ -70,26 +77,26 @@ def compute_loss(
             continue
         gamma = cfg.gamma if spec.fusion == "udml" else 1.0
         total = total + gamma * ce
-        parts[f"ce_{m}"] = float(ce.detach())
+        parts[f"ce_{m}"] = ce.detach()
         if spec.fusion == "udml":
             maps = out.aux.get("embedding_maps", {})
             if m in maps and cfg.beta > 0:
                 kl = (kl_to_level_prior(maps[m], levels[m]) * mask).sum() / mask.sum().clamp(min=1)
                 total = total + cfg.beta * kl
-                parts[f"kl_{m}"] = float(kl.detach())
+                parts[f"kl_{m}"] = kl.detach()
             if spec.quality == "estimator":
                 err = (out.sigma_hat[m] - levels[m].float()) ** 2
                 mse = (err * mask).sum() / mask.sum().clamp(min=1)
                 total = total + cfg.estimator_weight * mse
-                parts[f"est_{m}"] = float(mse.detach())
+                parts[f"est_{m}"] = mse.detach()
         elif spec.fusion == "qmf" and history is not None:
             rank = _rank_loss(out.aux[f"confidence/{m}"], history[m], out.present[m])
             total = total + cfg.rank_weight * rank
-            parts[f"rank_{m}"] = float(rank.detach())
+            parts[f"rank_{m}"] = rank.detach()
         elif spec.fusion == "pdf":
             tcp = F.softmax(out.unimodal_logits[m], dim=1).gather(1, y[:, None]).squeeze(1)
             err = (out.aux[f"confidence/{m}"] - tcp.detach()) ** 2
             mse = (err * mask).sum() / mask.sum().clamp(min=1)
             total = total + mse
-            parts[f"conf_{m}"] = float(mse.detach())
+            parts[f"conf_{m}"] = mse.detach()
     return LossTerms(total, parts, uni_ps)

@@ -14,6 +14,7 @@ import torch
 from udml_stream.errors import CheckpointError
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
+from udml_stream.serve.accel import Engine
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,14 @@ class FusionRunner:
         if set(kinds.values()) - {"image", "logmel"}:
             raise CheckpointError(f"{ckpt} takes {kinds}; live serving needs camera frames and "
                                   "waveforms (a raw-track checkpoint: image + logmel)")
+        # Batched inference: eager on CPU; on CUDA, pinned uploads and one captured graph per
+        # batch-size bucket (``warm_up`` captures them).
+        self.engine = Engine(self.model, self.device)
 
     def warm_up(self, frame_shape: tuple[int, ...] = (480, 640, 3), runs: int = 5) -> float:
         """Run a few dummy samples (allocations, kernel selection); returns the last latency in s."""
+        if self.device.type == "cuda":
+            self.engine.warm_up()  # captures each batch bucket's graph
         frame = np.zeros(frame_shape, np.uint8)
         audio = np.zeros(self.window_samples, np.float32)
         t = 0.0
@@ -69,69 +75,27 @@ class FusionRunner:
         """Fuse one sample; a modality that is None (or missing) is absent (weight 0)."""
         return self.predict_batch([inputs])[0]
 
-    @torch.no_grad()
     def predict_batch(self, batch: Sequence[Mapping[str, np.ndarray | None]]
                       ) -> list[Prediction]:
         """Fuse several samples (from one stream or many robots) in one forward pass.
 
-        Each sample is preprocessed on its own (frames may differ in size); a modality that a
-        sample lacks is filled with zeros and marked absent for that sample only. The model is
-        per-sample in evaluation (batch norm uses its running statistics, the dependency term
-        its running mean), so a sample's answer does not depend on its batch mates. The
-        preprocessing and inference times reported are the batch's, shared by its samples."""
-        if not batch:
-            return []
-        t0 = time.perf_counter_ns()
-        tensors: dict[str, torch.Tensor] = {}
-        present: dict[str, torch.Tensor] = {}
-        valid: dict[str, torch.Tensor] = {}
-        for m in self.modalities:
-            rows = [i for i, inputs in enumerate(batch) if inputs.get(m) is not None]
-            if not rows:
-                continue  # absent from every sample: the model zeroes it
-            # Samples whose inputs share a shape go through the front-end together (all audio
-            # windows do; frames do when the cameras match); the rest one group each.
-            groups: dict[tuple[tuple[int, ...], bool], list[int]] = {}
-            for i in rows:
-                x = batch[i][m]
-                assert x is not None
-                groups.setdefault((x.shape, x.dtype == np.uint8), []).append(i)
-            out_rows: dict[int, int] = {}
-            parts, vparts = [], []
-            for (_, is_u8), idx in groups.items():
-                raw = torch.from_numpy(np.stack([np.asarray(batch[i][m]) for i in idx]).astype(
-                    np.uint8 if is_u8 else np.float32, copy=False)).to(self.device)
-                # Gaps arrive as NaN samples: a mostly missing window makes its stream absent.
-                vparts.append(self.model.input_valid({m: raw})[m].float())
-                parts.append(self.model.prep[m](raw))
-                for i in idx:
-                    out_rows[i] = len(out_rows)
-            x_all, v_all = torch.cat(parts), torch.cat(vparts)
-            # Back to batch order; a sample without this modality gets a zero row, marked absent.
-            order = torch.tensor([out_rows.get(i, 0) for i in range(len(batch))],
-                                 device=self.device)
-            has = torch.tensor([i in out_rows for i in range(len(batch))], device=self.device)
-            tensors[m] = torch.where(has.view(-1, *[1] * (x_all.dim() - 1)), x_all[order],
-                                     torch.zeros((), dtype=x_all.dtype, device=self.device))
-            present[m] = has
-            valid[m] = torch.where(has, v_all[order], torch.ones((), device=self.device))
-        if not tensors or any(not any(x.get(m) is not None for m in self.modalities)
-                              for x in batch):
-            bad = next(i for i, x in enumerate(batch)
-                       if not any(x.get(m) is not None for m in self.modalities))
-            raise ValueError(f"sample {bad}: no modality present: nothing to fuse")
-        t1 = time.perf_counter_ns()
-        out = self.model(tensors, present=present, preprocessed=True, valid=valid)
-        probs = torch.softmax(out.logits, dim=1).cpu().numpy()
-        mult = {m: w.cpu().numpy() for m, w in out.multipliers.items()}
-        sig = {m: s.cpu().numpy() for m, s in out.sigma_hat.items() if m in tensors}
-        pres = {m: p.cpu().numpy() for m, p in out.present.items()}
-        t2 = time.perf_counter_ns()
-        return [Prediction(
-            probs=[float(p) for p in probs[i]], pred=int(probs[i].argmax()),
-            weights={m: float(w[i]) for m, w in mult.items()},
-            # σ̂ of the streams this sample carried (an absent stream's σ̂ means nothing).
-            sigma_hat={m: float(s[i]) for m, s in sig.items() if batch[i].get(m) is not None},
-            present={m: bool(p[i]) for m, p in pres.items()},
-            preprocess_ns=t1 - t0, inference_ns=t2 - t1,
-        ) for i in range(len(batch))]
+        Each sample is preprocessed with the samples whose inputs share its shape (frames may
+        differ in size); a modality that a sample lacks is absent for that sample only. The
+        model is per-sample in evaluation (batch norm uses its running statistics, the
+        dependency term its running mean), so a sample's answer does not depend on its batch
+        mates. On CUDA the batch runs as a captured graph of its size bucket (``Engine``).
+        The preprocessing and inference times reported are the batch's, shared by its samples."""
+        out: list[Prediction] = []
+        for start in range(0, len(batch), self.engine.buckets[-1]):
+            part = batch[start:start + self.engine.buckets[-1]]
+            o = self.engine.predict(part)
+            for i, sample in enumerate(part):
+                out.append(Prediction(
+                    probs=[float(p) for p in o.probs[i]], pred=int(o.probs[i].argmax()),
+                    weights={m: float(w[i]) for m, w in o.multipliers.items()},
+                    # σ̂ of the streams this sample carried (an absent stream's means nothing).
+                    sigma_hat={m: float(sh[i]) for m, sh in o.sigma_hat.items()
+                               if sample.get(m) is not None},
+                    present={m: bool(p[i]) for m, p in o.present.items()},
+                    preprocess_ns=o.preprocess_ns, inference_ns=o.inference_ns))
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,19 +21,74 @@ from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, ModelConfig
-from udml_stream.model.loss import compute_loss
+from udml_stream.model.loss import LossTerms, compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
 from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def to_torch(batch: Batch, device: torch.device) -> tuple[dict, dict, dict, torch.Tensor]:
-    """Move a numpy ``Batch`` to ``device`` as (inputs, present, levels, labels)."""
-    inputs = {m: torch.from_numpy(x).to(device) for m, x in batch.inputs.items()}
-    present = {m: torch.from_numpy(p).to(device) for m, p in batch.present.items()}
-    levels = {m: torch.from_numpy(v).to(device) for m, v in batch.levels.items()}
-    return inputs, present, levels, torch.from_numpy(batch.labels).to(device)
+def to_torch(batch: Batch, device: torch.device, pinned: bool = False
+             ) -> tuple[dict, dict, dict, torch.Tensor]:
+    """Move a numpy ``Batch`` to ``device`` as (inputs, present, levels, labels).
+
+    ``pinned`` (CUDA): stage each array in page-locked memory and copy without blocking the
+    host, so the next batch is built while this one travels."""
+
+    def move(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return t.pin_memory().to(device, non_blocking=True) if pinned else t.to(device)
+
+    inputs = {m: move(x) for m, x in batch.inputs.items()}
+    present = {m: move(p) for m, p in batch.present.items()}
+    levels = {m: move(v) for m, v in batch.levels.items()}
+    return inputs, present, levels, move(batch.labels)
+
+
+def sync_each_step(host_sync: str, device: torch.device) -> bool:
+    """Whether the loop reads its losses back every step (``train.host_sync``; ``auto``: on CPU,
+    where a read costs nothing and the loop stays as it always was, and not on CUDA, where
+    each read stalls the host until the GPU has finished the step)."""
+    return host_sync == "step" or (host_sync == "auto" and device.type != "cuda")
+
+
+def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, device: torch.device,
+               quality_on: bool, grad_clip: float, history: dict[str, Any] | None,
+               sync: bool = True, bf16: bool = False) -> LossTerms:
+    """One optimisation step on ``batch``.
+
+    ``history`` holds each sample's running unimodal loss (QMF's ranking target): numpy arrays
+    over the train split when ``sync`` (updated every step, as the loop always did), device
+    tensors otherwise (only QMF reads it; None skips it). With ``sync`` False nothing here waits
+    for the device: the caller reads ``terms.part_tensors`` when it logs. ``bf16`` (CUDA) runs
+    the forward pass and the loss under bf16 autocast; weights, gradients and the optimizer
+    stay fp32."""
+    rows = batch.rows
+    inputs, present, levels, y = to_torch(batch, device, pinned=not sync and device.type == "cuda")
+    qmf = model.cfg.spec.fusion == "qmf"
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+           else contextlib.nullcontext())
+    with amp:
+        out = model(inputs, present, levels, quality_on=quality_on)
+        if history is None or not qmf:
+            hist = None
+        elif sync:
+            hist = {m: torch.from_numpy(history[m][rows]).to(device) for m in history}
+        else:
+            idx = torch.from_numpy(rows).to(device, non_blocking=True)
+            hist = {m: h[idx] for m, h in history.items()}
+        terms = compute_loss(model, out, y, levels, hist)
+    opt.zero_grad(set_to_none=True)
+    terms.total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    if history is not None and sync:
+        for m, per in terms.unimodal_per_sample.items():
+            history[m][rows] = 0.9 * history[m][rows] + 0.1 * per.cpu().numpy()
+    elif history is not None and qmf:
+        for m, per in terms.unimodal_per_sample.items():
+            history[m][idx] = 0.9 * history[m][idx] + 0.1 * per.float()
+    return terms
 
 
 #: Audio front-end settings per ``model.frontend`` (see ``LogMelPrep``).
@@ -180,6 +236,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
+    if tc.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f'train.precision = "bf16" needs a CUDA device; train.device = '
+                          f'{tc.device!r} runs on {device}. Use "fp32" there.')
+    sync = sync_each_step(tc.host_sync, device)
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
@@ -224,8 +284,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
 
     val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
     spec = mcfg.spec
-    history_loss = {m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
-                    for m in data.modalities}
+    history_loss: dict[str, Any] | None = {
+        m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
+        for m in data.modalities}
+    if not sync:  # kept on the device, and only where QMF reads it
+        history_loss = ({m: torch.from_numpy(h).to(device) for m, h in history_loss.items()}
+                        if spec.fusion == "qmf" else None)
     meta = {"preset": data.preset.name, "build_seed": cfg.data.build_seed, "seed": tc.seed,
             "config": json.loads(cfg.model_dump_json())}
 
@@ -240,6 +304,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         order = rng.permutation(len(train_split))[: tc.samples_per_epoch or None]
         n_batches = len(order) // tc.batch_size  # drop the ragged tail in training only
         sums: dict[str, float] = {}
+        dev_sums: dict[str, torch.Tensor] = {}  # the same sums kept on the device (not sync)
         bar = tqdm(range(n_batches), desc=f"{mcfg.method} ep {epoch + 1}/{tc.epochs}",
                    disable=not progress, leave=False)
         for bi in bar:
@@ -247,20 +312,18 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             lv = (draw_training_levels(len(rows), data.modalities, rng, tc.clean_fraction)
                   if noisy else {m: np.ones(len(rows), dtype=np.int64) for m in data.modalities})
             batch = make_batch(train_split, rows, lv, rng, kinds, natural=train_nat)
-            inputs, present, levels, y = to_torch(batch, device)
-            out = model(inputs, present, levels, quality_on=quality_on)
-            hist = ({m: torch.from_numpy(history_loss[m][rows]).to(device) for m in history_loss}
-                    if spec.fusion == "qmf" else None)
-            terms = compute_loss(model, out, y, levels, hist)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            for m, per in terms.unimodal_per_sample.items():
-                history_loss[m][rows] = 0.9 * history_loss[m][rows] + 0.1 * per.cpu().numpy()
-            for k, v in terms.parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
+            terms = train_step(model, opt, batch, device, quality_on, tc.grad_clip, history_loss,
+                               sync, tc.precision == "bf16")
+            if sync:
+                for k, v in terms.parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
+                continue
+            for k, t in terms.part_tensors.items():
+                dev_sums[k] = dev_sums[k] + t.float() if k in dev_sums else t.float()
+            if (bi + 1) % tc.log_interval == 0:  # one host read per interval
+                bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
+        sums.update({k: float(v) for k, v in dev_sums.items()})
         score = _score(model, val_batches, device)
         row = {"epoch": epoch, "val_acc": score, "lr": lr,
                **{k: v / max(n_batches, 1) for k, v in sums.items()},
