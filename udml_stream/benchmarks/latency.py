@@ -10,6 +10,7 @@ so the table also gives the ratio of pipeline to bare transport latency.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ def _q(values: list[float]) -> dict[str, float]:
             "mean": float(a.mean()), "n": int(a.size)}
 
 
-def _launch(out: Path, scene_video: Path, scene_audio: Path, ckpt: Path, fusion: bool) -> Path:
+def _launch(out: Path, scene_video: Path, scene_audio: Path, ckpt: Path, fusion: bool,
+            threads: int = 1) -> Path:
     ep = {n: f"ipc://{out.resolve()}/{n}.sock" for n in ("camera", "mic", "fusion")}
     nodes: dict[str, dict[str, Any]] = {"camera": {
         "program": "camera", "source": scene_video.resolve(), "loop": True,
@@ -41,9 +43,9 @@ def _launch(out: Path, scene_video: Path, scene_audio: Path, ckpt: Path, fusion:
         nodes["mic"] = {"program": "microphone", "source": "file", "file": scene_audio.resolve(),
                         "loop": True, "endpoint": ep["mic"]}
         nodes["fusion"] = {"program": "fusion", "checkpoint": ckpt.resolve(), "device": "cpu",
-                           "threads": 1, "subscribe": [ep["camera"], ep["mic"]],
+                           "threads": threads, "subscribe": [ep["camera"], ep["mic"]],
                            "endpoint": ep["fusion"]}
-    path = out / ("pipeline.toml" if fusion else "transport.toml")
+    path = out / (f"pipeline_t{threads}.toml" if fusion else "transport.toml")
     write_launch(path, nodes)
     return path
 
@@ -93,16 +95,45 @@ def _measure(path: Path, seconds: float, warmup_s: float, fusion: bool) -> dict[
     return out
 
 
+def _busy(stop: Any) -> None:
+    """A process that keeps one core busy (another program on the robot's computer)."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
 def run(ckpt: Path, data: Any, out_dir: Path, seconds: float = 20.0,
         warmup_s: float = 8.0) -> dict[str, Any]:
-    """Measure the baseline (transport only) and the full pipeline; return both."""
+    """Measure the baseline (transport only) and the full pipeline; then the pipeline with the
+    fusion node on one torch thread (the launch default) and on torch's default (every core),
+    each on the idle machine and next to a process that keeps one core busy."""
+    import multiprocessing as mp
+
     out_dir.mkdir(parents=True, exist_ok=True)
     scene = build_scene(data, out_dir, SceneSpec(plan=(("clean", 20),)))
     base = _measure(_launch(out_dir, scene.video, scene.audio, ckpt, False), seconds, 3.0, False)
-    full = _measure(_launch(out_dir, scene.video, scene.audio, ckpt, True), seconds, warmup_s, True)
-    return {"baseline_transport_only": base, "pipeline": full,
+    threads: dict[str, dict[str, Any]] = {}
+    for load in ("idle", "one core busy"):
+        for t in (1, 0):
+            ctx = mp.get_context("spawn")
+            stop = ctx.Event()
+            hog = ctx.Process(target=_busy, args=(stop,), daemon=True) if load != "idle" else None
+            if hog is not None:
+                hog.start()
+            try:
+                threads.setdefault(str(t), {})[load] = _measure(
+                    _launch(out_dir, scene.video, scene.audio, ckpt, True, t), seconds,
+                    warmup_s, True)
+            finally:
+                if hog is not None:
+                    stop.set()
+                    hog.join(10)
+    return {"baseline_transport_only": base, "pipeline": threads["1"]["idle"],
+            "fusion_threads": threads,
             "setup": {"camera": "640x480 bgr8 @ 30 fps (video file)", "audio": "16 kHz, 20 ms chunks",
                       "device": "cpu", "fusion_threads": 1, "seconds": seconds,
+                      "cpus": len(os.sched_getaffinity(0)),
                       "machine": platform.machine(), "python": platform.python_version()}}
 
 
@@ -126,4 +157,21 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
         f"{p.get('frames_published')}, fused: {p.get('frames_fused')}, not fused: "
         f"{p.get('frames_not_fused')}. Fusion node counters: {json.dumps(p.get('fusion_counters'))}.",
         f"Setup: {json.dumps(res['setup'])}",
+        *_threads_table(res),
     ])
+
+
+def _threads_table(res: dict[str, Any]) -> list[str]:
+    """The fusion node's torch threads: the launch default (1) against torch's (every core)."""
+    th = res.get("fusion_threads")
+    if not th:
+        return []
+    rows = ["", "### Fusion node threads (capture → fused result, same run)", "",
+            "| torch threads | machine | p50 ms | p99 ms | frames not fused |",
+            "| --- | --- | --- | --- | --- |"]
+    for t, loads in th.items():
+        for load, r in loads.items():
+            q = r["end_to_end_ms"]
+            rows.append(f"| {t if t != '0' else '0 (torch default: every core)'} | {load} | "
+                        f"{q['p50']:.2f} | {q['p99']:.2f} | {r.get('frames_not_fused')} |")
+    return rows
