@@ -174,6 +174,24 @@ def eval_field(
         typer.echo(f"{'✓' if ok else '✗'} {goal}: {measured}")
 
 
+@app.command("eval-unseen")
+def eval_unseen(
+    checkpoint: Path,
+    cache_dir: CacheOpt = Path("data_cache"),
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Write OUT.json and OUT.md (e.g. docs/results/unseen)")] = None,
+    limit: Annotated[int, typer.Option(help="Score only the first N test samples (0 = all)")] = 0,
+) -> None:
+    """CHECKPOINT on degradations it was never trained on (JPEG, a tilted camera, a torn frame,
+    reverberation, a wrong sample rate, another talker, ...): every test sample degraded in one
+    stream, fused against dropping that stream, and whether σ̂ rises."""
+    from udml_stream_apps.training import probe_unseen
+
+    command = "udml eval-unseen " + " ".join(sys.argv[2:])
+    typer.echo(_run(probe_unseen.main, checkpoint, cache_dir, out, command, seed, limit))
+
+
 @app.command("benchmark-field")
 def benchmark_field(
     methods: Annotated[str, typer.Option(help="Comma-separated; default all")] = "",

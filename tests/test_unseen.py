@@ -1,0 +1,134 @@
+"""The held-out degradations: deterministic, shape-keeping, really degrading, really unseen."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from udml_stream import corrupt
+from udml_stream.errors import UdmlError
+from udml_stream.evaluate import unseen
+
+LABELS = np.array([0, 1, 2, 3, 1])
+
+
+def _images() -> np.ndarray:
+    """Five 28×28 digit-like frames: a bright stroke figure on a dim background, as exposed."""
+    out = np.full((len(LABELS), 28, 28), 20.0, np.float32)
+    for i, lab in enumerate(LABELS):
+        img = out[i]
+        cv2.circle(img, (14, 14), 6 + int(lab), 230.0, 2)
+        cv2.line(img, (8 + 3 * int(lab), 4), (20 - 2 * int(lab), 24), 200.0, 2)
+    return out + np.random.default_rng(1).normal(0.0, 2.0, out.shape).astype(np.float32)
+
+
+def _waves() -> np.ndarray:
+    """Five 1 s speech-like windows at −26 dBFS peak: voiced bursts over a −70 dBFS floor."""
+    rng = np.random.default_rng(2)
+    t = np.arange(16000) / 16000
+    out = np.empty((len(LABELS), 16000), np.float32)
+    for i, lab in enumerate(LABELS):
+        f0 = 110.0 + 20.0 * lab
+        voiced = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12))
+        env = np.exp(-0.5 * ((t - 0.5) / 0.15) ** 2)
+        x = voiced * env
+        out[i] = 0.05 * x / np.abs(x).max() + 10 ** (-70 / 20) * rng.standard_normal(16000)
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, np.ndarray]:
+    return {"image": _images(), "audio": _waves()}
+
+
+def test_the_set_is_held_out_and_large_enough() -> None:
+    for m in ("image", "audio"):
+        names = [d.name for d in unseen.degradations(m)]
+        assert len(names) >= 6 and len(set(names)) == len(names)
+        assert not set(names) & set(corrupt.FAMILIES[m])
+
+
+@pytest.mark.parametrize("deg", unseen.DEGRADATIONS, ids=lambda d: f"{d.modality}/{d.name}")
+def test_deterministic_shape_keeping_and_the_top_severity_degrades(
+        deg: unseen.Degradation, inputs: dict[str, np.ndarray]) -> None:
+    x = inputs[deg.modality]
+    before = x.copy()
+    for s in deg.severities:
+        a = unseen.apply(deg, x, s, np.random.default_rng(7), labels=LABELS)
+        b = unseen.apply(deg, x, s, np.random.default_rng(7), labels=LABELS)
+        np.testing.assert_array_equal(a, b)  # NaN in the same places compare equal
+        assert a.shape == x.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(x, before)  # the input is never modified
+    top = unseen.apply(deg, x, deg.severities[-1], np.random.default_rng(7), labels=LABELS)
+    new_nan = float(np.mean(np.isnan(top) & ~np.isnan(x)))
+    diff = np.nan_to_num(top) - np.nan_to_num(x)
+    if deg.modality == "image":
+        assert new_nan == 0.0 and np.all(np.isfinite(top))
+        assert np.abs(diff).mean() > 10.0, np.abs(diff).mean()  # pixel units 0..255
+    else:
+        rel = float(np.sum(diff.astype(np.float64) ** 2) / np.sum(x.astype(np.float64) ** 2))
+        assert rel > 0.1 or new_nan > 0.2, (rel, new_nan)
+
+
+def test_donor_content_comes_from_another_digit(inputs: dict[str, np.ndarray]) -> None:
+    frames = inputs["image"]
+    stale = unseen.apply(unseen.get("image", "stale_frame"), frames, 5, np.random.default_rng(0),
+                         labels=LABELS)
+    for i, out in enumerate(stale):
+        src = [j for j in range(len(LABELS)) if np.array_equal(out, frames[j])]
+        assert src and all(LABELS[j] != LABELS[i] for j in src)
+    waves = inputs["audio"]
+    swap = unseen.apply(unseen.get("audio", "talker_swap"), waves, 5, np.random.default_rng(0),
+                        labels=LABELS)
+    for i, out in enumerate(swap):
+        src = [j for j in range(len(LABELS)) if np.array_equal(out, waves[j])]
+        assert src and all(LABELS[j] != LABELS[i] for j in src)
+
+
+def test_audio_keeps_missing_samples_missing(inputs: dict[str, np.ndarray]) -> None:
+    x = inputs["audio"].copy()
+    x[:, 4000:4800] = np.nan
+    for deg in unseen.degradations("audio"):
+        out = unseen.apply(deg, x, deg.severities[0], np.random.default_rng(3), labels=LABELS)
+        if deg.name == "rate_mismatch":  # the gap moves with the time stretch, but stays
+            assert np.isnan(out).mean() > 0.03
+        else:
+            assert np.isnan(out[:, 4000:4800]).all(), deg.name
+        if deg.name != "packet_loss":  # which adds missing packets of its own anywhere
+            assert np.isfinite(out[:, :3000]).all(), deg.name
+
+
+def test_severity_outside_the_range_is_refused(inputs: dict[str, np.ndarray]) -> None:
+    deg = unseen.get("image", "jpeg")
+    with pytest.raises(UdmlError, match="severity"):
+        unseen.apply(deg, inputs["image"], 0, np.random.default_rng(0))
+    with pytest.raises(UdmlError, match="unknown held-out"):
+        unseen.get("image", "gaussian")
+
+
+def test_summary_and_report_name_the_broken_and_the_fooled() -> None:
+    def row(fused: float, alone: float, above: float) -> dict:
+        return {"param": "p", "fused": fused, "alone": alone, "share": 0.5, "present": 1.0,
+                "vs_dropped": fused - 0.97, "sigma_hat": 3.0, "above_clean": above}
+
+    result = {"checkpoint": "ck", "n_test": 3, "seed": 0, "clean": 0.99, "modalities": {
+        "image": {"dropped": 0.97, "alone_clean": 0.96, "share_clean": 0.6,
+                  "sigma_hat_clean": 2.7, "degradations": {
+                      "rotate": {"cause": "tilt", "severities": {"1": row(0.98, 0.9, 0.95),
+                                                                  "2": row(0.80, 0.3, 0.6)},
+                                 "worst_vs_dropped": -0.17, "worst_severity": 2,
+                                 "breaks_promise": True, "min_above_clean_when_hurt": 0.6,
+                                 "sigma_fooled_at": ["2"]},
+                      "jpeg": {"cause": "blocks", "severities": {"1": row(0.99, 0.9, 0.95),
+                                                                  "2": row(0.98, 0.5, 0.99)},
+                               "worst_vs_dropped": 0.01, "worst_severity": 2,
+                               "breaks_promise": False, "min_above_clean_when_hurt": 0.99,
+                               "sigma_fooled_at": []}}}}}
+    result["summary"] = unseen.summary(result)
+    s = result["summary"]
+    assert s["worst"] == "image/rotate" and [b["degradation"] for b in s["breaks_promise"]] == [
+        "image/rotate"]
+    assert list(s["sigma_fooled"]) == ["image/rotate"]
+    md = unseen.render_markdown(result, "udml eval-unseen ck")
+    assert "image/rotate S2 -17.0 pt" in md and "| jpeg | +1.0 |" in md
