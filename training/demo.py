@@ -105,4 +105,6 @@ def main(checkpoint: Path, cache_dir: Path, out_dir: Path, pulse: bool | None,
                   else f"{node} stream never came back after its kill")
     if record is not None:
         con.print(f"recorded to {record}; evaluate it offline with `udml log eval {record}`")
+        if facts.get("viewer_log"):
+            con.print(f"for Foxglove: {facts['viewer_log']} (layout: configs/foxglove_layout.json)")
     return 0

@@ -174,6 +174,39 @@ def eval_field(
         typer.echo(f"{'✓' if ok else '✗'} {goal}: {measured}")
 
 
+@app.command()
+def view(
+    endpoints: Annotated[list[str], typer.Argument(
+        help="Endpoints of the camera, microphone and fusion nodes")],
+    host: Annotated[str, typer.Option(
+        help="Address to serve on (loopback by default: the stream is not encrypted)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="WebSocket port (0 = any free port)")] = 8765,
+    image: Annotated[str, typer.Option(
+        help="jpeg (foxglove.CompressedImage) or raw (foxglove.RawImage)")] = "jpeg",
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality 0..100")] = 75,
+    max_fps: Annotated[float, typer.Option(
+        help="At most this many frames/s per camera (0 = all)")] = 0.0,
+    topic: Annotated[list[str], typer.Option(help="Topic name or pattern (repeatable)")] = ["*"],  # noqa: B006
+    exclude: Annotated[list[str], typer.Option(help="Pattern to leave out")] = ["hb.*"],  # noqa: B006
+    duration: Annotated[float, typer.Option(
+        help="Stop after this many seconds (0 = on Ctrl-C)")] = 0.0,
+) -> None:
+    """Serve the live streams to Foxglove over WebSocket: camera, audio level, σ̂, weights,
+    prediction (docs/view.md; layout in configs/foxglove_layout.json)."""
+    import math
+
+    from udml_stream.view.server import ViewConfig, serve
+
+    if not math.isfinite(duration) or duration < 0:
+        _fail(f"--duration {duration}; expected a number ≥ 0 (0 = until Ctrl-C)")
+    cfg = ViewConfig(endpoints, host=host, port=port, topics=topic, exclude=exclude, image=image,
+                     jpeg_quality=jpeg_quality, max_fps=max_fps)
+    st = _run(serve, cfg, duration)
+    typer.echo(f"sent {st.sent}; {st.decode_errors} malformed dropped, {st.dropped_stale} stale "
+               "frames dropped")
+
+
 @app.command("eval-unseen")
 def eval_unseen(
     checkpoint: Path,
@@ -368,7 +401,7 @@ def hz(
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(
-        help="latency, logs, train-step, frontends, flood, fuzz, attacks, fleet or gpu")
+        help="latency, logs, train-step, frontends, flood, fuzz, attacks, fleet, gpu or view")
     ] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
@@ -409,7 +442,7 @@ def bench(
     ``fleet``: the most robots at 30 fps one batched fusion process sustains against one process
     per robot (``--seconds`` measured per trial); ``gpu``: batch-1 latency eager vs CUDA graph,
     robots per GPU, paper-size training speed and bf16 accuracy (needs a CUDA device; see
-    ``scripts/gpu-check``)."""
+    ``scripts/gpu-check``); ``view``: the Foxglove view's CPU next to the recorder's."""
     from udml_stream_apps.training import (
         bench_attacks,
         bench_flood,
@@ -432,6 +465,10 @@ def bench(
         from udml_stream_apps.training import bench_fleet
 
         typer.echo(_run(bench_fleet.main, checkpoint, seconds, out, cmd))
+    elif what == "view":
+        from udml_stream_apps.training import bench_view
+
+        typer.echo(_run(bench_view.main, out, cmd, seconds))
     elif what == "gpu":
         from udml_stream_apps.training import bench_gpu
 
@@ -461,7 +498,7 @@ def bench(
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
                                  "'train-step', 'frontends', 'flood', 'fuzz', 'attacks', "
-                                 "'fleet' or 'gpu'")
+                                 "'fleet', 'gpu' or 'view'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")
@@ -628,16 +665,29 @@ def log_convert(
 def log_export(
     path: Path,
     output: Annotated[Path, typer.Option("-o", "--output")],
-    format_: Annotated[str, typer.Option("--format", help="ros2")] = "ros2",
+    format_: Annotated[str, typer.Option("--format", help="ros2 or foxglove")] = "ros2",
     storage: Annotated[str, typer.Option(help="ros2: mcap or sqlite3")] = "mcap",
+    image: Annotated[str, typer.Option(help="foxglove: jpeg or raw camera frames")] = "jpeg",
 ) -> None:
-    """Write a log as a ROS 2 bag: camera, audio, fusion results, labels."""
+    """Write a log as a ROS 2 bag (camera, audio, fusion results, labels), or with
+    ``--format foxglove`` as an MCAP copy with Foxglove viewer channels added."""
     from udml_stream.logs import ros2
 
-    if format_ != "ros2":
-        _fail(f"--format {format_!r}; expected ros2")
+    if format_ not in ("ros2", "foxglove"):
+        _fail(f"--format {format_!r}; expected ros2 or foxglove")
     if not path.is_file():
         _run(_missing_log, path)
+    if format_ == "foxglove":
+        from udml_stream.logs.foxglove import ViewOptions
+        from udml_stream.view import export_foxglove
+
+        frep = _run(lambda: export_foxglove(path, output, ViewOptions(image=image)))
+        for topic, n in sorted(frep.written.items()):
+            typer.echo(f"  {topic:20s} {n:7d} msgs")
+        for what, n in sorted(frep.skipped.items()):
+            typer.echo(f"  left out {n}: {what}")
+        typer.echo(f"wrote {frep.output} ({frep.copied} original records kept)")
+        return
     rep = _run(lambda: ros2.export(path, output, storage=storage))
     for topic, n in sorted(rep.written.items()):
         typer.echo(f"  {topic:20s} {n:7d} msgs")

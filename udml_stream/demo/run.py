@@ -269,10 +269,19 @@ def run_demo(checkpoint: Path, data: AVDigits, out_dir: Path, pulse: bool | None
         if recorder is not None and rec_thread is not None:
             recorder.stop()
             rec_thread.join(30)
+    viewer = None
+    if record is not None and record.is_file():
+        # A copy with Foxglove's viewer channels (camera as JPEG, audio level, weights, σ̂):
+        # open it in Foxglove with configs/foxglove_layout.json. The recording itself stays
+        # the exact wire frames.
+        from udml_stream.view import export_foxglove
+
+        viewer = export_foxglove(record, record.with_suffix(".foxglove.mcap")).output
     scores = score_results(scene.segments, monitor.results, start_mono_ns, 1.0)
     facts = {"audio_path": "pulseaudio null sink" if use_pulse else "wav file source",
              "results": len(monitor.results), "events": events, "exit_codes": codes,
              "duration_s": scene.duration_s, "log": str(record) if record else None,
+             "viewer_log": str(viewer) if viewer else None,
              # Whether the restart delay lets each stream come back within its condition.
              "back_at": recovery_times(monitor.results, start_mono_ns, kills)}
     return scores, facts
