@@ -36,7 +36,8 @@ def run(name: str, spec: FusionNode) -> int:
         slop_ns=int(spec.slop_ms * 1e6), camera_deadline_ns=int(spec.camera_deadline_ms * 1e6),
         audio_deadline_ns=int(spec.audio_deadline_ms * 1e6), fallback_hz=spec.fallback_hz,
     ), camera=image_stream, audio=audio_stream, stream=spec.stream, robots=spec.robots,
-        max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6))
+        max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6),
+        freeze_ns=int(spec.freeze_ms * 1e6))
     # One line per reason every few seconds, however fast bad messages come; the filter on the
     # transport's logger also tallies its decode errors by reason for the heartbeat.
     limiter = RateLimitFilter()

@@ -387,3 +387,37 @@ heartbeat_s = 0.2
     rejected_lines = [ln for ln in err.splitlines() if "rejected a message" in ln]
     assert rejected_lines and len(rejected_lines) <= 3 * len(EDGE_REASONS), rejected_lines
 
+
+
+def test_a_frozen_camera_is_rejected_until_its_picture_changes() -> None:
+    rng = np.random.default_rng(3)
+    still = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    edge = Edge("camera", "mic", 16000, freeze_ns=300 * MS)
+    kept = [edge.admit(frame(i, T0 + i * 33 * MS, still)) is not None for i in range(20)]
+    # Unchanged for 300 ms by capture time: frames 0..9 (0..297 ms) pass, the rest are frozen.
+    assert kept == [True] * 10 + [False] * 10
+    assert edge.rejected["frozen_frame"] == 10
+    moved = still.copy()
+    moved[::16, ::16] ^= 1  # a real sensor's noise: every sampled pixel changes
+    assert edge.admit(frame(20, T0 + 20 * 33 * MS, moved)) is not None
+    # Off by default: a synthetic source repeating its frames is served.
+    plain = Edge("camera", "mic", 16000)
+    assert all(plain.admit(frame(i, T0 + i * 33 * MS, still)) is not None for i in range(20))
+
+
+def test_a_frozen_camera_goes_absent_and_audio_carries_on(runner: FusionRunner) -> None:
+    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
+                                              window_samples=runner.window_samples),
+                        freeze_ns=300 * MS)
+    still = np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    results = []
+    for i in range(150):  # 3 s: audio every 20 ms, the same frame every 40 ms
+        now = T0 + i * 20 * MS
+        svc.add(audio(i), now)
+        if i % 2 == 0:
+            svc.add(frame(i // 2, now, still), now)
+        results += svc.results(now)
+    late = [r for r in results if r.capture_ns > T0 + 2_000 * MS]
+    assert late and all(r.present.get("image") is False or "camera" not in r.source_seq
+                        for r in late)
+    assert svc.counters(T0 + 3 * 10**9)["rejected.frozen_frame"] > 0

@@ -47,10 +47,11 @@ class FusionService:
 
     def __init__(self, runner: FusionRunner, pairing: PairingConfig, camera: str = "camera",
                  audio: str = "mic", stream: str = "fused", robots: Sequence[str] = (),
-                 max_batch: int = 64, batch_wait_ns: int = 0) -> None:
+                 max_batch: int = 64, batch_wait_ns: int = 0, freeze_ns: int = 0) -> None:
         """``robots``: names of the robots served (streams ``<robot>/<camera>`` …); empty for
         one robot whose streams are ``camera`` and ``audio`` as given. ``max_batch`` caps one
-        forward pass; ``batch_wait_ns`` is how long a due sample may wait for batch mates."""
+        forward pass; ``batch_wait_ns`` is how long a due sample may wait for batch mates;
+        ``freeze_ns`` > 0 turns on the frozen-camera check (``sync.edge.Edge``)."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
@@ -60,7 +61,7 @@ class FusionService:
         for r in robots or [""]:
             cam, mic = namespaced(r, camera), namespaced(r, audio)
             self.lanes[r] = Lane(r, cam, mic, namespaced(r, stream),
-                                 Edge(cam, mic, runner.sample_rate),
+                                 Edge(cam, mic, runner.sample_rate, freeze_ns),
                                  Pairer(pairing, camera=cam, audio=mic))
         self._by_topic = {t: lane for lane in self.lanes.values() for t in (lane.camera,
                                                                             lane.audio)}

@@ -42,6 +42,8 @@ EDGE_REASONS: dict[str, str] = {
     "sample_rate": f"audio rate whose ratio to the model rate has a term above {MAX_RATIO_TERM}",
     "duplicate_seq": "seq equal to the stream's last one, capture time not later",
     "reordered_seq": "seq below the stream's last one, capture time not later (out of order)",
+    "frozen_frame": "camera frame identical to the ones before it for longer than freeze_ns "
+                    "(a hung driver or frame buffer repeating itself; opt-in)",
 }
 
 #: Input served in a degraded or converted form: counter name → meaning.
@@ -67,13 +69,25 @@ class _StreamState:
     seq: int = -1
     capture_ns: int = -1
     resampler: StreamResampler | None = None
+    look: bytes = b""  # a sparse sample of the last frame's pixels (freeze detection)
+    look_since_ns: int = -1  # capture time of the first frame that looked like this
+
+
+#: Pixel stride of the freeze detector's sample: 1/256 of a frame, ~3.6 kB of a 640×480 BGR one.
+#: A real sensor's noise changes every pixel from frame to frame; a hung one repeats them all.
+FREEZE_STRIDE = 16
 
 
 class Edge:
     """Admission of decoded messages for one fusion node (one camera and one audio stream)."""
 
-    def __init__(self, camera: str, audio: str, sample_rate: int) -> None:
+    def __init__(self, camera: str, audio: str, sample_rate: int, freeze_ns: int = 0) -> None:
+        """``freeze_ns`` > 0: a camera whose frames stay identical for longer than this (by
+        capture time) is frozen; its frames are rejected until the picture changes, so the
+        camera goes absent at its deadline. Off (0) by default: a synthetic source (a video
+        file of still images) repeats frames without being broken."""
         self.camera, self.audio, self.sample_rate = camera, audio, sample_rate
+        self.freeze_ns = freeze_ns
         self.rejected: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()  # stream → messages missing between admitted seqs
         self.degraded: Counter[str] = Counter()
@@ -131,12 +145,24 @@ class Edge:
         if img.shape[0] == 0 or img.shape[1] == 0:
             raise Rejected("empty_frame", f"{topic} frame of shape {list(img.shape)}")
         self._sequence(st, msg)
+        if self.freeze_ns > 0:
+            self._freeze(st, img, msg)
         if msg.encoding == "mono8" and img.ndim == 3:
             return replace(msg, image=img[:, :, 0])
         if msg.encoding == "rgb8":
             # The model's grey conversion weighs channels as B, G, R.
             return replace(msg, image=np.ascontiguousarray(img[:, :, ::-1]), encoding="bgr8")
         return msg
+
+    def _freeze(self, st: _StreamState, img: np.ndarray, msg: CameraFrame) -> None:
+        """Reject the frame when the picture has not changed for longer than ``freeze_ns``."""
+        look = np.ascontiguousarray(img[::FREEZE_STRIDE, ::FREEZE_STRIDE]).tobytes()
+        if look != st.look or st.look_since_ns < 0 or msg.capture_ns < st.look_since_ns:
+            st.look, st.look_since_ns = look, msg.capture_ns
+            return
+        if msg.capture_ns - st.look_since_ns > self.freeze_ns:
+            raise Rejected("frozen_frame", f"{msg.stream} unchanged for "
+                           f"{(msg.capture_ns - st.look_since_ns) / 1e6:.0f} ms")
 
     def _audio(self, msg: Message, topic: str) -> AudioChunk | None:
         st = self._check(msg, topic, AudioChunk)
