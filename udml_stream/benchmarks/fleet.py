@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from udml_stream.benchmarks import serving
 from udml_stream.launch.config import write_launch
 from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat
 from udml_stream.transport import Publisher, Subscriber
@@ -258,10 +259,8 @@ def write(res: dict[str, Any], out: Path, command: str) -> str:
     return md
 
 
+
 def update_serving(path: Path, res: dict[str, Any]) -> None:
-    """Merge the fleet figures into the serving summary (``docs/results/serving.json``), which
-    other serving benchmarks (transport, GPU) also write their keys into."""
-    cur = json.loads(path.read_text()) if path.exists() else {}
-    cur.update({k: res[k] for k in ("robots_30fps_cpu", "robots_30fps_cpu_processes",
-                                    "batched_vs_processes")})
-    path.write_text(json.dumps(cur, indent=1, sort_keys=True))
+    """Merge the fleet figures into the serving summary (``docs/results/serving.json``)."""
+    serving.merge(path, {k: res[k] for k in ("robots_30fps_cpu", "robots_30fps_cpu_processes",
+                                             "batched_vs_processes")})

@@ -401,7 +401,8 @@ def hz(
 @app.command()
 def bench(
     what: Annotated[str, typer.Argument(
-        help="latency, logs, train-step, frontends, flood, fuzz, attacks, fleet, gpu or view")
+        help="latency, logs, train-step, frontends, flood, fuzz, attacks, fleet, gpu, view or "
+             "transport")
     ] = "latency",
     checkpoint: Path = Path("checkpoints/default"),
     cache_dir: CacheOpt = Path("data_cache"),
@@ -442,7 +443,9 @@ def bench(
     ``fleet``: the most robots at 30 fps one batched fusion process sustains against one process
     per robot (``--seconds`` measured per trial); ``gpu``: batch-1 latency eager vs CUDA graph,
     robots per GPU, paper-size training speed and bf16 accuracy (needs a CUDA device; see
-    ``scripts/gpu-check``); ``view``: the Foxglove view's CPU next to the recorder's."""
+    ``scripts/gpu-check``); ``view``: the Foxglove view's CPU next to the recorder's;
+    ``transport``: publish → receive p50/p99 of Publisher/Subscriber against raw pyzmq, ipc
+    and tcp, 921,600 B and 3,200 B."""
     from udml_stream_apps.training import (
         bench_attacks,
         bench_flood,
@@ -465,6 +468,10 @@ def bench(
         from udml_stream_apps.training import bench_fleet
 
         typer.echo(_run(bench_fleet.main, checkpoint, seconds, out, cmd))
+    elif what == "transport":
+        from udml_stream_apps.training import bench_transport
+
+        typer.echo(_run(bench_transport.main, out, cmd))
     elif what == "view":
         from udml_stream_apps.training import bench_view
 
@@ -498,7 +505,7 @@ def bench(
     else:
         raise typer.BadParameter(f"unknown benchmark {what!r}; expected 'latency', 'logs', "
                                  "'train-step', 'frontends', 'flood', 'fuzz', 'attacks', "
-                                 "'fleet', 'gpu' or 'view'")
+                                 "'fleet', 'gpu', 'view' or 'transport'")
 
 
 log_app = typer.Typer(no_args_is_help=True, help="Inspect and repair MCAP sensor logs.")

@@ -11,6 +11,7 @@ numbers lie in ``[0, 2**63)``; any violation raises ``DecodeError`` with a named
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -151,36 +152,63 @@ _ENCODINGS = {"bgr8": 3, "rgb8": 3, "mono8": 1}
 # ---- encoding ------------------------------------------------------------------------------
 
 
-def _payload_frame(arr: np.ndarray) -> tuple[dict[str, Any], Any]:
-    name = next((n for n, dt in DTYPES.items() if dt == arr.dtype.newbyteorder("<")
-                 or dt == arr.dtype), None)
-    if name is None:
-        raise UdmlError(f"payload dtype {arr.dtype} is not allowed; use one of {sorted(DTYPES)}")
-    arr = np.ascontiguousarray(arr, dtype=DTYPES[name])
-    meta = {"dtype": name, "shape": list(arr.shape)}
+#: Allowed dtypes by value (native little-endian spellings hash alike): one dict lookup per payload.
+_DTYPE_NAMES = {dt: name for name, dt in DTYPES.items()}
+
+
+def _payload_frame(arr: np.ndarray) -> tuple[str, list[int], Any]:
+    name = _DTYPE_NAMES.get(arr.dtype)
+    if name is None:  # a byte-swapped spelling of an allowed dtype is converted to little-endian
+        name = next((n for n, dt in DTYPES.items() if dt == arr.dtype.newbyteorder("<")), None)
+        if name is None:
+            raise UdmlError(f"payload dtype {arr.dtype} is not allowed; use one of "
+                            f"{sorted(DTYPES)}")
+        arr = np.ascontiguousarray(arr, dtype=DTYPES[name])
+    elif not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
     # Large payloads travel as the array's own buffer (pyzmq sends it without copying).
-    return meta, (arr if arr.nbytes >= ZERO_COPY_MIN_BYTES else arr.tobytes())
+    return name, list(arr.shape), (arr if arr.nbytes >= ZERO_COPY_MIN_BYTES else arr.tobytes())
+
+
+_packer = threading.local()
+
+
+def _pack(header: dict[str, Any]) -> bytes:
+    """``msgpack.packb(header, use_bin_type=True)`` with one reused packer per thread (packb
+    builds and frees a packer and its buffer on every call)."""
+    packer = getattr(_packer, "p", None)
+    if packer is None:
+        packer = _packer.p = msgpack.Packer(use_bin_type=True)
+    return packer.pack(header)
 
 
 def encode(msg: Message) -> list[Any]:
     """Multipart frames ``[topic, header, *payload]`` for ``msg`` (send with ``copy=False``
     for large payloads; small ones are already bytes)."""
-    header: dict[str, Any] = {
+    topic = (msg.topic or msg.stream).encode()
+    # Camera frames and audio chunks are built in one literal each (the per-message hot path);
+    # key order is the wire order, the same for every kind: common fields first.
+    if isinstance(msg, CameraFrame):
+        dtype, shape, frame = _payload_frame(msg.image)
+        header: dict[str, Any] = {
+            "v": FORMAT_VERSION, "kind": msg.kind, "stream": msg.stream, "seq": int(msg.seq),
+            "t_capture_ns": int(msg.capture_ns), "t_publish_ns": int(msg.publish_ns),
+            "clock": msg.clock, "dtype": dtype, "shape": shape, "encoding": msg.encoding}
+        return [topic, _pack(header), frame]
+    if isinstance(msg, AudioChunk):
+        dtype, shape, frame = _payload_frame(msg.samples)
+        header = {
+            "v": FORMAT_VERSION, "kind": msg.kind, "stream": msg.stream, "seq": int(msg.seq),
+            "t_capture_ns": int(msg.capture_ns), "t_publish_ns": int(msg.publish_ns),
+            "clock": msg.clock, "dtype": dtype, "shape": shape, "encoding": "pcm",
+            "sample_rate": int(msg.sample_rate), "n_samples": int(msg.samples.shape[0])}
+        return [topic, _pack(header), frame]
+    header = {
         "v": FORMAT_VERSION, "kind": msg.kind, "stream": msg.stream, "seq": int(msg.seq),
         "t_capture_ns": int(msg.capture_ns), "t_publish_ns": int(msg.publish_ns),
         "clock": msg.clock,
     }
-    payload: list[Any] = []
-    if isinstance(msg, CameraFrame):
-        meta, frame = _payload_frame(msg.image)
-        header.update(meta, encoding=msg.encoding)
-        payload.append(frame)
-    elif isinstance(msg, AudioChunk):
-        meta, frame = _payload_frame(msg.samples)
-        header.update(meta, encoding="pcm", sample_rate=int(msg.sample_rate),
-                      n_samples=int(msg.samples.shape[0]))
-        payload.append(frame)
-    elif isinstance(msg, FusionResult):
+    if isinstance(msg, FusionResult):
         header.update(
             probs=[float(p) for p in msg.probs], pred=int(msg.pred),
             class_names=list(msg.class_names),
@@ -197,8 +225,7 @@ def encode(msg: Message) -> list[Any]:
                       counters={k: int(v) for k, v in msg.counters.items()})
     elif isinstance(msg, Label):
         header.update(label=int(msg.label), name=msg.name)
-    topic = (msg.topic or msg.stream).encode()
-    return [topic, msgpack.packb(header, use_bin_type=True), *payload]
+    return [topic, _pack(header)]
 
 
 def encode_bytes(msg: Message) -> list[bytes]:
@@ -246,7 +273,25 @@ def _map(h: dict[str, Any], key: str, vtyp: type | tuple[type, ...], kind: str) 
     return val
 
 
-def _array(h: dict[str, Any], frames: list[Any], kind: str) -> np.ndarray:
+def _payload_view(buf: Any) -> memoryview:
+    return buf.buffer if hasattr(buf, "buffer") else memoryview(buf)
+
+
+def _to_array(view: memoryview, dt: np.dtype, shape: list[int], frame: Any,
+              zero_copy: bool) -> np.ndarray:
+    # A payload of ZERO_COPY_MIN_BYTES or more received as a zmq.Frame may stay in it: libzmq
+    # gives a message larger than its 8 KiB receive batch its own allocation, so the array pins
+    # exactly its bytes. Smaller ones share that batch buffer (holding them would pin it: the
+    # "zero-copy leak" of FIELD.md), and plain bytes would give a read-only array: both copy,
+    # into a bytearray (half the time of numpy's frombuffer + copy on a cold cache).
+    if not (zero_copy and view.nbytes >= ZERO_COPY_MIN_BYTES and hasattr(frame, "buffer")):
+        view = bytearray(view)  # type: ignore[assignment]
+    arr = np.frombuffer(view, dtype=dt)
+    return arr if len(shape) == 1 else arr.reshape(shape)
+
+
+def _array(h: dict[str, Any], frames: list[Any], kind: str, zero_copy: bool = False
+           ) -> np.ndarray:
     if len(frames) != 3:
         raise DecodeError("frames", f"{kind} needs exactly one payload frame, got "
                           f"{len(frames) - 2}")
@@ -265,36 +310,105 @@ def _array(h: dict[str, Any], frames: list[Any], kind: str) -> np.ndarray:
     if want > MAX_PAYLOAD_BYTES:
         raise DecodeError("too_large", f"{kind} shape {shape} needs {want} bytes; limit "
                           f"{MAX_PAYLOAD_BYTES}")
-    buf = frames[2]
-    view = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
+    view = _payload_view(frames[2])
     if view.nbytes != want:
         raise DecodeError("payload_size", f"{kind} payload has {view.nbytes} bytes; shape "
                           f"{shape} × {dtype_name} needs {want}")
-    # Copy out of the ZeroMQ frame: holding received zero-copy buffers leaks memory (FIELD.md).
-    return np.frombuffer(view, dtype=dt).reshape(shape).copy()
+    return _to_array(view, dt, shape, frames[2], zero_copy)
 
 
-def decode(frames: list[Any]) -> Message:
-    """Validate and decode multipart ``frames`` (bytes or ``zmq.Frame``); raises ``DecodeError``."""
+#: Header keys of camera frames and audio chunks in the order ``encode`` writes them.
+_CAMERA_KEYS = ("v", "kind", "stream", "seq", "t_capture_ns", "t_publish_ns", "clock", "dtype",
+                "shape", "encoding")
+_AUDIO_KEYS = (*_CAMERA_KEYS, "sample_rate", "n_samples")
+
+
+def _decode_fast(h: dict[str, Any], frames: list[Any], topic: str, zero_copy: bool
+                 ) -> Message | None:
+    """A camera frame or audio chunk whose header has exactly the keys ``encode`` writes, in
+    its order, each of exactly the right type and in range, decoded in one pass; None for
+    anything else, which the full validation then accepts or rejects with its reason. It
+    accepts a subset of what the full path accepts and builds the same message: every value is
+    type-checked (``type(x) is int`` also excludes bools), so no msgpack extension can hide in
+    the header either."""
+    keys = tuple(h)
+    if keys == _AUDIO_KEYS:
+        v, kind, stream, seq, t_cap, t_pub, clock, dtype_name, shape, enc, rate, n = h.values()
+    elif keys == _CAMERA_KEYS:
+        v, kind, stream, seq, t_cap, t_pub, clock, dtype_name, shape, enc = h.values()
+        rate = n = None
+    else:
+        return None
+    if not (type(v) is int and v == FORMAT_VERSION and type(clock) is str and clock in CLOCKS
+            and type(stream) is str and type(seq) is int and 0 <= seq < MAX_INT
+            and type(t_cap) is int and 0 <= t_cap < MAX_INT
+            and type(t_pub) is int and 0 <= t_pub < MAX_INT and type(enc) is str
+            and type(dtype_name) is str and dtype_name in DTYPES
+            and type(shape) is list and 1 <= len(shape) <= MAX_DIMS):
+        return None
+    dt = DTYPES[dtype_name]
+    want = dt.itemsize
+    for d in shape:
+        if type(d) is not int or not 0 <= d <= MAX_PAYLOAD_BYTES:
+            return None
+        want *= d
+    payload = frames[2]
+    view = payload.buffer if hasattr(payload, "buffer") else memoryview(payload)
+    if want > MAX_PAYLOAD_BYTES or view.nbytes != want:
+        return None
+    if kind == "audio_chunk" and rate is not None:
+        if not (type(rate) is int and 0 < rate <= 384_000 and type(n) is int and n == shape[0]
+                and len(shape) <= 2 and dtype_name != "uint8"):
+            return None
+        samples = _to_array(view, dt, shape, payload, zero_copy)
+        return AudioChunk(stream, seq, t_cap, t_pub, clock, topic, samples, rate)
+    if kind == "camera_frame" and rate is None:
+        ndim = len(shape)
+        if not (dtype_name == "uint8" and ndim in (2, 3) and enc in _ENCODINGS
+                and (1 if ndim == 2 else shape[-1]) == _ENCODINGS[enc]):
+            return None
+        image = _to_array(view, dt, shape, payload, zero_copy)
+        return CameraFrame(stream, seq, t_cap, t_pub, clock, topic, image, enc)
+    return None
+
+
+def decode(frames: list[Any], zero_copy: bool = False) -> Message:
+    """Validate and decode multipart ``frames`` (bytes or ``zmq.Frame``); raises ``DecodeError``.
+
+    Payload arrays are copies (writable, owning their memory), except with ``zero_copy``: then
+    a payload of at least ``ZERO_COPY_MIN_BYTES`` that arrived as a ``zmq.Frame`` is a writable
+    view of that frame, which the array keeps alive (no copy of a 900 kB camera frame). Only a
+    receiver whose frames come from the network may ask for it: over ``inproc://`` a frame can
+    share memory with the sender's array or another subscriber's."""
     if len(frames) < 2:
         raise DecodeError("frames", f"a message has at least 2 frames (topic, header), got "
                           f"{len(frames)}")
-    raw = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in frames[:2]]
-    topic_b, header_b = raw
+    # bytes and zmq.Frames are read in place (len, str and msgpack take any buffer; a frame's
+    # len is its size in bytes); anything else is turned into bytes first.
+    topic_b, header_b = frames[0], frames[1]
+    if type(topic_b) is not bytes and not hasattr(topic_b, "buffer"):
+        topic_b = bytes(topic_b)
+    if type(header_b) is not bytes and not hasattr(header_b, "buffer"):
+        header_b = bytes(header_b)
     if len(topic_b) > MAX_TOPIC_BYTES:
         raise DecodeError("too_large", f"topic is {len(topic_b)} bytes; limit {MAX_TOPIC_BYTES}")
     if len(header_b) > MAX_HEADER_BYTES:
         raise DecodeError("too_large", f"header is {len(header_b)} bytes; limit "
                           f"{MAX_HEADER_BYTES}")
     try:
-        topic = topic_b.decode()
-        h = msgpack.unpackb(header_b, raw=False, ext_hook=_ext_hook, strict_map_key=True)
+        topic = str(topic_b, "utf-8")
+        # msgpack ≥ 1.0 (a dependency pin) defaults to raw=False, strict_map_key=True.
+        h = msgpack.unpackb(header_b, ext_hook=_ext_hook)
     except DecodeError:
         raise
     except Exception as err:  # msgpack raises several unrelated types on garbage
         # Some of them carry no text; the type name keeps the log line informative.
         raise DecodeError("not_msgpack", f"header is not valid msgpack/UTF-8: "
                           f"{type(err).__name__} {err}".rstrip()) from None
+    if type(h) is dict and len(frames) == 3:
+        msg = _decode_fast(h, frames, topic, zero_copy)
+        if msg is not None:
+            return msg
     if not isinstance(h, dict):
         raise DecodeError("not_map", f"header must be a map, got {type(h).__name__}")
     _reject_timestamps(h)
@@ -321,7 +435,7 @@ def decode(frames: list[Any]) -> Message:
     if not 0 <= common["seq"] < MAX_INT:
         raise DecodeError("seq", f"{kind} seq = {common['seq']} is outside [0, 2**63)")
     if kind in ("camera_frame", "audio_chunk"):
-        arr = _array(h, frames, kind)
+        arr = _array(h, frames, kind, zero_copy)
         if kind == "camera_frame":
             enc = _get(h, "encoding", str, kind)
             channels = 1 if arr.ndim == 2 else arr.shape[-1]

@@ -6,6 +6,11 @@
   discards older frames itself, counting them as dropped.
 * Other topics (audio) are delivered in order, every message.
 * Malformed messages are counted per topic and dropped; sequence gaps are counted per stream.
+* Payloads of ``ZERO_COPY_MIN_BYTES`` (64 KiB) or more travel without a copy at both ends: the
+  sender hands ZeroMQ the array's buffer, and the decoded array is a writable view of its own
+  received frame (libzmq gives such a message its own allocation; never over ``inproc://``, where
+  a frame can share memory with the sender). Smaller payloads are copied (see the codec).
+* Receives block in libzmq with ``ZMQ_RCVTIMEO`` (no poll call first), as a bare ``recv`` does.
 * Inbound size is capped by ``ZMQ_MAXMSGSIZE`` (see ``transport.security``): a peer announcing a
   frame larger than its socket may receive is disconnected before anything is allocated.
 """
@@ -17,6 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 
 from udml_stream.messages import DecodeError, Message, decode, encode
@@ -73,8 +79,14 @@ class Publisher:
 
     def publish(self, msg: Message) -> None:
         """Stamp and send ``msg`` (never blocks: PUB drops at the high-water mark)."""
-        msg.publish_ns = now_ns(msg.clock)
-        self.sock.send_multipart(encode(msg), copy=False)
+        msg.publish_ns = time.monotonic_ns() if msg.clock == "monotonic" else time.time_ns()
+        frames = encode(msg)
+        send, last = self.sock.send, len(frames) - 1
+        for i, f in enumerate(frames):
+            # Payload arrays (≥ 64 kB, see the codec) go without a copy; bytes frames are small
+            # and copied straight into the message (pyzmq's zero-copy path would copy them too,
+            # after building a Frame).
+            send(f, 0 if i == last else zmq.SNDMORE, copy=not isinstance(f, np.ndarray))
         self.sent += 1
 
     def send_raw(self, frames: list[bytes]) -> None:
@@ -125,33 +137,57 @@ class Subscriber:
         self.latest_only = set(latest_only)
         self.stats: dict[str, StreamStats] = {}
         self.decode_errors: dict[str, int] = {}
-        self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
+        # Large payloads stay in their received frames (no copy) unless a frame may share memory
+        # with a sender's array or another subscriber's: only over inproc://.
+        self._zero_copy = not any(ep.startswith("inproc://") for ep in self.endpoints)
+        self._rcvtimeo = -1  # the socket's ZMQ_RCVTIMEO, set only when a call needs another
 
-    def _take(self) -> Message | None:
-        frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+    def _take(self, flags: int) -> Message | None:
+        """Receive one multipart message (``flags``: 0 waits up to ZMQ_RCVTIMEO, NOBLOCK not at
+        all; ``zmq.Again`` when none came) and decode it; None when it was malformed."""
+        # One recv per frame, reading ``more`` from the frame: recv_multipart asks the socket
+        # for RCVMORE through Python on every part.
+        recv = self.sock.recv
+        frame = recv(flags, copy=False)
+        frames = [frame]
+        while frame.more:
+            frame = recv(0, copy=False)
+            frames.append(frame)
         try:
-            msg = decode(frames)
+            msg = decode(frames, zero_copy=self._zero_copy)
         except DecodeError as err:
-            topic = bytes(frames[0].buffer)[:64].decode(errors="replace") if frames else "?"
+            topic = frames[0].bytes[:64].decode(errors="replace")
             self.decode_errors[topic] = self.decode_errors.get(topic, 0) + 1
             log.warning("dropped a malformed message on %r: %s", topic, err)
             return None
-        self.stats.setdefault(msg.stream, StreamStats()).update(msg.seq, now_ns(msg.clock))
+        st = self.stats.get(msg.stream)
+        if st is None:
+            st = self.stats[msg.stream] = StreamStats()
+        st.update(msg.seq, time.monotonic_ns() if msg.clock == "monotonic" else time.time_ns())
         return msg
+
+    def _wait_for(self, timeout_ms: int) -> None:
+        """Make the next blocking receive wait at most ``timeout_ms`` (negative: forever)."""
+        timeout_ms = max(int(timeout_ms), -1)
+        if timeout_ms != self._rcvtimeo:
+            self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._rcvtimeo = timeout_ms
 
     def receive(self, timeout_ms: int, max_messages: int = 1000) -> list[Message]:
         """Wait up to ``timeout_ms`` for traffic, then drain what is queued (at most
         ``max_messages``). Latest-only topics keep only their newest message."""
         out: list[Message] = []
-        if not self._poller.poll(timeout_ms):
-            return out
         newest: dict[str, int] = {}
+        # The first receive blocks in libzmq itself (as a bare recv does), not in a poll first.
+        if timeout_ms != self._rcvtimeo:
+            self._wait_for(timeout_ms)
+        flags = 0
         for _ in range(max_messages):
             try:
-                msg = self._take()
+                msg = self._take(flags)
             except zmq.Again:
                 break
+            flags = zmq.NOBLOCK
             if msg is None:
                 continue
             if msg.topic in self.latest_only:
@@ -165,17 +201,24 @@ class Subscriber:
 
     def recv_one(self, timeout_ms: int) -> Message | None:
         """The next valid message, or None when ``timeout_ms`` passes without one."""
-        deadline = time.monotonic() + timeout_ms / 1000
+        if timeout_ms < 0:
+            return None
+        # Kept lean: on an idle machine every call here runs on a cold cache (tens of µs per
+        # layer), and this is the path the transport benchmark holds to raw pyzmq.
+        start = time.monotonic()
+        if timeout_ms != self._rcvtimeo:
+            self._wait_for(timeout_ms)
         while True:
-            left = int((deadline - time.monotonic()) * 1000)
-            if left < 0 or not self._poller.poll(max(left, 0)):
-                return None
             try:
-                msg = self._take()
+                msg = self._take(0)
             except zmq.Again:
-                continue
+                return None
             if msg is not None:
                 return msg
+            left = timeout_ms - int((time.monotonic() - start) * 1000)  # a malformed one
+            if left < 0:
+                return None
+            self._wait_for(left)
 
     @property
     def total_decode_errors(self) -> int:
