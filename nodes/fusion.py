@@ -33,7 +33,8 @@ def run(name: str, spec: FusionNode) -> int:
     audio_stream = spec.streams.get("audio", "mic")
     service = FusionService(runner, PairingConfig(
         sample_rate=runner.sample_rate, window_samples=runner.window_samples,
-        slop_ns=int(spec.slop_ms * 1e6), camera_deadline_ns=int(spec.camera_deadline_ms * 1e6),
+        slop_ns=int(spec.slop_ms * 1e6), audio_lag_ns=int(spec.audio_lag_ms * 1e6),
+        camera_deadline_ns=int(spec.camera_deadline_ms * 1e6),
         audio_deadline_ns=int(spec.audio_deadline_ms * 1e6), fallback_hz=spec.fallback_hz,
     ), camera=image_stream, audio=audio_stream, stream=spec.stream, robots=spec.robots,
         max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6),

@@ -256,3 +256,19 @@ def test_frames_with_no_window_while_audio_lives_are_counted() -> None:
     p.add(_frame(0, 200), now_ns=201 * MS)
     s = p.ready(201 * MS)
     assert s is not None and s.audio is None and p.windows_missed == 1
+
+
+def test_audio_lag_fuses_a_frame_without_waiting_for_the_last_chunk() -> None:
+    """With audio_lag_ns, a frame whose instant the audio reaches to within the lag goes out at
+    once, its window ending where the audio ends; beyond the lag it still waits."""
+    cfg = PairingConfig(sample_rate=SR, window_samples=100, slop_ns=50 * MS,
+                        audio_lag_ns=20 * MS)
+    p = Pairer(cfg)
+    for i in range(10):
+        p.add(chunk(i, 20 * i), now_ns=20 * (i + 1) * MS)  # audio up to 200 ms
+    p.add(_frame(0, 215), now_ns=215 * MS)
+    s = p.ready(215 * MS)
+    assert s is not None and s.wait_ns == 0
+    np.testing.assert_array_equal(s.audio, np.arange(100, 200, dtype=np.float32))
+    p.add(_frame(1, 230), now_ns=230 * MS)
+    assert p.ready(230 * MS) is None  # 30 ms beyond the audio: more than the lag, it waits

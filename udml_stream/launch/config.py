@@ -89,6 +89,9 @@ class FusionNode(_Node):
         default_factory=lambda: {"image": "camera", "audio": "mic"},
         description="model modality → stream name")
     slop_ms: float = Field(60.0, ge=0)
+    audio_lag_ms: float = Field(25.0, ge=0, description=(
+        "a frame is fused once the audio reaches this close to its instant (its 1 s window "
+        "then ends where the audio ends); 0 = wait up to slop_ms for audio covering it"))
     camera_deadline_ms: float = Field(500.0, gt=0)
     audio_deadline_ms: float = Field(300.0, gt=0)
     fallback_hz: float = Field(10.0, gt=0)

@@ -29,6 +29,10 @@ class PairingConfig:
     sample_rate: int = 16000
     window_samples: int = 16000
     slop_ns: int = 60_000_000  # how long a frame may wait for audio covering its instant
+    # A frame whose instant the audio reaches to within this is fused at once, its window
+    # ending where the audio ends: waiting for the last chunk (up to a chunk period, 20 ms for
+    # the microphone node) buys a 1 s window nothing but latency. 0 = wait for full coverage.
+    audio_lag_ns: int = 0
     camera_deadline_ns: int = 500_000_000  # no frame for this long → camera absent
     audio_deadline_ns: int = 300_000_000  # no audio for this long → audio absent
     fallback_hz: float = 10.0  # audio-only results while the camera is absent
@@ -119,7 +123,8 @@ class Pairer:
         cfg = self.cfg
         f = self.pending
         if f is not None:
-            covered = self.ring.end_ns is not None and self.ring.end_ns >= f.capture_ns
+            covered = (self.ring.end_ns is not None
+                       and self.ring.end_ns >= f.capture_ns - cfg.audio_lag_ns)
             waited = now_ns - self.pending_since_ns
             if covered or waited >= cfg.slop_ns or not self.audio_alive(now_ns):
                 self.pending = None
