@@ -90,12 +90,12 @@ def drive(endpoint: str, robots: list[str], seconds: float, ready: Any, go: Any,
     sent.put(frames_sent)
 
 
-def _nodes(layout: str, robots: list[str], driver_ep: str, out: Path, ckpt: Path
-           ) -> dict[str, dict[str, Any]]:
+def _nodes(layout: str, robots: list[str], driver_ep: str, out: Path, ckpt: Path,
+           batch_wait_ms: float = 0.0) -> dict[str, dict[str, Any]]:
     base = {"program": "fusion", "checkpoint": ckpt.resolve(), "device": "cpu", "threads": 1,
             "subscribe": [driver_ep], "heartbeat_s": 0.5}
     if layout == "batched":
-        return {"fusion": {**base, "robots": robots,
+        return {"fusion": {**base, "robots": robots, "batch_wait_ms": batch_wait_ms,
                            "endpoint": f"ipc://{out.resolve()}/fusion.sock"}}
     return {f"fusion_{r}": {**base, "streams": {"image": f"{r}/camera", "audio": f"{r}/mic"},
                             "stream": f"{r}/fused", "endpoint": f"ipc://{out.resolve()}/{r}.sock"}
@@ -103,12 +103,12 @@ def _nodes(layout: str, robots: list[str], driver_ep: str, out: Path, ckpt: Path
 
 
 def trial(layout: str, n_robots: int, ckpt: Path, out: Path, seconds: float,
-          warmup_s: float = 1.0) -> dict[str, Any]:
+          warmup_s: float = 1.0, batch_wait_ms: float = 0.0) -> dict[str, Any]:
     """Run one layout with ``n_robots`` robots; return what was measured."""
     out.mkdir(parents=True, exist_ok=True)
     robots = [f"r{k}" for k in range(n_robots)]
     driver_ep = f"ipc://{out.resolve()}/driver_{layout}_{n_robots}.sock"
-    nodes = _nodes(layout, robots, driver_ep, out, ckpt)
+    nodes = _nodes(layout, robots, driver_ep, out, ckpt, batch_wait_ms)
     path = out / f"{layout}_{n_robots}.toml"
     write_launch(path, nodes)
     ctx = mp.get_context("spawn")

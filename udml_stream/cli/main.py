@@ -92,11 +92,29 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="Override, e.g. train.seed=3")] = [],  # noqa: B006
     resume: Annotated[bool, typer.Option(help="Resume from out_dir if it holds a run")] = True,
     export: Annotated[Path | None, typer.Option(help="Copy the selected checkpoint here")] = None,
+    nproc: Annotated[int, typer.Option(
+        help="Processes on this machine: DDP, gloo on CPU, nccl on CUDA (docs/distributed.md)")
+                     ] = 1,
+    nnodes: Annotated[int, typer.Option(help="Machines taking part (run this command on each)")
+                      ] = 1,
+    node_rank: Annotated[int, typer.Option(help="This machine's index, 0 .. nnodes-1")] = 0,
+    master_addr: Annotated[str, typer.Option(
+        help="Address of machine 0, reachable from every machine")] = "127.0.0.1",
+    master_port: Annotated[int | None, typer.Option(
+        help="Free TCP port on machine 0 (default: 29500 with --nnodes > 1, any free port on one "
+             "machine)")] = None,
 ) -> None:
-    """Train a model from a TOML CONFIG (seeded, resumable, validation-selected)."""
+    """Train a model from a TOML CONFIG (seeded, resumable, validation-selected); with
+    ``--nproc``/``--nnodes``, across processes and machines (DDP)."""
     from udml_stream_apps.training import train as prog
 
-    res = _run(prog.main, config, _parse_set(set_), resume, export)
+    from udml_stream.train.distributed import LaunchSpec
+
+    spec = LaunchSpec(nproc, nnodes, node_rank, master_addr, master_port)
+    res = _run(prog.main, config, _parse_set(set_), resume, export, spec)
+    if res is None:
+        typer.echo(f"node {node_rank}: done; node 0 holds the checkpoint")
+        return
     typer.echo(f"best epoch {res.best_epoch}: val acc {res.best_score:.4f} → {res.best_path}")
 
 

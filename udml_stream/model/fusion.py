@@ -271,6 +271,14 @@ class FusionNet(nn.Module):
             # both are 0 the gate is open (training, and checkpoints without a calibration).
             self.register_buffer("gate_clean", torch.zeros(len(cfg.modalities)))
             self.register_buffer("gate_broken", torch.zeros(len(cfg.modalities)))
+            # Its second gate, on the stream's own confidence (the top softmax probability of
+            # its unimodal logits): open from the confidence of clean validation input down,
+            # closed at that of information-free input (``calibrate_confidence_gate``). σ̂
+            # measures the degradations the estimator was trained on; a stream broken in a way
+            # it never saw (a tilted camera, a rolling shutter) may keep a clean-looking σ̂ and
+            # still lose its confidence. Open while both are 0.
+            self.register_buffer("conf_clean", torch.zeros(len(cfg.modalities)))
+            self.register_buffer("conf_broken", torch.zeros(len(cfg.modalities)))
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -417,6 +425,9 @@ class FusionNet(nn.Module):
         w = udml_weights(q, dep if spec.dependency else None, mask)
         if spec.rule == "switch" and q is not None and not self.training:
             w = gate_weights(w, q, self.gate_clean, self.gate_broken, mask)
+            # The confidence gate, as the σ̂ gate on "badness" = −confidence.
+            conf = torch.stack([F.softmax(uni[m].float(), dim=1).amax(dim=1) for m in ms], dim=1)
+            w = gate_weights(w, -conf, -self.conf_clean, -self.conf_broken, mask)
         mult = effective_multipliers(w, mask, spec.rule)
         scaled = torch.cat([mult[:, i : i + 1] * z[m] for i, m in enumerate(ms)], dim=1)
         logits = self.head(scaled)

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,9 +23,25 @@ from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.loss import LossTerms, compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
-from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig
+from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig, parse_config
+
+if TYPE_CHECKING:
+    from udml_stream.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
+
+
+class TrainObserver(Protocol):
+    """Hooks into the training loop (``distributed.Trace`` records a rank's run with them)."""
+
+    def step(self, epoch: int, rows: np.ndarray, model: torch.nn.Module) -> None:
+        """After each optimisation step on ``rows`` (this process's samples)."""
+
+    def epoch(self, epoch: int, model: torch.nn.Module, score: float) -> None:
+        """After each validation."""
+
+    def saved_checkpoint(self, path: Path) -> None:
+        """After a checkpoint or the resume state was written."""
 
 
 def to_torch(batch: Batch, device: torch.device, pinned: bool = False
@@ -54,7 +70,8 @@ def sync_each_step(host_sync: str, device: torch.device) -> bool:
 
 def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, device: torch.device,
                quality_on: bool, grad_clip: float, history: dict[str, Any] | None,
-               sync: bool = True, bf16: bool = False) -> LossTerms:
+               sync: bool = True, bf16: bool = False, net: torch.nn.Module | None = None
+               ) -> LossTerms:
     """One optimisation step on ``batch``.
 
     ``history`` holds each sample's running unimodal loss (QMF's ranking target): numpy arrays
@@ -62,14 +79,15 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
     tensors otherwise (only QMF reads it; None skips it). With ``sync`` False nothing here waits
     for the device: the caller reads ``terms.part_tensors`` when it logs. ``bf16`` (CUDA) runs
     the forward pass and the loss under bf16 autocast; weights, gradients and the optimizer
-    stay fp32."""
+    stay fp32. ``net`` is the module to run forward (``model`` wrapped by DDP: the backward pass
+    then averages the gradients over processes); by default ``model``."""
     rows = batch.rows
     inputs, present, levels, y = to_torch(batch, device, pinned=not sync and device.type == "cuda")
     qmf = model.cfg.spec.fusion == "qmf"
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
            else contextlib.nullcontext())
     with amp:
-        out = model(inputs, present, levels, quality_on=quality_on)
+        out = (net or model)(inputs, present, levels, quality_on=quality_on)
         if history is None or not qmf:
             hist = None
         elif sync:
@@ -187,6 +205,55 @@ def calibrate_gate(model: FusionNet, val: avdigits.Split, kinds: dict[str, tuple
     return out
 
 
+def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avdigits.Split,
+                     val_batches: list[Batch], kinds: dict[str, tuple[str, ...]] | None,
+                     seed: int, device: torch.device, class_names: list[str]) -> None:
+    """Calibrate the switch rule's two gates (σ̂, then confidence) on validation data and
+    rewrite the checkpoint at ``path`` with them and its gated validation score."""
+    from udml_stream.train.confgate import calibrate_confidence_gate
+
+    gate = calibrate_gate(best, val, kinds, seed, device)
+    log.info("switch gate calibrated on validation: σ̂ clean %s, information-free %s",
+             gate["clean"], gate["broken"])
+    conf = calibrate_confidence_gate(best, val, kinds, seed, device)
+    log.info("confidence gate calibrated on validation: clean %s, information-free %s",
+             conf.get("clean"), conf.get("broken"))
+    extra = {k: v for k, v in meta.items()
+             if k not in ("format", "model", "class_names", "dependency")}
+    ungated = extra.get("val_acc_ungated", extra.get("val_acc"))
+    # The checkpoint serves with the gates: report its validation score with them too.
+    gated = _score(best, val_batches, device)
+    log.info("validation with the gates: %.4f (without: %s)", gated, ungated)
+    checkpoint.save(best, path, class_names,
+                    {**extra, "gate": gate, "confidence_gate": conf, "val_acc_ungated": ungated,
+                     "val_acc": gated})
+
+
+def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Calibrate the gates of a trained switch-rule checkpoint again, in place, exactly as
+    training ends (same validation data, seed and families): for a checkpoint trained before
+    a gate existed. Returns the new gate values."""
+    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    cfg = parse_config(meta["config"], str(ckpt))
+    if cache_dir is not None:
+        cfg.data.cache_dir = cache_dir
+    spec = model.cfg.spec
+    if not (spec.rule == "switch" and spec.quality == "estimator"):
+        raise ConfigError(f"{ckpt}: method {model.cfg.method} has no gates to calibrate")
+    data = load_data(cfg)
+    tc = cfg.train
+    val_split = data.splits["val"]
+    if cfg.data.val_subset:
+        val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
+    kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
+    val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
+    _calibrate_gates(model, meta, ckpt, val_split, val_batches, kinds, tc.seed,
+                     torch.device("cpu"), list(data.class_names))
+    _, new = checkpoint.load(ckpt, torch.device("cpu"))
+    return {"gate": new.get("gate"), "confidence_gate": new.get("confidence_gate"),
+            "val_acc": new.get("val_acc"), "val_acc_ungated": new.get("val_acc_ungated")}
+
+
 @dataclass
 class TrainResult:
     """Where the selected checkpoint went and how training went."""
@@ -214,7 +281,8 @@ def _validation_batches(val: avdigits.Split, seed: int, bs: int,
 
 
 @torch.no_grad()
-def _score(model: FusionNet, batches: list[Batch], device: torch.device) -> float:
+def _count(model: FusionNet, batches: list[Batch], device: torch.device) -> tuple[int, int]:
+    """(correct, total) of ``model`` on ``batches``."""
     model.eval()
     correct = total = 0
     for b in batches:
@@ -222,20 +290,37 @@ def _score(model: FusionNet, batches: list[Batch], device: torch.device) -> floa
         out = model(inputs, present, levels)
         correct += int((out.logits.argmax(1) == y).sum())
         total += len(y)
+    return correct, total
+
+
+def _score(model: FusionNet, batches: list[Batch], device: torch.device,
+           dist: DistContext | None = None) -> float:
+    """Accuracy on ``batches``; with ``dist``, each process scores its share of them and the
+    counts are summed (every process gets the score)."""
+    if dist is None:
+        correct, total = _count(model, batches, device)
+    else:
+        mine = _count(model, batches[dist.rank :: dist.world], device)
+        correct, total = dist.sum_(torch.tensor(mine, dtype=torch.int64)).tolist()
     return correct / max(total, 1)
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
-          data: avdigits.AVDigits | None = None) -> TrainResult:
+          data: avdigits.AVDigits | None = None, dist: DistContext | None = None,
+          observer: TrainObserver | None = None) -> TrainResult:
     """Train one model as ``cfg`` says; the best validation epoch is saved to ``out_dir/best``.
 
     ``data`` is the already loaded data set ``cfg`` names (callers that evaluate afterwards
-    pass it to load it once); by default it is loaded from ``cfg.data``."""
+    pass it to load it once); by default it is loaded from ``cfg.data``. ``dist``: this process
+    is one rank of a DDP run (``distributed.init_from_env``): it trains on its share of each
+    batch, and only rank 0 writes checkpoints (docs/distributed.md). ``observer`` is told of
+    each step, validation and checkpoint."""
     t0 = time.perf_counter()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    device = dist.device if dist is not None and dist.device.type == "cuda" else resolve_device(
+        tc.device)
     if tc.precision == "bf16" and device.type != "cuda":
         raise ConfigError(f'train.precision = "bf16" needs a CUDA device; train.device = '
                           f'{tc.device!r} runs on {device}. Use "fp32" there.')
@@ -261,6 +346,14 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     )
     kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
     model = FusionNet(mcfg).to(device)
+    # Under DDP: the wrapper runs the training forward pass; checkpoints and scores use model.
+    net = None
+    if dist is not None:
+        from udml_stream.train.distributed import wrap
+
+        dist.shard(tc.batch_size)  # a batch that does not split evenly fails here, on every rank
+        net = wrap(model, dist)
+    main = dist is None or dist.is_main
     params = model.parameters()
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay) if tc.optimizer == "adam"
@@ -270,7 +363,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "train_state.pt"
     start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
-    if resume and state_path.exists() and (out_dir / "last").exists():
+    can_resume = resume and state_path.exists() and (out_dir / "last").exists()
+    if dist is not None:  # every rank resumes, from the same files, or none does
+        can_resume = dist.agree(can_resume, f"resuming from {out_dir} (every process must see it, "
+                                "or pass --no-resume)")
+    if can_resume:
         # weights_only=True: the resume state holds tensors and plain containers, nothing pickled.
         st = torch.load(state_path, map_location=device, weights_only=True)
         last, _ = checkpoint.load(out_dir / "last", device)
@@ -295,6 +392,15 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
 
     train_nat = NaturalInput(jitter=tc.image_jitter)
     for epoch in range(start_epoch, tc.epochs):
+        # One process: one generator for the schedule and the corruption, as always. Several:
+        # ``rng`` (alike on every rank) draws the order and levels of the global batch, and each
+        # rank corrupts its share with its own generator.
+        aug_rng = rng
+        touched = None
+        if dist is not None:
+            aug_rng = dist.epoch_rng(tc.seed, epoch)
+            torch.manual_seed(dist.epoch_torch_seed(tc.seed, epoch))
+            touched = np.zeros(len(train_split), dtype=bool)
         model.train()
         lr = tc.lr * (0.1 if epoch >= tc.lr_drop_epoch else 1.0)
         for g in opt.param_groups:
@@ -306,14 +412,20 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         sums: dict[str, float] = {}
         dev_sums: dict[str, torch.Tensor] = {}  # the same sums kept on the device (not sync)
         bar = tqdm(range(n_batches), desc=f"{mcfg.method} ep {epoch + 1}/{tc.epochs}",
-                   disable=not progress, leave=False)
+                   disable=not (progress and main), leave=False)
         for bi in bar:
             rows = order[bi * tc.batch_size : (bi + 1) * tc.batch_size]
             lv = (draw_training_levels(len(rows), data.modalities, rng, tc.clean_fraction)
                   if noisy else {m: np.ones(len(rows), dtype=np.int64) for m in data.modalities})
-            batch = make_batch(train_split, rows, lv, rng, kinds, natural=train_nat)
+            if dist is not None:  # this rank's share of the global batch
+                mine = dist.shard(len(rows))
+                rows, lv = rows[mine], {m: v[mine] for m, v in lv.items()}
+                touched[rows] = True
+            batch = make_batch(train_split, rows, lv, aug_rng, kinds, natural=train_nat)
             terms = train_step(model, opt, batch, device, quality_on, tc.grad_clip, history_loss,
-                               sync, tc.precision == "bf16")
+                               sync, tc.precision == "bf16", net)
+            if observer is not None:
+                observer.step(epoch, rows, model)
             if sync:
                 for k, v in terms.parts.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -324,7 +436,14 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             if (bi + 1) % tc.log_interval == 0:  # one host read per interval
                 bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
         sums.update({k: float(v) for k, v in dev_sums.items()})
-        score = _score(model, val_batches, device)
+        if dist is not None:
+            sums = dist.mean_values(sums)
+            dist.average_buffers(model)
+            if history_loss is not None:
+                dist.merge_rows(history_loss, touched)
+        score = _score(model, val_batches, device, dist)
+        if observer is not None:
+            observer.epoch(epoch, model, score)
         row = {"epoch": epoch, "val_acc": score, "lr": lr,
                **{k: v / max(n_batches, 1) for k, v in sums.items()},
                # The dependency EMA per modality: which stream the shared head leans on (the
@@ -335,31 +454,30 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
                    zip(mcfg.modalities, model.dependency_ema.tolist(), strict=True)}
                   if spec.fusion == "udml" else {})}
         history.append(row)
+        is_best = score >= best_score
+        if is_best:
+            best_score, best_epoch = score, epoch
+        if not main:  # checkpoints and logs are rank 0's
+            continue
         log.info("%s epoch %d: val %.4f loss %.3f", mcfg.method, epoch, score,
                  row.get("ce_fused", float("nan")))
         ckpt_meta = {**meta, "epoch": epoch, "val_acc": score}
-        if score >= best_score:
-            best_score, best_epoch = score, epoch
-            checkpoint.save(model, out_dir / "best", list(data.class_names), ckpt_meta)
-        checkpoint.save(model, out_dir / "last", list(data.class_names), ckpt_meta)
+        for name in ("best", "last") if is_best else ("last",):
+            checkpoint.save(model, out_dir / name, list(data.class_names), ckpt_meta)
+            if observer is not None:
+                observer.saved_checkpoint(out_dir / name)
         torch.save({
             "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": json.dumps(rng.bit_generator.state), "epoch": epoch,
             "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
         }, state_path)
+    if not main:  # rank 0 calibrates and rewrites the best checkpoint
+        return TrainResult(out_dir / "best", best_epoch, best_score, history,
+                           time.perf_counter() - t0)
     if spec.rule == "switch" and spec.quality == "estimator" and best_epoch >= 0:
         best, best_meta = checkpoint.load(out_dir / "best", device)
-        gate = calibrate_gate(best, val_split, kinds, tc.seed, device)
-        log.info("switch gate calibrated on validation: σ̂ clean %s, information-free %s",
-                 gate["clean"], gate["broken"])
-        extra = {k: v for k, v in best_meta.items()
-                 if k not in ("format", "model", "class_names", "dependency")}
-        # The checkpoint serves with the gate: report its validation score with the gate too.
-        gated = _score(best, val_batches, device)
-        log.info("validation with the gate: %.4f (without: %.4f)", gated, best_score)
-        checkpoint.save(best, out_dir / "best", list(data.class_names),
-                        {**extra, "gate": gate, "val_acc_ungated": extra.get("val_acc"),
-                         "val_acc": gated})
+        _calibrate_gates(best, best_meta, out_dir / "best", val_split, val_batches, kinds,
+                         tc.seed, device, list(data.class_names))
     return TrainResult(out_dir / "best", best_epoch, best_score, history,
                        time.perf_counter() - t0)
 

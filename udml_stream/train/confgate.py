@@ -1,0 +1,68 @@
+"""Calibrating the switch rule's confidence gate on validation data.
+
+The σ̂ gate (``trainer.calibrate_gate``) closes a stream whose estimated noise reaches that of
+information-free input. It knows the degradations the estimator was trained on; a stream broken
+in a way it never saw can keep a clean-looking σ̂. The confidence gate watches a second, generic
+signal of the same stream: the top softmax probability of its unimodal logits. It is fully open
+from the 25th percentile of that confidence on clean validation input up, and closed at the
+median, over the training families, of each family's median confidence on information-free
+input (level 11). Both values come from validation data and the training families only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from udml_stream import corrupt
+from udml_stream.data import avdigits
+from udml_stream.model.fusion import FusionNet
+from udml_stream.train.trainer import make_batch, to_torch
+
+log = logging.getLogger(__name__)
+
+#: Below this gap between clean and information-free confidence the gate stays open.
+MIN_SPAN = 0.05
+
+
+@torch.no_grad()
+def calibrate_confidence_gate(model: FusionNet, val: avdigits.Split,
+                              kinds: dict[str, tuple[str, ...]] | None, seed: int,
+                              device: torch.device, n: int = 500) -> dict[str, list[float]]:
+    """Set ``model.conf_clean`` / ``model.conf_broken`` per modality (one stream degraded at a
+    time, the other clean); returns them. A model without the switch rule is left alone."""
+    if not hasattr(model, "conf_clean"):
+        return {}
+    model.eval()
+    rng = np.random.default_rng(seed + 20_023)
+    rows = rng.permutation(len(val))[:n]
+    mods = model.cfg.modalities
+    clean_lv = {m: np.ones(len(rows), np.int64) for m in mods}
+    out: dict[str, list[float]] = {"clean": [], "broken": []}
+
+    def confidence(m: str, lv: int, kind: str | None) -> torch.Tensor:
+        levels = {**clean_lv, m: np.full(len(rows), lv, np.int64)}
+        b = make_batch(val, rows, levels, rng, {**(kinds or {}), **({m: kind} if kind else {})})
+        inputs, present, lvt, _ = to_torch(b, device)
+        res = model(inputs, present, lvt)
+        conf = F.softmax(res.unimodal_logits[m].float(), dim=1).amax(dim=1)
+        return conf[res.present[m]]
+
+    for i, m in enumerate(mods):
+        clean = confidence(m, corrupt.CLEAN, None)
+        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[m],)
+        meds = [float(c.median()) for c in (confidence(m, corrupt.PURE_NOISE, f) for f in fams)
+                if c.numel()]
+        hi = float(torch.quantile(clean, 0.25)) if clean.numel() else 0.0
+        lo = float(np.median(meds)) if meds else 0.0
+        if hi < lo + MIN_SPAN:
+            log.warning("confidence gate for %s left open: clean %.2f vs information-free %.2f",
+                        m, hi, lo)
+            hi = lo = 0.0
+        model.conf_clean[i], model.conf_broken[i] = hi, lo
+        out["clean"].append(hi)
+        out["broken"].append(lo)
+    return out
