@@ -305,3 +305,24 @@ def test_convert_and_export_command_lines(bag: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["log", "convert", str(bag), "-o", str(tmp_path / "x.mcap"),
                                  "--map", "image=/nope"])
     assert r.exit_code == 2 and "/nope" in r.output
+
+
+def test_a_log_trained_checkpoint_evaluates_with_no_flag(bag: Path, tmp_path: Path) -> None:
+    """`udml eval CHECKPOINT` of a checkpoint trained from logs scores the held-out logs its
+    config names (here: the test log), with no --preset."""
+    from udml_stream.train.config import parse_config
+    from udml_stream.train.trainer import train
+    from udml_stream_apps.training import evaluate
+
+    out = tmp_path / "log.mcap"
+    ros2.convert(bag, out, {"image": "/cam/image_raw", "audio": "/audio", "label": "/truth"})
+    cfg = parse_config({
+        "data": {"source": "logs", "logs": {"train": [str(out)], "val": [str(out)],
+                                            "test": [str(out)]}},
+        "train": {"epochs": 1, "samples_per_epoch": 0, "clean_epochs": 1, "batch_size": 4,
+                  "quality_start_epoch": 1, "lr_drop_epoch": 1, "device": "cpu",
+                  "out_dir": str(tmp_path / "run")}})
+    res = train(cfg, resume=False, progress=False)
+    result = evaluate.main(res.best_path, tmp_path, 0, None, "cpu")
+    assert result["preset"] == "logs" and result["n_test"] >= 8
+    assert 0.0 <= result["clean"] <= 1.0

@@ -24,6 +24,9 @@ class LogsSection(_Strict):
 
     train: list[str] = Field(default_factory=list, description="MCAP files or glob patterns")
     val: list[str] = Field(default_factory=list, description="MCAP files or glob patterns")
+    test: list[str] = Field(default_factory=list, description=(
+        "held-out MCAP files or glob patterns: `udml eval` of the checkpoint scores these "
+        "(the validation logs when none are named)"))
     camera_topic: str = "camera"
     audio_topic: str = "mic"
     label_topic: str = "label"

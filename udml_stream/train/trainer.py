@@ -158,9 +158,22 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
     """The data set a checkpoint was trained on (its preset and build), from its metadata."""
     d = meta.get("config", {}).get("data", {})
     if preset is None and meta.get("preset") == "logs":
-        raise ConfigError("this checkpoint was trained from logs: name the AV-Digits preset to "
-                          f"evaluate it on (--preset {'|'.join(avdigits.PRESETS)}), or replay a labelled "
-                          "log through it (udml log eval)")
+        # A log-trained checkpoint is scored on the held-out logs its own config names: the
+        # test logs, else the validation logs (as its split "test").
+        from udml_stream.data.logset import LogSource, load_logs
+
+        lg = d.get("logs", {})
+        held = lg.get("test") or lg.get("val")
+        if not held:
+            raise ConfigError("this checkpoint was trained from logs but its config names no "
+                              "test or validation logs: name an AV-Digits preset (--preset "
+                              f"{'|'.join(avdigits.PRESETS)}) or replay a labelled log through "
+                              "it (udml log eval)")
+        conds = lg.get("conditions")
+        src = LogSource(lg.get("camera_topic", "camera"), lg.get("audio_topic", "mic"),
+                        lg.get("label_topic", "label"), lg.get("condition_topic", "condition"),
+                        tuple(conds) if conds is not None else None)
+        return load_logs({"test": list(held)}, src)
     return avdigits.load(preset or meta.get("preset", "balanced"), cache_dir,
                          seed=meta.get("build_seed", 0),
                          variants_per_accent=d.get("variants_per_accent", 12),
