@@ -310,9 +310,10 @@ def test_convert_and_export_command_lines(bag: Path, tmp_path: Path) -> None:
 def test_a_log_trained_checkpoint_evaluates_with_no_flag(bag: Path, tmp_path: Path) -> None:
     """`udml eval CHECKPOINT` of a checkpoint trained from logs scores the held-out logs its
     config names (here: the test log), with no --preset."""
+    from udml_stream_apps.training import evaluate
+
     from udml_stream.train.config import parse_config
     from udml_stream.train.trainer import train
-    from udml_stream_apps.training import evaluate
 
     out = tmp_path / "log.mcap"
     ros2.convert(bag, out, {"image": "/cam/image_raw", "audio": "/audio", "label": "/truth"})
