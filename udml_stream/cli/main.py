@@ -225,6 +225,28 @@ def view(
                "frames dropped")
 
 
+@app.command()
+def adapt(
+    checkpoint: Path,
+    logs: Annotated[list[str], typer.Argument(help="Your robot's logs (files or globs); no "
+                                               "labels needed")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where the adapted checkpoint "
+                                         "goes")],
+    steps: Annotated[int, typer.Option(help="Estimator training steps")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Samples per step")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    seed: int = 0,
+) -> None:
+    """Fit the health estimator (and recalibrate the gates) to a robot's UNLABELLED logs: its
+    targets are synthetic degradation levels, so no ground truth is needed. The classifier is
+    left as validated (docs/own-robot.md)."""
+    from udml_stream.train.adapt import adapt_estimator
+
+    rep = _run(lambda: adapt_estimator(checkpoint, logs, output, steps, batch_size, lr, seed))
+    typer.echo(f"{rep.samples} samples, {rep.steps} steps: estimator loss {rep.loss_first:.2f} "
+               f"→ {rep.loss_last:.2f}; written {rep.output}")
+
+
 @app.command("eval-unseen")
 def eval_unseen(
     checkpoint: Path,

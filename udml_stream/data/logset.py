@@ -124,10 +124,12 @@ def _release_ns(pairer: Pairer) -> int | None:
     return due
 
 
-def read_log(path: Path, src: LogSource, stats: LogReadStats
+def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = True
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Images (model pixels), waveforms and labels of the usable samples of one log."""
-    labels, conds = _truth(path, src)
+    """Images (model pixels), waveforms and labels of the usable samples of one log. With
+    ``labelled=False`` the log needs no label topic: every paired sample is kept, label -1
+    (what adapting the health estimator takes: its targets are synthetic degradation levels)."""
+    labels, conds = _truth(path, src) if labelled else ([], [])
     starts = [t for t, _, _ in labels]
     cstarts = [t for t, _, _ in conds]
     window_ns = src.window_samples * 1_000_000_000 // src.sample_rate
@@ -154,11 +156,11 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
             return
         # The window ends at the frame's instant, or earlier when the audio stopped short of it.
         end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
-        j = _span_index(starts, end - window_ns, sample.t_ns)
-        if j < 0 or labels[j][1] < 0:  # a negative label closes a span: no ground truth
+        j = _span_index(starts, end - window_ns, sample.t_ns) if labelled else -1
+        if labelled and (j < 0 or labels[j][1] < 0):  # a negative label closes a span
             stats.unlabelled += 1
             return
-        if src.conditions is not None:
+        if labelled and src.conditions is not None:
             c = _span_index(cstarts, end - window_ns, sample.t_ns)
             if c < 0 or conds[c][2] not in src.conditions:
                 stats.other_condition += 1
@@ -168,7 +170,7 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
             frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
             images.append(geometry.pixels(frame)[0, 0].numpy())
         waves.append(sample.audio)
-        y = labels[j][1]
+        y = labels[j][1] if labelled else -1
         ys.append(y)
         stats.per_label[y] = stats.per_label.get(y, 0) + 1
 
@@ -212,21 +214,23 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats
     return images, waves, ys
 
 
-def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None = None
-               ) -> tuple[Split, LogReadStats]:
-    """One ``Split`` from every usable sample of the logs ``patterns`` name."""
+def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None = None,
+               labelled: bool = True) -> tuple[Split, LogReadStats]:
+    """One ``Split`` from every usable sample of the logs ``patterns`` name (``labelled=False``:
+    no ground truth needed, labels -1)."""
     src = src or LogSource()
     stats = LogReadStats()
     images: list[np.ndarray] = []
     waves: list[np.ndarray] = []
     ys: list[int] = []
     for path in expand(patterns):
-        i, w, y = read_log(path, src, stats)
+        i, w, y = read_log(path, src, stats, labelled)
         images += i
         waves += w
         ys += y
     if not ys:
-        raise LogError(f"{name}: no labelled camera+audio sample in {list(patterns)} "
+        raise LogError(f"{name}: no {'labelled ' if labelled else ''}camera+audio sample in "
+                       f"{list(patterns)} "
                        f"({stats})")
     n = len(ys)
     split = Split(name, np.asarray(ys, dtype=np.int64),

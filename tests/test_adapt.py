@@ -1,0 +1,79 @@
+"""Adapting the health estimator on unlabelled logs: no label topic needed, only the estimator
+(and the gates) change, and its loss on the robot's own data falls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from udml_stream.cli.main import app
+from udml_stream.data.logset import read_split
+from udml_stream.data.sessions import write_session
+from udml_stream.logs import LogError
+from udml_stream.logs.writer import LogWriter
+from udml_stream.messages import AudioChunk, CameraFrame, encode
+from udml_stream.model import checkpoint
+from udml_stream.train.adapt import adapt_estimator
+
+CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+
+
+def _unlabelled_log(path: Path, seconds: int = 3) -> None:
+    """Camera at 10 fps and 50 ms audio chunks, and no label topic at all."""
+    rng = np.random.default_rng(0)
+    w = LogWriter(path)
+    events = []
+    for i in range(seconds * 10):
+        t = 10**9 + i * 10**8
+        events.append(CameraFrame("camera", i, t, t,
+                                  image=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)))
+    for j in range(seconds * 20):
+        t = 10**9 + j * 5 * 10**7
+        events.append(AudioChunk("mic", j, t, t,
+                                 samples=(0.1 * rng.standard_normal(800)).astype(np.float32)))
+    for msg in sorted(events, key=lambda m: m.capture_ns):
+        f = encode(msg)
+        w.write(msg.stream, f[1:], msg.seq, msg.capture_ns, msg.capture_ns, msg.kind,
+                msg.stream, msg.clock)
+    w.finish()
+
+
+def test_a_log_without_labels_reads_unlabelled_and_refuses_to_train(tmp_path: Path) -> None:
+    p = tmp_path / "robot.mcap"
+    _unlabelled_log(p)
+    split, _ = read_split("adapt", [p], labelled=False)
+    assert len(split) >= 15 and set(split.labels.tolist()) == {-1}
+    with pytest.raises(LogError, match="label topic"):
+        read_split("train", [p])
+
+
+def test_adapting_moves_only_the_estimator_and_lowers_its_loss(small_data, tmp_path: Path
+                                                                ) -> None:
+    log = tmp_path / "robot.mcap"
+    write_session(small_data.splits["train"].subset(60, seed=0), log, small_data.sample_rate,
+                  small_data.class_names)
+    out = tmp_path / "adapted"
+    rep = adapt_estimator(CKPT, [str(log)], out, steps=40, batch_size=32)
+    assert rep.loss_last < rep.loss_first
+    before, _ = checkpoint.load(CKPT, torch.device("cpu"))
+    after, meta = checkpoint.load(out, torch.device("cpu"))
+    b, a = before.state_dict(), after.state_dict()
+    moved = {k for k in b if not torch.equal(b[k], a[k])}
+    assert moved and all(k.startswith(("estimator.", "gate_", "conf_")) for k in moved)
+    assert meta["adapted"]["samples"] == rep.samples and meta["adapted"]["steps"] == 40
+
+
+def test_adapt_command_line(tmp_path: Path) -> None:
+    p = tmp_path / "robot.mcap"
+    _unlabelled_log(p)
+    r = CliRunner().invoke(app, ["adapt", str(CKPT), str(p), "-o", str(tmp_path / "a"),
+                                 "--steps", "3"])
+    assert r.exit_code == 0, r.output
+    assert "estimator loss" in r.output and (tmp_path / "a" / "model.safetensors").is_file()
+    r = CliRunner().invoke(app, ["adapt", str(CKPT), str(p), "-o", str(tmp_path / "b"),
+                                 "--steps", "0"])
+    assert r.exit_code == 2 and "steps" in r.output

@@ -1,0 +1,118 @@
+"""Adapt the health estimator to a user's robot from **unlabelled** logs.
+
+The estimator's target is the level of a synthetic degradation, not a class, so it can learn a
+new robot's "clean" from recordings nobody labelled: each step takes windows of the user's logs,
+degrades each stream with a training family at a uniformly drawn level (1 = as recorded) and
+fits σ̂ to that level. Everything else stays frozen (encoders, heads, batch-norm statistics), so
+the classifier is the one that was validated; only the estimator and the two gates, recalibrated
+on the same logs, change. A robot whose camera is dimmer or whose room is louder than the
+training data no longer reads as degraded at its normal best, and its really degraded input
+still does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udml_stream import corrupt
+from udml_stream.data.batching import make_batch
+from udml_stream.data.logset import LogSource, read_split
+from udml_stream.errors import ConfigError
+from udml_stream.model import checkpoint
+from udml_stream.train.confgate import calibrate_confidence_gate
+from udml_stream.train.trainer import calibrate_gate, to_torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptReport:
+    """What adapting did: data used, the estimator loss before and after, the new gates."""
+
+    output: Path
+    samples: int
+    steps: int
+    loss_first: float  # mean σ̂ loss over the first tenth of the steps
+    loss_last: float  # … and over the last tenth
+    gate: dict[str, list[float]] = field(default_factory=dict)
+    confidence_gate: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _levels(n: int, mods: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per stream, levels uniform over 1..11; one stream degraded per sample (the other clean),
+    as the gates are calibrated and as one stream breaks at a time on a robot."""
+    lv = {m: np.full(n, corrupt.CLEAN, np.int64) for m in mods}
+    which = rng.integers(0, len(mods), n)
+    draw = rng.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, n)
+    for i, m in enumerate(mods):
+        lv[m][which == i] = draw[which == i]
+    return lv
+
+
+def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
+                    batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                    src: LogSource | None = None) -> AdaptReport:
+    """Fit the estimator of ``ckpt`` to the unlabelled ``logs``; write the result to ``out``."""
+    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    spec = model.cfg.spec
+    if spec.quality != "estimator" or not hasattr(model, "estimator"):
+        raise ConfigError(f"{ckpt}: method {model.cfg.method} has no health estimator to adapt")
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ConfigError(f"adapt: steps = {steps}, batch_size = {batch_size}, lr = {lr}; "
+                          "expected positive numbers")
+    split, stats = read_split("adapt", logs, src, labelled=False)
+    log.info("adapting on %d unlabelled samples from %d log(s)", len(split), stats.files)
+    named = meta.get("config", {}).get("train", {}).get("families") or {}
+    mods = tuple(model.cfg.modalities)
+    kinds = {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[m],))) for m in mods}
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    # Eval mode throughout: batch norm keeps its statistics, embeddings are their means; only
+    # the estimator's parameters move (its dropout is off, like when it serves).
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.estimator.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    losses: list[float] = []
+    for _ in range(steps):
+        rows = rng.integers(0, len(split), batch_size)
+        b = make_batch(split, rows, _levels(batch_size, mods, rng), rng, kinds)
+        inputs, present, lv, _ = to_torch(b, torch.device("cpu"))
+        o = model(inputs, present, lv)
+        loss = torch.zeros(())
+        for m in mods:
+            keep = o.present[m].float()
+            err = (o.sigma_hat[m] - lv[m].float()) ** 2
+            loss = loss + (err * keep).sum() / keep.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    for p in params:
+        p.requires_grad_(False)
+    tenth = max(1, steps // 10)
+    gate = calibrate_gate(model, split, kinds, seed, torch.device("cpu")) \
+        if spec.rule == "switch" else {}
+    conf = calibrate_confidence_gate(model, split, kinds, seed, torch.device("cpu"))
+    extra = {k: v for k, v in meta.items()
+             if k not in ("format", "model", "class_names", "dependency")}
+    rep = AdaptReport(Path(out), len(split), steps, float(np.mean(losses[:tenth])),
+                      float(np.mean(losses[-tenth:])), gate, conf)
+    adapted: dict[str, Any] = {"from": str(ckpt), "logs": [str(x) for x in logs],
+                               "samples": rep.samples, "steps": steps, "lr": lr, "seed": seed,
+                               "loss_first": rep.loss_first, "loss_last": rep.loss_last}
+    checkpoint.save(model, out, list(meta["class_names"]),
+                    {**extra, "gate": gate or extra.get("gate"), "confidence_gate": conf,
+                     "adapted": adapted})
+    log.info("estimator loss %.2f → %.2f over %d steps; written %s", rep.loss_first,
+             rep.loss_last, steps, out)
+    return rep
