@@ -247,6 +247,23 @@ def adapt(
                f"→ {rep.loss_last:.2f}; written {rep.output}")
 
 
+@app.command("eval-adapt")
+def eval_adapt(
+    checkpoint: Path,
+    cache_dir: CacheOpt = Path("data_cache"),
+    out: Annotated[Path, typer.Option(help="Write OUT.json and OUT.md")] = Path(
+        "docs/results/adapt"),
+    steps: Annotated[int, typer.Option(help="udml adapt steps")] = 300,
+) -> None:
+    """What `udml adapt` gains on a robot whose data CHECKPOINT never saw (the `balanced`
+    preset written as recorded sessions): adapt on its unlabelled train logs, score held-out
+    labelled logs before and after."""
+    from udml_stream_apps.training import adapt_eval
+
+    command = "udml eval-adapt " + " ".join(sys.argv[2:])
+    typer.echo(_run(adapt_eval.main, checkpoint, cache_dir, out, command, 1500, 750, steps))
+
+
 @app.command("eval-unseen")
 def eval_unseen(
     checkpoint: Path,
