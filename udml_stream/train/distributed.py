@@ -343,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, resume=not args.no_resume, progress=ctx.is_main, dist=ctx, observer=trace)
         if trace is not None:
             trace.write(args.trace)
+        # Leave together: rank 0 still calibrates and writes the checkpoint when the others
+        # return, and a rank tearing its gloo group down while a peer still holds the
+        # connection was seen to abort ("terminate called without an active exception").
+        tdist.barrier()
     except UdmlError as err:
         log.error("%s", err)
         return 2
