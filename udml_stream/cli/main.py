@@ -105,7 +105,7 @@ def train(
              "machine)")] = None,
 ) -> None:
     """Train a model from a TOML CONFIG (seeded, resumable, validation-selected); with
-    ``--nproc``/``--nnodes``, across processes and machines (DDP)."""
+    --nproc/--nnodes, across processes and machines (DDP)."""
     from udml_stream_apps.training import train as prog
 
     from udml_stream.train.distributed import LaunchSpec
