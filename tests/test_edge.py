@@ -16,6 +16,7 @@ import zmq
 from scipy import signal
 
 from udml_stream.benchmarks.flood import with_header
+from udml_stream.launch.config import write_launch
 from udml_stream.messages import (
     AudioChunk,
     CameraFrame,
@@ -307,16 +308,9 @@ def test_running_fusion_node_survives_every_issue_input(tmp_path: Path) -> None:
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     out_ep = f"ipc://{tmp_path}/fusion"
     launch = tmp_path / "launch.toml"
-    launch.write_text(f"""
-[nodes.fusion]
-program = "fusion"
-checkpoint = "{CKPT}"
-device = "cpu"
-threads = 1
-subscribe = ["tcp://127.0.0.1:{port}"]
-endpoint = "{out_ep}"
-heartbeat_s = 0.2
-""")
+    write_launch(launch, {"fusion": {
+        "program": "fusion", "checkpoint": CKPT, "device": "cpu", "threads": 1,
+        "subscribe": [f"tcp://127.0.0.1:{port}"], "endpoint": out_ep, "heartbeat_s": 0.2}})
     proc = subprocess.Popen([sys.executable, "-m", "udml_stream_apps.nodes", str(launch), "fusion"],
                             stderr=subprocess.PIPE, text=True)
     t_mono = time.monotonic_ns

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from udml_stream.errors import ConfigError
-from udml_stream.launch.config import load_launch
+from udml_stream.launch.config import load_launch, write_launch
 from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat, encode_bytes
 from udml_stream.messages.topics import check_robot_names, namespaced
 from udml_stream.serve import FusionRunner, FusionService
@@ -166,17 +166,9 @@ def test_running_fusion_node_serves_two_robots(tmp_path: Path) -> None:
         pubs[r] = s
     out_ep = f"ipc://{tmp_path}/fusion"
     launch = tmp_path / "launch.toml"
-    launch.write_text(f"""
-[nodes.fusion]
-program = "fusion"
-checkpoint = "{CKPT}"
-device = "cpu"
-threads = 1
-subscribe = {eps!r}
-endpoint = "{out_ep}"
-heartbeat_s = 0.2
-robots = ["alpha", "bravo"]
-""".replace("'", '"'))
+    write_launch(launch, {"fusion": {
+        "program": "fusion", "checkpoint": CKPT, "device": "cpu", "threads": 1,
+        "subscribe": eps, "endpoint": out_ep, "heartbeat_s": 0.2, "robots": ["alpha", "bravo"]}})
     proc = subprocess.Popen([sys.executable, "-m", "udml_stream_apps.nodes", str(launch), "fusion"],
                             stderr=subprocess.PIPE, text=True)
     img = _images(1)[0]

@@ -149,7 +149,10 @@ def test_fleet_topics_each_get_channels_and_max_fps_thins_frames(tmp_path: Path)
         traffic = Traffic(pub, robots=("r1", "r2"), frames=scene_frames(2, 160, 120))
         traffic.start()
         try:
-            time.sleep(0.3)
+            # Streams arriving before any client are counted, not encoded: wait for some.
+            deadline = time.monotonic() + 10
+            while view.server.stats.no_viewer == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
             idle = view.server.stats.no_viewer
             with FoxgloveClient("127.0.0.1", view.port,
                                 subscribe_to=lambda t: t.endswith("/image")) as client:

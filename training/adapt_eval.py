@@ -10,7 +10,6 @@ training family at every level against dropping the degraded stream.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from udml_stream_apps.training.field_eval import seen_families
 
+from udml_stream.benchmarks.report import write_report
 from udml_stream.data import avdigits
 from udml_stream.data.logset import read_split
 from udml_stream.data.sessions import write_session
@@ -70,11 +70,7 @@ def main(ckpt: Path, cache_dir: Path, out: Path, command: str, n_adapt: int = 15
            "loss_last": rep.loss_last, "before": before, "after": after,
            "gate_after": rep.gate, "confidence_gate_after": rep.confidence_gate,
            "seconds": adapt_s}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    md = _markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(res, out.with_suffix(".json"), _markdown(res, command))
 
 
 def _markdown(r: dict[str, Any], command: str) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 from udml_stream.benchmarks import gpu
+from udml_stream.benchmarks.report import write_report
 
 CHECKPOINT = Path("checkpoints/default")
 EVAL_SET = Path("runs/gpu_check/evalset.npz")
@@ -19,11 +19,7 @@ def main(out: Path, command: str, checkpoint: Path = CHECKPOINT,
     Raises ``gpu.NoCudaError`` (writing nothing) where there is no CUDA device."""
     res = gpu.run(checkpoint, eval_set)
     res["command"] = command
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = gpu.to_markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(res, out, gpu.to_markdown(res, command))
 
 
 if __name__ == "__main__":  # python -m training.bench_gpu OUT (from the checkout, no install)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from udml_stream.benchmarks import logs
+from udml_stream.benchmarks.report import write_report
 from udml_stream.model import checkpoint as ckpt
 from udml_stream.train.trainer import load_data_for_checkpoint
 
@@ -14,8 +14,4 @@ def main(checkpoint: Path, cache_dir: Path, seconds: float, out: Path, command: 
     """Run the benchmark, write JSON and Markdown next to ``out``; return the Markdown."""
     data = load_data_for_checkpoint(ckpt.read_meta(checkpoint), cache_dir)
     res = logs.run(data, Path("runs/bench_logs"), seconds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = logs.to_markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(res, out, logs.to_markdown(res, command))

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from udml_stream.benchmarks import serving, transport
+from udml_stream.benchmarks.report import write_report
 
 
 def main(out: Path, command: str, n: int = 100, rounds: int = 20, period_ms: float = 2.0) -> str:
     """Run the benchmark, write JSON and Markdown next to ``out`` and its worst ratio into
     ``serving.json`` beside it; return the Markdown."""
     res = transport.run(n=n, rounds=rounds, period_ms=period_ms)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = transport.to_markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
+    md = write_report(res, out, transport.to_markdown(res, command))
     serving.merge(out.parent / "serving.json", {"transport_vs_raw_p50": res["worst_ratio_p50"]})
     return md

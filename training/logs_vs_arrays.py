@@ -3,12 +3,12 @@ compare the accuracies (issue: training from logs reproduces the array-based acc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from udml_stream.benchmarks.report import write_report
 from udml_stream.data import avdigits
 from udml_stream.data.logset import read_split
 from udml_stream.data.sessions import write_sessions
@@ -55,11 +55,7 @@ def main(preset: str, method: str, seeds: list[int], cache_dir: Path, sessions_d
                        "within": abs(g["mean"] - a["mean"]) <= noise}
     result = {"preset": preset, "method": method, "seeds": seeds, "facts": facts, **rows,
               "verdicts": verdicts}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    md = to_markdown(result, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(result, out, to_markdown(result, command))
 
 
 def to_markdown(r: dict[str, Any], command: str) -> str:

@@ -21,7 +21,6 @@ the same R (a failed trial is repeated once: the machine is shared; both are rep
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from udml_stream.benchmarks import serving
+from udml_stream.benchmarks.report import write_report
 from udml_stream.launch.config import write_launch
 from udml_stream.messages import AudioChunk, CameraFrame, FusionResult, Heartbeat
 from udml_stream.transport import Publisher, Subscriber
@@ -260,11 +260,7 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
 
 def write(res: dict[str, Any], out: Path, command: str) -> str:
     """Write ``out`` (JSON) and its Markdown; return the Markdown."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = to_markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(res, out, to_markdown(res, command))
 
 
 

@@ -289,12 +289,13 @@ class ValidTraffic(threading.Thread):
 # ---- the node and its measurements ----------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of process ``pid`` in MB (``VmRSS`` of /proc/<pid>/status)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of process ``pid`` in MB: ``VmRSS`` (now) or ``VmHWM`` (its peak so
+    far) of /proc/<pid>/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise UdmlError(f"no VmRSS for process {pid}")
+    raise UdmlError(f"no {field} for process {pid}")
 
 
 def cpu_s(pid: int) -> float:

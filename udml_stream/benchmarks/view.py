@@ -19,7 +19,6 @@ counts what it received: image frames/s and fusion results (each result's ``seq`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from udml_stream.benchmarks.flood import cpu_s
+from udml_stream.benchmarks.flood import cpu_s, rss_mb
+from udml_stream.benchmarks.report import write_report
 from udml_stream.errors import UdmlError
 from udml_stream.messages import AudioChunk, CameraFrame, FusionResult
 from udml_stream.transport import Publisher
@@ -124,14 +124,6 @@ class Traffic(threading.Thread):
                 self.sent_frames += 1
             wake = min(t0 + (self.sent_chunks + 1) * CHUNK_NS, t0 + self.sent_frames * frame_ns)
             time.sleep(max(0.0, (wake - time.monotonic_ns()) / 1e9))
-
-
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident set size of process ``pid`` so far, in MB (``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise UdmlError(f"no VmHWM for process {pid}")
 
 
 def free_port() -> int:
@@ -227,7 +219,7 @@ def _phase(name: str, args: list[str], ep: str, seconds: float, warmup_s: float,
         time.sleep(seconds)
         c1, t1 = cpu_s(proc.pid), time.monotonic()
         res: dict[str, Any] = {"cpu_s": c1 - c0, "wall_s": t1 - t0,
-                               "cores": (c1 - c0) / (t1 - t0), "peak_rss_mb": peak_rss_mb(proc.pid)}
+                               "cores": (c1 - c0) / (t1 - t0), "peak_rss_mb": rss_mb(proc.pid, "VmHWM")}
         if client:
             if client.error is not None:
                 raise UdmlError(f"view benchmark: client of {name} failed: {client.error!r}")
@@ -322,8 +314,4 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
 
 def write(res: dict[str, Any], out: Path, command: str) -> str:
     """Write ``out`` (JSON) and ``out`` with ``.md``; return the Markdown."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = to_markdown(res, command)
-    out.with_suffix(".md").write_text(md + "\n")
-    return md
+    return write_report(res, out, to_markdown(res, command))

@@ -705,6 +705,15 @@ def log_recover(path: Path, output: Annotated[Path | None, typer.Option("-o")] =
         typer.echo(f"left out {rep.other_encoding} viewer-channel messages (not udml-wire)")
 
 
+def _echo_written(written: dict[str, int], skipped: dict[str, int], width: int = 20,
+                  suffix: dict[str, str] | None = None) -> None:
+    """Messages written per topic (with an optional suffix each), then what was left out."""
+    for topic, n in sorted(written.items()):
+        typer.echo(f"  {topic:{width}s} {n:7d} msgs{(suffix or {}).get(topic, '')}")
+    for what, n in sorted(skipped.items()):
+        typer.echo(f"  left out {n}: {what}")
+
+
 @log_app.command("convert")
 def log_convert(
     bag: Path,
@@ -718,10 +727,8 @@ def log_convert(
     from udml_stream.logs import ros2
 
     rep = _run(lambda: ros2.convert(bag, output, ros2.parse_map(map_), clock=clock))
-    for topic, n in sorted(rep.written.items()):
-        typer.echo(f"  {topic:10s} {n:7d} msgs  from {rep.topics.get(topic, '')}")
-    for what, n in sorted(rep.skipped.items()):
-        typer.echo(f"  left out {n}: {what}")
+    _echo_written(rep.written, rep.skipped, 10,
+                  {t: f"  from {src}" for t, src in rep.topics.items()})
     typer.echo(f"wrote {rep.output} (clock {rep.clock})")
 
 
@@ -746,17 +753,11 @@ def log_export(
         from udml_stream.view import export_foxglove
 
         frep = _run(lambda: export_foxglove(path, output, ViewOptions(image=image)))
-        for topic, n in sorted(frep.written.items()):
-            typer.echo(f"  {topic:20s} {n:7d} msgs")
-        for what, n in sorted(frep.skipped.items()):
-            typer.echo(f"  left out {n}: {what}")
+        _echo_written(frep.written, frep.skipped)
         typer.echo(f"wrote {frep.output} ({frep.copied} original records kept)")
         return
     rep = _run(lambda: ros2.export(path, output, storage=storage))
-    for topic, n in sorted(rep.written.items()):
-        typer.echo(f"  {topic:20s} {n:7d} msgs")
-    for what, n in sorted(rep.skipped.items()):
-        typer.echo(f"  left out {n}: {what}")
+    _echo_written(rep.written, rep.skipped)
     typer.echo(f"wrote {rep.output}")
 
 

@@ -26,6 +26,7 @@ import zmq
 from udml_stream.errors import ConfigError
 from udml_stream.logs.writer import COMPRESSION, LogWriter
 from udml_stream.messages import DecodeError, decode
+from udml_stream.transport.pubsub import check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ def validate(cfg: RecorderConfig) -> None:
     if not cfg.endpoints:
         raise ConfigError("record: give at least one endpoint to record from")
     for ep in cfg.endpoints:
-        if "://" not in ep:
-            raise ConfigError(f"record: endpoint {ep!r} is not a ZeroMQ endpoint "
-                              "(expected e.g. tcp://127.0.0.1:5600 or ipc:///tmp/udml/camera.sock)")
+        check_endpoint("record", ep)
     if cfg.compression not in COMPRESSION:
         raise ConfigError(f"record: compression = {cfg.compression!r}; expected one of "
                           f"{', '.join(COMPRESSION)}")

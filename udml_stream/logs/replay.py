@@ -39,6 +39,7 @@ from udml_stream.logs.reader import WireRecord, iter_wire
 from udml_stream.logs.recorder import topic_matches
 from udml_stream.messages import FusionResult
 from udml_stream.transport import Subscriber
+from udml_stream.transport.pubsub import check_endpoint
 from udml_stream.transport.security import close_context, new_context
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,7 @@ def validate(cfg: ReplayConfig) -> None:
     if not Path(cfg.path).is_file():
         raise ConfigError(f"replay: log {cfg.path} not found" if not Path(cfg.path).exists()
                           else f"replay: {cfg.path} is not a file")
-    if "://" not in cfg.endpoint:
-        raise ConfigError(f"replay: endpoint {cfg.endpoint!r} is not a ZeroMQ endpoint "
-                          "(expected e.g. tcp://127.0.0.1:5610)")
+    check_endpoint("replay", cfg.endpoint)
     if not (math.isfinite(cfg.rate) and cfg.rate > 0):
         raise ConfigError(f"replay: --rate {cfg.rate}; expected a finite number > 0 "
                           "(1 = recorded pace, 2 = twice as fast)")

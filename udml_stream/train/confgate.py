@@ -17,10 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udml_stream import corrupt
 from udml_stream.data import avdigits
 from udml_stream.model.fusion import FusionNet
-from udml_stream.train.trainer import make_batch, to_torch
+from udml_stream.train.trainer import probe_one_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +35,13 @@ def calibrate_confidence_gate(model: FusionNet, val: avdigits.Split,
     time, the other clean); returns them. A model without the switch rule is left alone."""
     if not hasattr(model, "conf_clean"):
         return {}
-    model.eval()
-    rng = np.random.default_rng(seed + 20_023)
-    rows = rng.permutation(len(val))[:n]
-    mods = model.cfg.modalities
-    clean_lv = {m: np.ones(len(rows), np.int64) for m in mods}
+    probes = probe_one_stream(
+        model, val, kinds, seed + 20_023, device, n,
+        lambda res, m: F.softmax(res.unimodal_logits[m].float(), dim=1).amax(dim=1))
     out: dict[str, list[float]] = {"clean": [], "broken": []}
-
-    def confidence(m: str, lv: int, kind: str | None) -> torch.Tensor:
-        levels = {**clean_lv, m: np.full(len(rows), lv, np.int64)}
-        b = make_batch(val, rows, levels, rng, {**(kinds or {}), **({m: kind} if kind else {})})
-        inputs, present, lvt, _ = to_torch(b, device)
-        res = model(inputs, present, lvt)
-        conf = F.softmax(res.unimodal_logits[m].float(), dim=1).amax(dim=1)
-        return conf[res.present[m]]
-
-    for i, m in enumerate(mods):
-        clean = confidence(m, corrupt.CLEAN, None)
-        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[m],)
-        meds = [float(c.median()) for c in (confidence(m, corrupt.PURE_NOISE, f) for f in fams)
-                if c.numel()]
+    for i, m in enumerate(model.cfg.modalities):
+        clean, broken = probes[m]
+        meds = [float(c.median()) for c in broken if c.numel()]
         hi = float(torch.quantile(clean, 0.25)) if clean.numel() else 0.0
         lo = float(np.median(meds)) if meds else 0.0
         if hi < lo + MIN_SPAN:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,12 +21,13 @@ from udml_stream.data.batching import Batch, NaturalInput, draw_training_levels,
 from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
-from udml_stream.model.fusion import FusionNet, ModelConfig
+from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.loss import LossTerms, compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
-from udml_stream.train.config import DEFAULT_ENCODERS, TrainConfig, parse_config
+from udml_stream.train.config import DEFAULT_ENCODERS, LogsSection, TrainConfig, parse_config
 
 if TYPE_CHECKING:
+    from udml_stream.data.logset import LogSource
     from udml_stream.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
@@ -139,16 +141,21 @@ def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split,
     return params
 
 
+def _log_source(lg: LogsSection) -> LogSource:
+    """How a config's ``data.logs`` section reads its logs (topics, kept conditions)."""
+    from udml_stream.data.logset import LogSource
+
+    return LogSource(lg.camera_topic, lg.audio_topic, lg.label_topic, lg.condition_topic,
+                     tuple(lg.conditions) if lg.conditions is not None else None)
+
+
 def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
     """The data set a training config names: AV-Digits (built on first use) or recorded logs."""
     d = cfg.data
     if d.source == "logs":
-        from udml_stream.data.logset import LogSource, load_logs
+        from udml_stream.data.logset import load_logs
 
-        lg = d.logs
-        src = LogSource(lg.camera_topic, lg.audio_topic, lg.label_topic, lg.condition_topic,
-                        tuple(lg.conditions) if lg.conditions is not None else None)
-        return load_logs({"train": lg.train, "val": lg.val}, src)
+        return load_logs({"train": d.logs.train, "val": d.logs.val}, _log_source(d.logs))
     return avdigits.load(d.preset, d.cache_dir, seed=d.build_seed,
                          variants_per_accent=d.variants_per_accent, renditions=d.renditions)
 
@@ -160,20 +167,16 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
     if preset is None and meta.get("preset") == "logs":
         # A log-trained checkpoint is scored on the held-out logs its own config names: the
         # test logs, else the validation logs (as its split "test").
-        from udml_stream.data.logset import LogSource, load_logs
+        from udml_stream.data.logset import load_logs
 
-        lg = d.get("logs", {})
-        held = lg.get("test") or lg.get("val")
+        lg = parse_config(meta["config"], "the checkpoint's config").data.logs
+        held = lg.test or lg.val
         if not held:
             raise ConfigError("this checkpoint was trained from logs but its config names no "
                               "test or validation logs: name an AV-Digits preset (--preset "
                               f"{'|'.join(avdigits.PRESETS)}) or replay a labelled log through "
                               "it (udml log eval)")
-        conds = lg.get("conditions")
-        src = LogSource(lg.get("camera_topic", "camera"), lg.get("audio_topic", "mic"),
-                        lg.get("label_topic", "label"), lg.get("condition_topic", "condition"),
-                        tuple(conds) if conds is not None else None)
-        return load_logs({"test": list(held)}, src)
+        return load_logs({"test": list(held)}, _log_source(lg))
     return avdigits.load(preset or meta.get("preset", "balanced"), cache_dir,
                          seed=meta.get("build_seed", 0),
                          variants_per_accent=d.get("variants_per_accent", 12),
@@ -181,6 +184,36 @@ def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
 
 
 @torch.no_grad()
+def probe_one_stream(model: FusionNet, val: avdigits.Split,
+                     kinds: dict[str, tuple[str, ...]] | None, rng_seed: int,
+                     device: torch.device, n: int,
+                     statistic: Callable[[FusionOutput, str], torch.Tensor]
+                     ) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
+    """What the gates are calibrated from: per modality (every other stream clean), the per-
+    sample ``statistic(output, modality)`` of the samples where it is present, on clean input
+    and on information-free input (level 11) of each of its training families, for ``n``
+    validation samples drawn with ``rng_seed``."""
+    model.eval()
+    rng = np.random.default_rng(rng_seed)
+    rows = rng.permutation(len(val))[:n]
+    mods = model.cfg.modalities
+    clean_lv = {m: np.full(len(rows), corrupt.CLEAN, np.int64) for m in mods}
+
+    def run(m: str, lv: int, kind: str | None) -> torch.Tensor:
+        levels = {**clean_lv, m: np.full(len(rows), lv, np.int64)}
+        b = make_batch(val, rows, levels, rng, {**(kinds or {}), **({m: kind} if kind else {})})
+        inputs, present, lvt, _ = to_torch(b, device)
+        res = model(inputs, present, lvt)
+        return statistic(res, m)[res.present[m]]
+
+    out = {}
+    for m in mods:
+        clean = run(m, corrupt.CLEAN, None)
+        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[m],)
+        out[m] = (clean, [run(m, corrupt.PURE_NOISE, f) for f in fams])
+    return out
+
+
 def calibrate_gate(model: FusionNet, val: avdigits.Split, kinds: dict[str, tuple[str, ...]] | None,
                    seed: int, device: torch.device, n: int = 500) -> dict[str, list[float]]:
     """Set the switch rule's gate from validation data, one stream at a time (the other clean):
@@ -188,24 +221,11 @@ def calibrate_gate(model: FusionNet, val: avdigits.Split, kinds: dict[str, tuple
     over the training families, of each family's median σ̂ at level 11 (information-free input),
     so no single family's estimator bias sets it. Streams the gap policy made absent are left
     out. A modality whose two values are not clearly apart keeps its gate open."""
-    model.eval()
-    rng = np.random.default_rng(seed + 20_011)
-    rows = rng.permutation(len(val))[:n]
-    mods = model.cfg.modalities
-    clean_lv = {m: np.ones(len(rows), np.int64) for m in mods}
+    probes = probe_one_stream(model, val, kinds, seed + 20_011, device, n,
+                              lambda res, m: res.sigma_hat[m])
     out: dict[str, list[float]] = {"clean": [], "broken": []}
-
-    def sigma(m: str, lv: int, kind: str | tuple[str, ...] | None) -> torch.Tensor:
-        levels = {**clean_lv, m: np.full(len(rows), lv, np.int64)}
-        b = make_batch(val, rows, levels, rng, {**(kinds or {}), **({m: kind} if kind else {})})
-        inputs, present, lvt, _ = to_torch(b, device)
-        res = model(inputs, present, lvt)
-        return res.sigma_hat[m][res.present[m]]
-
-    for i, m in enumerate(mods):
-        clean = sigma(m, 1, None)
-        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[m],)
-        broken = [sigma(m, corrupt.PURE_NOISE, f) for f in fams]
+    for i, m in enumerate(model.cfg.modalities):
+        clean, broken = probes[m]
         meds = [float(s.median()) for s in broken if s.numel()]
         lo = float(torch.quantile(clean, 0.75)) if clean.numel() else 0.0
         hi = float(np.median(meds)) if meds else 0.0

@@ -25,10 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from udml_stream.errors import ConfigError
 from udml_stream.messages import DecodeError, Message, decode, encode
 from udml_stream.transport.security import PUBLISHER_MAX_INBOUND, SUBSCRIBER_MAX_INBOUND
 
 log = logging.getLogger(__name__)
+
+
+def check_endpoint(command: str, endpoint: str) -> None:
+    """Raise ``ConfigError`` (prefixed ``command:``) when ``endpoint`` is no ZeroMQ endpoint."""
+    if "://" not in endpoint:
+        raise ConfigError(f"{command}: endpoint {endpoint!r} is not a ZeroMQ endpoint "
+                          "(expected e.g. tcp://127.0.0.1:5600 or ipc:///tmp/udml/camera.sock)")
 
 
 def now_ns(clock: str = "monotonic") -> int:

@@ -27,7 +27,7 @@ from udml_stream.errors import ConfigError
 from udml_stream.logs.foxglove import ViewOptions, view_data, view_schema, view_topic
 from udml_stream.logs.recorder import topic_matches
 from udml_stream.messages import CameraFrame, Message
-from udml_stream.transport.pubsub import Subscriber
+from udml_stream.transport.pubsub import Subscriber, check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def validate(cfg: ViewConfig) -> None:
     if not cfg.endpoints:
         raise ConfigError("view: give at least one endpoint to subscribe to")
     for ep in cfg.endpoints:
-        if "://" not in ep:
-            raise ConfigError(f"view: endpoint {ep!r} is not a ZeroMQ endpoint "
-                              "(expected e.g. tcp://127.0.0.1:5600 or ipc:///tmp/udml/camera.sock)")
+        check_endpoint("view", ep)
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"view: port = {cfg.port}; expected 0..65535 (0 = any free port)")
     try:
