@@ -1,4 +1,5 @@
-"""Fusion node: camera frames + audio → UDML → one fusion result per frame.
+"""Fusion node: camera frames (one camera or several) + audio → UDML → one fusion result per
+frame of the trigger camera.
 
 The logic lives in ``udml_stream.serve.FusionService``; this program wires it to sockets, logs
 rejections rate-limited and never lets one message take the node down.
@@ -29,14 +30,13 @@ def run(name: str, spec: FusionNode) -> int:
     stop = setup_process(name)
     runner = FusionRunner(spec.checkpoint, spec.device, spec.threads)
     runner.warm_up()
-    image_stream = spec.streams.get("image", "camera")
-    audio_stream = spec.streams.get("audio", "mic")
     service = FusionService(runner, PairingConfig(
         sample_rate=runner.sample_rate, window_samples=runner.window_samples,
         slop_ns=int(spec.slop_ms * 1e6), audio_lag_ns=int(spec.audio_lag_ms * 1e6),
         camera_deadline_ns=int(spec.camera_deadline_ms * 1e6),
         audio_deadline_ns=int(spec.audio_deadline_ms * 1e6), fallback_hz=spec.fallback_hz,
-    ), camera=image_stream, audio=audio_stream, stream=spec.stream, robots=spec.robots,
+        other_max_age_ns=int(spec.other_max_age_ms * 1e6),
+    ), stream=spec.stream, robots=spec.robots, streams=spec.streams,
         max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6),
         freeze_ns=int(spec.freeze_ms * 1e6))
     # One line per reason every few seconds, however fast bad messages come; the filter on the
@@ -53,7 +53,8 @@ def run(name: str, spec: FusionNode) -> int:
                     ) as sub, \
             Publisher(spec.endpoint, bind=spec.bind) as pub:
         beat = Beater(pub, name, spec.heartbeat_s)
-        log.info("fusing %s + %s%s from %s on %s", image_stream, audio_stream,
+        log.info("fusing %s%s from %s on %s",
+                 " + ".join(f"{st.name}={st.topic}" for st in service.streams),
                  f" of {len(spec.robots)} robots" if spec.robots else "", spec.subscribe,
                  pub.endpoint)
         while not stop.is_set():

@@ -623,6 +623,9 @@ def replay(
     results: Annotated[str | None, typer.Option(help="The fusion node's endpoint")] = None,
     drain: Annotated[float, typer.Option(
         help="Seconds subscribers get to read the tail after the log ends")] = 2.0,
+    other_camera: Annotated[list[str] | None, typer.Option(
+        help="Lossless: another camera topic, sent before each trigger frame (repeatable)")
+    ] = None,
 ) -> None:
     """Publish a recorded log on its topics (timed, or lossless and consumer-paced)."""
     from udml_stream_apps.nodes import replay as prog
@@ -632,7 +635,8 @@ def replay(
     def build() -> ReplayConfig:
         cfg = ReplayConfig(path, endpoint, rate=rate, loop=loop, start_s=start, end_s=end,
                            topics=topic, remap=parse_remap(remap or []), order=order,
-                           lossless=lossless, results_endpoint=results, drain_s=drain)
+                           lossless=lossless, results_endpoint=results, drain_s=drain,
+                           other_topics=tuple(other_camera or ()))
         validate(cfg)
         return cfg
 

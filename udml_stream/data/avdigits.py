@@ -180,6 +180,9 @@ class Preset:
     # the fusion node's crop/resize path; clean speech that every batch puts at a random level
     # over a random room floor (udml_stream.data.field). No fixed weakening.
     natural: bool = False
+    # Cameras per sample: 2 adds the stream ``image2``, an independently drawn second image of
+    # the same digit from the same split (a robot with two cameras on one scene).
+    cameras: int = 1
 
 
 PRESETS: dict[str, Preset] = {
@@ -197,6 +200,9 @@ PRESETS: dict[str, Preset] = {
     # (40 dB floor), so audio is the dominant learner: D_audio/D_image ≈ 3.3–4 at the end of
     # training (≈ 1.4 on `imbalanced`, ≈ 1.7 with 2 PCs), measured there.
     "dominant": Preset("dominant", "raw", image_pca_energy=0.08),
+    # Two cameras and a microphone (docs/modalities.md): both cameras as weak as `imbalanced`'s,
+    # so the second view adds evidence the first lacks.
+    "twocam": Preset("twocam", "raw", image_pca_energy=0.25, cameras=2),
 }
 
 
@@ -216,6 +222,8 @@ class Split:
     tables: dict[str, np.ndarray]
     index: dict[str, np.ndarray]
     natural: bool = False  # batches get natural variation first (udml_stream.data.field)
+    # Stream name → modality kind where the name alone does not say (udml_stream.modalities).
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -228,7 +236,7 @@ class Split:
         """A class-mixed random subset of ``n`` samples (for quick runs and tests)."""
         rows = np.random.default_rng(seed).permutation(len(self))[:n]
         return Split(self.name, self.labels[rows], self.tables,
-                     {m: ix[rows] for m, ix in self.index.items()}, self.natural)
+                     {m: ix[rows] for m, ix in self.index.items()}, self.natural, self.kinds)
 
 
 @dataclass
@@ -245,6 +253,8 @@ class AVDigits:
 
 def _pca_weaken(images: np.ndarray, train_mask: np.ndarray, energy: float) -> tuple[np.ndarray, int]:
     """Project images on the leading PCs (fit on train) that hold ``energy`` of the variance."""
+    if energy >= 1.0:  # every PC: the projection is the identity (skip the SVD, seconds)
+        return images.astype(np.float32), int(np.prod(images.shape[1:]))
     x = images.reshape(images.shape[0], -1).astype(np.float64)
     mean = x[train_mask].mean(axis=0)
     _, s, vt = np.linalg.svd(x[train_mask] - mean, full_matrices=False)
@@ -316,13 +326,39 @@ def load(
         mu, sd = frames.mean(axis=0), frames.std(axis=0) + 1e-6
         table = np.where(valid[..., None], (mfcc - mu) / sd, 0.0).astype(np.float32)
     splits = {}
-    for name in SPLITS:
+    mods = ("image", "image2", aud_name) if preset.cameras == 2 else ("image", aud_name)
+    if preset.cameras not in (1, 2):
+        raise DatasetError(f"preset {preset.name!r}: cameras = {preset.cameras}; expected 1 or 2")
+    for s, name in enumerate(SPLITS):
         p = arr[f"pairs_{name}"]
+        index = {"image": p[:, 0], aud_name: p[:, 1]}
+        tables = {"image": images, aud_name: table}
+        if preset.cameras == 2:
+            # Its own generator per split: the second views do not move the first ones.
+            rng2 = np.random.default_rng([seed, 2, s])
+            index["image2"] = _second_images(arr["image_labels"], arr["image_split"], p[:, 0],
+                                             s, rng2)
+            tables["image2"] = images
         splits[name] = Split(
             name,
             labels=arr["image_labels"][p[:, 0]],
-            tables={"image": images, aud_name: table},
-            index={"image": p[:, 0], aud_name: p[:, 1]},
+            tables={m: tables[m] for m in mods},
+            index={m: index[m] for m in mods},
             natural=preset.natural,
         )
-    return AVDigits(preset, ("image", aud_name), splits, info=info)
+    return AVDigits(preset, mods, splits, info=info)
+
+
+def _second_images(labels: np.ndarray, split_of: np.ndarray, first: np.ndarray, split: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """For each image index in ``first``, another image of the same class from the same split,
+    drawn uniformly (never the same image, unless it is its class's only one there)."""
+    out = np.empty_like(first)
+    for c in np.unique(labels[first]):
+        pool = np.flatnonzero((labels == c) & (split_of == split))
+        rows = np.flatnonzero(labels[first] == c)
+        pick = rng.integers(0, pool.size, rows.size)
+        same = pool[pick] == first[rows]
+        pick[same] = (pick[same] + 1) % pool.size
+        out[rows] = pool[pick]
+    return out

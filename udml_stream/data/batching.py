@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data.avdigits import Split
 from udml_stream.data.field import NaturalAudio, jitter_images, naturalise_audio, naturalise_image
 
@@ -56,7 +56,8 @@ def draw_training_levels(
 def _corrupt_mixed(modality: str, kinds: str | tuple[str, ...], x: np.ndarray,
                    levels: np.ndarray, rng: np.random.Generator,
                    ref_power: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Corrupt each sample with one family: ``kinds`` names it, or lists those to draw from."""
+    """Corrupt each sample with one family: ``kinds`` names it, or lists those to draw from.
+    ``modality`` is the stream's corruption key (its kind: ``image`` for ``image2`` too)."""
     if isinstance(kinds, str):
         fams = np.full(x.shape[0], kinds, dtype=object)
     else:
@@ -80,7 +81,8 @@ def make_batch(
 ) -> Batch:
     """Gather ``rows`` of ``split`` and corrupt each modality at its per-sample level.
 
-    ``kinds`` picks the corruption family per modality (default: the benchmark's training kind);
+    ``kinds`` picks the corruption family per modality (default: the benchmark's training kind
+    of the stream's modality kind, ``udml_stream.modalities``);
     a tuple of families draws one per sample. A modality named in ``missing`` is absent for every
     sample of the batch (its input is left out entirely). On a natural split (the field preset)
     the clean samples first get natural variation (level, room floor, exposure: ``natural`` fixes
@@ -91,14 +93,15 @@ def make_batch(
     nat = natural or NaturalInput()
     # Natural variation first, for every modality, missing or not: a sample then gets the same
     # level, floor and exposure whichever streams a condition drops or corrupts (paired scores).
+    kind = {m: modalities.kind_of(m, split.kinds).corrupt for m in raw}
     for m, x in raw.items():
         lv = np.asarray(levels[m])
         out_levels[m] = lv
-        if split.natural and m == "audio":
+        if split.natural and kind[m] == "audio":
             _, raw[m], refs[m], floor_level = naturalise_audio(
                 x, rng, NaturalAudio(), nat.peak_dbfs, nat.floor_dbfs)
             out_levels[m] = np.maximum(lv, floor_level).astype(np.float32)
-        elif split.natural and m == "image":
+        elif split.natural and kind[m] == "image":
             if nat.jitter:  # the pose first: exposure and sensor noise act on the posed view
                 x = jitter_images(x, rng)
             raw[m] = naturalise_image(x, rng) if nat.exposure else x
@@ -106,6 +109,7 @@ def make_batch(
         present[m] = np.full(len(rows), m not in missing)
         if m in missing:
             continue
-        kind = (kinds or {}).get(m, corrupt.TRAIN_KINDS[m])
-        inputs[m], fams[m] = _corrupt_mixed(m, kind, x, np.asarray(levels[m]), rng, refs.get(m))
+        fam = (kinds or {}).get(m, corrupt.TRAIN_KINDS[kind[m]])
+        inputs[m], fams[m] = _corrupt_mixed(kind[m], fam, x, np.asarray(levels[m]), rng,
+                                            refs.get(m))
     return Batch(inputs, out_levels, present, split.labels[rows], rows, fams, refs)

@@ -57,6 +57,16 @@ class LogSource:
     # a frame is kept or superseded as it was live; None = the node's defaults.
     slop_ms: float | None = None
     audio_deadline_ms: float | None = None
+    # Further cameras (a robot with two): model modality → topic, e.g. {"image2": "camera2"}.
+    # Each frame of ``camera_topic`` takes the newest frame of each within ``other_max_age_ms``
+    # of it, as the live node does; a sample lacking one is dropped (``no_other_camera``).
+    cameras: dict[str, str] = field(default_factory=dict)
+    other_max_age_ms: float | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities of the samples read: the trigger camera, the others, the audio."""
+        return ("image", *self.cameras, "audio")
 
 
 @dataclass
@@ -69,6 +79,7 @@ class LogReadStats:
     no_audio: int = 0  # paired without audio, or with less than ``min_audio_valid`` of it
     partial_audio: int = 0  # of ``no_audio``: a window partly recorded (gap, or log start)
     unlabelled: int = 0  # window straddles a label change, or before the first label
+    no_other_camera: int = 0  # a further camera had no frame close enough to the trigger's
     other_condition: int = 0  # filtered out by ``conditions``
     superseded: int = 0  # replaced by a newer frame before audio covered it (as live)
     pending_at_end: int = 0  # the log ended while the frame waited for its audio
@@ -126,9 +137,18 @@ def _release_ns(pairer: Pairer) -> int | None:
 
 def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = True
              ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Images (model pixels), waveforms and labels of the usable samples of one log. With
-    ``labelled=False`` the log needs no label topic: every paired sample is kept, label -1
-    (what adapting the health estimator takes: its targets are synthetic degradation levels)."""
+    """Images (model pixels) of the trigger camera, waveforms and labels of the usable samples
+    of one log (``read_log_streams`` gives every camera of ``src``)."""
+    inputs, ys = read_log_streams(path, src, stats, labelled)
+    return inputs["image"], inputs["audio"], ys
+
+
+def read_log_streams(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = True
+                     ) -> tuple[dict[str, list[np.ndarray]], list[int]]:
+    """Per modality (``src.modalities``: images as model pixels, waveforms), the inputs of the
+    usable samples of one log, and their labels. With ``labelled=False`` the log needs no
+    label topic: every paired sample is kept, label -1 (what adapting the health estimator
+    takes: its targets are synthetic degradation levels)."""
     labels, conds = _truth(path, src) if labelled else ([], [])
     starts = [t for t, _, _ in labels]
     cstarts = [t for t, _, _ in conds]
@@ -140,11 +160,14 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
         timing["slop_ns"] = int(src.slop_ms * 1e6)
     if src.audio_deadline_ms is not None:
         timing["audio_deadline_ns"] = int(src.audio_deadline_ms * 1e6)
+    if src.other_max_age_ms is not None:
+        timing["other_max_age_ns"] = int(src.other_max_age_ms * 1e6)
     pairer = Pairer(PairingConfig(sample_rate=src.sample_rate, window_samples=src.window_samples,
-                                  **timing), camera=src.camera_topic, audio=src.audio_topic)
+                                  **timing), camera=src.camera_topic, audio=src.audio_topic,
+                    others=list(src.cameras.values()))
     geometry = ImagePrep(size=src.image_size)
-    images: list[np.ndarray] = []
-    waves: list[np.ndarray] = []
+    cams = {"image": src.camera_topic, **src.cameras}  # modality → topic, trigger first
+    inputs: dict[str, list[np.ndarray]] = {m: [] for m in src.modalities}
     ys: list[int] = []
 
     def take(sample: SyncedSample | None) -> None:
@@ -153,6 +176,9 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
         if sample.audio is None or sample.audio_valid < src.min_audio_valid:
             stats.no_audio += 1
             stats.partial_audio += int(sample.audio is not None)
+            return
+        if len(sample.others) < len(src.cameras):
+            stats.no_other_camera += 1
             return
         # The window ends at the frame's instant, or earlier when the audio stopped short of it.
         end = min(sample.t_ns, pairer.ring.end_ns or sample.t_ns)
@@ -165,11 +191,14 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
             if c < 0 or conds[c][2] not in src.conditions:
                 stats.other_condition += 1
                 return
-        # Labelled: only now is the frame reduced to model pixels and its window kept.
+        # Labelled: only now are the frames reduced to model pixels and the window kept.
+        frames = {m: sample.frame if t == src.camera_topic else sample.others[t]
+                  for m, t in cams.items()}
         with torch.no_grad():
-            frame = torch.from_numpy(np.ascontiguousarray(sample.frame.image))[None]
-            images.append(geometry.pixels(frame)[0, 0].numpy())
-        waves.append(sample.audio)
+            for m, f in frames.items():
+                px = torch.from_numpy(np.ascontiguousarray(f.image))[None]
+                inputs[m].append(geometry.pixels(px)[0, 0].numpy())
+        inputs["audio"].append(sample.audio)
         y = labels[j][1] if labelled else -1
         ys.append(y)
         stats.per_label[y] = stats.per_label.get(y, 0) + 1
@@ -179,7 +208,7 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
             take(sample)
 
     frames_before = stats.frames
-    for rec in iter_wire(path, topics=[src.camera_topic, src.audio_topic]):
+    for rec in iter_wire(path, topics=[*cams.values(), src.audio_topic]):
         try:
             msg = decode(rec.frames)
         except DecodeError as err:
@@ -189,8 +218,8 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
         if not isinstance(msg, (CameraFrame, AudioChunk)):
             continue
         msg.stream = rec.topic
-        if isinstance(msg, CameraFrame):
-            stats.frames += 1
+        if isinstance(msg, CameraFrame) and rec.topic == src.camera_topic:
+            stats.frames += 1  # trigger frames: one sample each at most
         # The live node polls its pairer every few ms, so a waiting frame goes out when its
         # slop (or the audio deadline) runs out, not when the next message happens to arrive:
         # without this, each frame was superseded by the next before its wait was checked.
@@ -211,7 +240,7 @@ def read_log(path: Path, src: LogSource, stats: LogReadStats, labelled: bool = T
         "superseded": pairer.frames_superseded}
     log.info("%s: %d of %d frames kept, %d superseded", path, len(ys),
              stats.frames - frames_before, pairer.frames_superseded)
-    return images, waves, ys
+    return inputs, ys
 
 
 def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None = None,
@@ -220,13 +249,12 @@ def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None 
     no ground truth needed, labels -1)."""
     src = src or LogSource()
     stats = LogReadStats()
-    images: list[np.ndarray] = []
-    waves: list[np.ndarray] = []
+    inputs: dict[str, list[np.ndarray]] = {m: [] for m in src.modalities}
     ys: list[int] = []
     for path in expand(patterns):
-        i, w, y = read_log(path, src, stats, labelled)
-        images += i
-        waves += w
+        got, y = read_log_streams(path, src, stats, labelled)
+        for m, xs in got.items():
+            inputs[m] += xs
         ys += y
     if not ys:
         raise LogError(f"{name}: no {'labelled ' if labelled else ''}camera+audio sample in "
@@ -234,9 +262,8 @@ def read_split(name: str, patterns: Iterable[str | Path], src: LogSource | None 
                        f"({stats})")
     n = len(ys)
     split = Split(name, np.asarray(ys, dtype=np.int64),
-                  {"image": np.stack(images).astype(np.float32),
-                   "audio": np.stack(waves).astype(np.float32)},
-                  {"image": np.arange(n), "audio": np.arange(n)})
+                  {m: np.stack(xs).astype(np.float32) for m, xs in inputs.items()},
+                  {m: np.arange(n) for m in inputs})
     log.info("%s: %d samples from %d log(s); %s", name, n, stats.files, stats)
     return split, stats
 
@@ -251,4 +278,4 @@ def load_logs(splits: dict[str, list[str]], src: LogSource | None = None,
         out[name], stats = read_split(name, patterns, src)
         info[name] = vars(stats)
     return AVDigits(Preset("logs", "raw", image_pca_energy=1.0, audio_base_snr_db=None),
-                    ("image", "audio"), out, class_names, src.sample_rate, info)
+                    src.modalities, out, class_names, src.sample_rate, info)

@@ -33,7 +33,7 @@ from udml_stream.sensors.microphone import write_wav
 
 #: Every condition a plan may name; the stream faults among them are played by the launcher.
 CONDITIONS = ("clean", "camera_noise", "audio_noise", "camera_covered", "mic_unplugged",
-              "camera_killed")
+              "camera_killed", "camera2_covered")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class Scene:
     audio: Path
     segments: list[Segment]
     spec: SceneSpec
+    video2: Path | None = None  # the second camera's view (two-camera data: ``image2``)
 
     @property
     def duration_s(self) -> float:
@@ -122,8 +123,33 @@ def _scene_sources(data: AVDigits, rows: np.ndarray, spec: SceneSpec, rng: np.ra
     return batch["image"], waves, np.full(len(rows), np.nan), floor
 
 
+def _second_view(data: AVDigits, rows: np.ndarray) -> np.ndarray | None:
+    """The second camera's digits ``[n, 28, 28]`` for test ``rows`` (None: one camera)."""
+    if "image2" not in data.modalities:
+        return None
+    test = data.splits["test"]
+    if data.preset.natural:  # as for the first camera: the digit itself, not its camera view
+        from udml_stream.data.sources import load_mnist
+
+        return load_mnist()[0][test.index["image2"][rows]].astype(np.float32)
+    return test.batch(rows)["image2"]
+
+
+def _frame(img: np.ndarray, spec: SceneSpec) -> np.ndarray:
+    """A camera frame showing the 28×28 digit ``img`` (nearest-neighbour upscaled, centred)."""
+    big = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (spec.digit_px, spec.digit_px),
+                     interpolation=cv2.INTER_NEAREST)
+    frame = np.zeros((spec.height, spec.width, 3), np.uint8)
+    top, left = (spec.height - spec.digit_px) // 2, (spec.width - spec.digit_px) // 2
+    frame[top : top + spec.digit_px, left : left + spec.digit_px] = big[..., None]
+    return frame
+
+
 def build_scene(data: AVDigits, out_dir: Path, spec: SceneSpec | None = None) -> Scene:
-    """Write ``scene.avi`` (MJPEG), ``scene.wav`` (16 kHz) and ``scene.json`` into ``out_dir``."""
+    """Write ``scene.avi`` (MJPEG), ``scene.wav`` (16 kHz) and ``scene.json`` into ``out_dir``;
+    with two-camera data (``image2``) also ``scene2.avi``, the second camera's view of the
+    same digits (``camera2_covered`` covers it alone; the other camera conditions act on the
+    first camera only)."""
     spec = spec or SceneSpec()
     unknown = sorted({c for c, _ in spec.plan} - set(CONDITIONS))
     if unknown:
@@ -142,6 +168,12 @@ def build_scene(data: AVDigits, out_dir: Path, spec: SceneSpec | None = None) ->
     path_v = out_dir / "scene.avi"
     writer = cv2.VideoWriter(str(path_v), cv2.VideoWriter_fourcc(*"MJPG"), spec.fps,
                              (spec.width, spec.height))
+    images2 = _second_view(data, rows)
+    if images2 is None and "camera2_covered" in conditions:
+        raise ValueError("condition camera2_covered needs two-camera data (modality image2)")
+    path_v2 = out_dir / "scene2.avi" if images2 is not None else None
+    writer2 = (cv2.VideoWriter(str(path_v2), cv2.VideoWriter_fourcc(*"MJPG"), spec.fps,
+                               (spec.width, spec.height)) if path_v2 is not None else None)
     segments = []
     for i in range(n):
         cond = conditions[i]
@@ -150,13 +182,16 @@ def build_scene(data: AVDigits, out_dir: Path, spec: SceneSpec | None = None) ->
             img = corrupt.apply("image", "gaussian", img, spec.camera_noise_level, rng)
         elif cond == "camera_covered":
             img = corrupt.apply("image", "covered", img, spec.covered_level, rng)
-        big = cv2.resize(np.clip(img[0], 0, 255).astype(np.uint8), (spec.digit_px, spec.digit_px),
-                         interpolation=cv2.INTER_NEAREST)
-        frame = np.zeros((spec.height, spec.width, 3), np.uint8)
-        top, left = (spec.height - spec.digit_px) // 2, (spec.width - spec.digit_px) // 2
-        frame[top : top + spec.digit_px, left : left + spec.digit_px] = big[..., None]
+        frame = _frame(img[0], spec)
         for _ in range(frames_per_seg):
             writer.write(frame)
+        if writer2 is not None and images2 is not None:
+            img2 = images2[i : i + 1]
+            if cond == "camera2_covered":
+                img2 = corrupt.apply("image", "covered", img2, spec.covered_level, rng)
+            frame2 = _frame(img2[0], spec)
+            for _ in range(frames_per_seg):
+                writer2.write(frame2)
         s0 = i * seg_samples
         span = slice(s0 + lead, s0 + lead + waves.shape[1])
         if data.preset.natural:
@@ -171,8 +206,10 @@ def build_scene(data: AVDigits, out_dir: Path, spec: SceneSpec | None = None) ->
         segments.append(Segment(i, int(test.labels[rows[i]]), i * spec.segment_s,
                                 (i + 1) * spec.segment_s, cond))
     writer.release()
+    if writer2 is not None:
+        writer2.release()
     path_a = out_dir / "scene.wav"
     write_wav(path_a, audio, sr)  # no rescaling: the model's log-mel statistics are absolute
     (out_dir / "scene.json").write_text(json.dumps(
         {"spec": asdict(spec), "segments": [asdict(s) for s in segments]}, indent=1))
-    return Scene(path_v, path_a, segments, spec)
+    return Scene(path_v, path_a, segments, spec, path_v2)

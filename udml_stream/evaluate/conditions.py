@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 from udml_stream import corrupt
 from udml_stream.data.avdigits import Split
 from udml_stream.data.batching import make_batch
+from udml_stream.modalities import kind_of
 from udml_stream.model.fusion import FusionNet
 from udml_stream.train.trainer import to_torch
 
@@ -41,7 +42,7 @@ def standard_conditions(modalities: tuple[str, ...]) -> list[Condition]:
     conds += [Condition(f"both@{lv}", dict.fromkeys(modalities, lv)) for lv in (6, 9)]
     conds += [Condition(f"{m}_missing", missing=(m,), fraction=1.0) for m in modalities]
     for m in modalities:
-        for kind in corrupt.EVAL_KINDS[m]:
+        for kind in corrupt.EVAL_KINDS[kind_of(m).corrupt]:  # image2: as image
             conds += [Condition(f"{m}:{kind}@{lv}", {m: lv}, {m: kind}) for lv in UNSEEN_LEVELS]
     return conds
 

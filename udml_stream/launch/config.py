@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from udml_stream import modalities
 from udml_stream.errors import ConfigError
 from udml_stream.messages.topics import check_robot_names
 from udml_stream.transport.security import Security, configure
@@ -87,7 +88,11 @@ class FusionNode(_Node):
     subscribe: list[str] = Field(description="endpoints of the sensor nodes")
     streams: dict[str, str] = Field(
         default_factory=lambda: {"image": "camera", "audio": "mic"},
-        description="model modality → stream name")
+        description="model modality → stream name; a modality not named here reads its "
+        "registry default (udml_stream.modalities: image2 → camera2)")
+    other_max_age_ms: float = Field(100.0, gt=0, description=(
+        "a further camera's newest frame joins a sample when captured within this of the "
+        "trigger camera's frame; otherwise that camera is absent for the sample"))
     slop_ms: float = Field(60.0, ge=0)
     audio_lag_ms: float = Field(25.0, ge=0, description=(
         "a frame is fused once the audio reaches this close to its instant (its 1 s window "
@@ -104,6 +109,20 @@ class FusionNode(_Node):
     freeze_ms: float = Field(0.0, ge=0, description=(
         "> 0: a camera whose frames stay identical this long is frozen (its frames are "
         "rejected, the camera goes absent); 0 = off, for sources without sensor noise"))
+
+    @field_validator("streams")
+    @classmethod
+    def _stream_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for m, topic in v.items():
+            try:
+                modalities.kind_of(m)
+            except ConfigError as err:  # pydantic reports ValueErrors with the key
+                raise ValueError(str(err)) from None
+            if not topic or topic != topic.strip():
+                raise ValueError(f"streams.{m} = {topic!r}: expected a non-empty topic name")
+        if len(set(v.values())) != len(v):
+            raise ValueError(f"streams {v}: two modalities read one topic")
+        return v
 
     @field_validator("robots")
     @classmethod

@@ -63,8 +63,11 @@ class ReplayConfig:
     prefetch: int = 64  # records a reader thread decodes ahead of publishing
     lossless: bool = False
     results_endpoint: str | None = None  # the fusion node's output, for lossless mode
-    camera_topic: str = "camera"
+    camera_topic: str = "camera"  # the trigger camera: one fusion result per frame
     audio_topic: str = "mic"
+    # Further cameras (lossless mode): their frames captured up to a trigger frame's instant go
+    # out before it, with its audio, so the node pairs the frame with them as live.
+    other_topics: tuple[str, ...] = ()
     result_timeout_s: float = 5.0
     wait_subscribers_s: float = 10.0
     send_timeout_s: float = 10.0  # a subscriber this far behind makes a message count as not sent
@@ -98,6 +101,11 @@ def validate(cfg: ReplayConfig) -> None:
         raise ConfigError("replay: --results is only used with --lossless")
     if cfg.lossless and cfg.order != "log":
         raise ConfigError("replay: --lossless replays in log order; drop --order")
+    if {cfg.camera_topic, cfg.audio_topic} & set(cfg.other_topics) or any(
+            not t for t in cfg.other_topics):
+        raise ConfigError(f"replay: other camera topics {list(cfg.other_topics)} must be "
+                          f"non-empty and differ from {cfg.camera_topic!r} and "
+                          f"{cfg.audio_topic!r}")
     if cfg.topics is not None and any(not t for t in cfg.topics):
         raise ConfigError("replay: --topic must be a non-empty name or pattern")
     for old, new in cfg.remap.items():
@@ -386,7 +394,8 @@ class Replayer:
             if rec.topic != cfg.camera_topic:
                 self._send(rec, stats)
                 continue
-            # Send the audio that covers this frame's instant first (hold everything else).
+            # Send the audio that covers this frame's instant first, and the other cameras'
+            # frames captured by then (hold everything else).
             while True:
                 nxt = pull()
                 if nxt is None:
@@ -395,6 +404,8 @@ class Replayer:
                     self._send(nxt, stats)
                     if nxt.capture_ns >= rec.capture_ns:
                         break
+                elif nxt.topic in cfg.other_topics and nxt.capture_ns <= rec.capture_ns:
+                    self._send(nxt, stats)
                 else:
                     held.append(nxt)
             self._send(rec, stats)

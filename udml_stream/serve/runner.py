@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udml_stream import modalities
 from udml_stream.errors import CheckpointError
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
@@ -49,10 +50,14 @@ class FusionRunner:
         if cfg.spec.quality == "oracle":
             raise CheckpointError(f"{ckpt} is an oracle model: it needs the true noise levels "
                                   "and cannot serve live streams")
-        kinds = {m: p["kind"] for m, p in cfg.preprocess.items()}
-        if set(kinds.values()) - {"image", "logmel"}:
-            raise CheckpointError(f"{ckpt} takes {kinds}; live serving needs camera frames and "
-                                  "waveforms (a raw-track checkpoint: image + logmel)")
+        # Each modality's kind follows from its preprocessing (the checkpoint's own table),
+        # so checkpoints from before the registry resolve unchanged.
+        self.kinds: dict[str, str] = modalities.kinds_from_preprocess(cfg.preprocess)
+        offline = {m: k for m, k in self.kinds.items() if modalities.REGISTRY[k].sync == "none"}
+        if offline:
+            raise CheckpointError(f"{ckpt} takes {offline}, which no live sensor sends; live "
+                                  "serving needs camera frames and waveforms (a raw-track "
+                                  "checkpoint)")
         # Batched inference: eager on CPU; on CUDA, pinned uploads and one captured graph per
         # batch-size bucket (``warm_up`` captures them).
         self.engine = Engine(self.model, self.device)
@@ -61,12 +66,13 @@ class FusionRunner:
         """Run a few dummy samples (allocations, kernel selection); returns the last latency in s."""
         if self.device.type == "cuda":
             self.engine.warm_up()  # captures each batch bucket's graph
-        frame = np.zeros(frame_shape, np.uint8)
-        audio = np.zeros(self.window_samples, np.float32)
+        dummy = {"image": np.zeros(frame_shape, np.uint8),
+                 "audio": np.zeros(self.window_samples, np.float32)}
+        sample = {m: dummy[k] for m, k in self.kinds.items()}
         t = 0.0
         for _ in range(runs):
             t0 = time.perf_counter()
-            self.predict({"image": frame, "audio": audio})
+            self.predict(sample)
             t = time.perf_counter() - t0
         log.info("warm-up on %s: %.1f ms per sample", self.device, 1000 * t)
         return t

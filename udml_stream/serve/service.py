@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from udml_stream import modalities
+from udml_stream.errors import CheckpointError
 from udml_stream.messages import FusionResult, Message
 from udml_stream.messages.topics import check_robot_names, namespaced
 from udml_stream.serve.runner import FusionRunner
@@ -27,16 +31,29 @@ from udml_stream.sync.edge import Edge
 log = logging.getLogger(__name__)
 
 
+def _roles(kinds: Mapping[str, str]) -> tuple[str, str, tuple[str, ...]]:
+    """(trigger camera, audio window, other cameras) among a model's modalities: the first
+    trigger-kind modality triggers samples, the others are sampled at its frames. Live serving
+    needs a camera and exactly one continuous (window) stream."""
+    trig = [m for m, k in kinds.items() if modalities.REGISTRY[k].sync == "trigger"]
+    win = [m for m, k in kinds.items() if modalities.REGISTRY[k].sync == "window"]
+    if not trig or len(win) != 1:
+        raise CheckpointError(f"the model takes {dict(kinds)}; live serving needs at least one "
+                              "camera and exactly one audio stream")
+    return trig[0], win[0], tuple(trig[1:])
+
+
 @dataclass
 class Lane:
     """One robot's streams: admission, pairing and its own result sequence."""
 
     robot: str
-    camera: str  # topic of its camera stream
+    camera: str  # topic of its trigger camera stream
     audio: str  # topic of its audio stream
     stream: str  # topic of its results
     edge: Edge
     pairer: Pairer
+    topics: dict[str, str] = field(default_factory=dict)  # model modality → its topic here
     seq: int = 0  # results published so far
     last_audio_valid: float = 0.0  # of the newest sample fused (0 before the first)
     alive: tuple[bool, bool] | None = None
@@ -47,24 +64,31 @@ class FusionService:
 
     def __init__(self, runner: FusionRunner, pairing: PairingConfig, camera: str = "camera",
                  audio: str = "mic", stream: str = "fused", robots: Sequence[str] = (),
-                 max_batch: int = 64, batch_wait_ns: int = 0, freeze_ns: int = 0) -> None:
-        """``robots``: names of the robots served (streams ``<robot>/<camera>`` …); empty for
-        one robot whose streams are ``camera`` and ``audio`` as given. ``max_batch`` caps one
-        forward pass; ``batch_wait_ns`` is how long a due sample may wait for batch mates;
-        ``freeze_ns`` > 0 turns on the frozen-camera check (``sync.edge.Edge``)."""
+                 max_batch: int = 64, batch_wait_ns: int = 0, freeze_ns: int = 0,
+                 streams: Mapping[str, str] | None = None) -> None:
+        """``streams``: model modality → topic (the launch file's ``streams``); a modality it
+        does not name reads its registry default (``modalities.default_topic``: ``image2`` →
+        ``camera2``), except the trigger camera and the audio stream, which read ``camera``
+        and ``audio``. ``robots``: names of the robots served (topics ``<robot>/<topic>``);
+        empty for one robot whose topics are as named. ``max_batch`` caps one forward pass;
+        ``batch_wait_ns`` is how long a due sample may wait for batch mates; ``freeze_ns`` > 0
+        turns on the frozen-camera check (``sync.edge.Edge``)."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
         check_robot_names(robots)
         self.runner, self.max_batch, self.batch_wait_ns = runner, max_batch, batch_wait_ns
+        self.trigger, self.window, self.others = _roles(runner.kinds)
+        topics = {self.trigger: camera, self.window: audio, **(streams or {})}
+        self.streams = modalities.live_streams(runner.modalities, topics, runner.kinds)
         self.lanes: dict[str, Lane] = {}
         for r in robots or [""]:
-            cam, mic = namespaced(r, camera), namespaced(r, audio)
+            t = {s.name: namespaced(r, s.topic) for s in self.streams}
+            cam, mic, others = t[self.trigger], t[self.window], [t[m] for m in self.others]
             self.lanes[r] = Lane(r, cam, mic, namespaced(r, stream),
-                                 Edge(cam, mic, runner.sample_rate, freeze_ns),
-                                 Pairer(pairing, camera=cam, audio=mic))
-        self._by_topic = {t: lane for lane in self.lanes.values() for t in (lane.camera,
-                                                                            lane.audio)}
+                                 Edge(cam, mic, runner.sample_rate, freeze_ns, others),
+                                 Pairer(pairing, camera=cam, audio=mic, others=others), t)
+        self._by_topic = {t: lane for lane in self.lanes.values() for t in lane.topics.values()}
         self.fleet = bool(robots)
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
         self.batches: Counter[int] = Counter()  # batch size → forward passes
@@ -126,8 +150,7 @@ class FusionService:
               wall_minus_mono_ns: int) -> list[FusionResult]:
         # A partly held audio window goes to the model as is: NaN marks the missing samples,
         # and the model decides from their share whether the stream is present.
-        preds = self.runner.predict_batch([
-            {"image": s.frame.image if s.frame else None, "audio": s.audio} for _, s, _ in batch])
+        preds = self.runner.predict_batch([self._inputs(lane, s) for lane, s, _ in batch])
         self.batches[len(batch)] += 1
         out = []
         for (lane, sample, since), pred in zip(batch, preds, strict=True):
@@ -150,6 +173,15 @@ class FusionService:
                 source_seq=sample.source_seq, latency_ns=lat, audio_valid=sample.audio_valid))
             lane.seq += 1
         return out
+
+    def _inputs(self, lane: Lane, s: SyncedSample) -> dict[str, np.ndarray | None]:
+        """The model's inputs of one sample, by modality (None: absent in this sample)."""
+        x: dict[str, np.ndarray | None] = {self.trigger: s.frame.image if s.frame else None,
+                                           self.window: s.audio}
+        for m in self.others:
+            f = s.others.get(lane.topics[m])
+            x[m] = f.image if f is not None else None
+        return x
 
     def liveness_changed(self, now_ns: int) -> bool:
         """True when a camera or audio stream of any robot came or went since the last call
@@ -188,6 +220,10 @@ class FusionService:
                 "audio_alive": int(p.audio_alive(now_ns)),
                 **lane.edge.counters(),
             }
+            if self.others:  # a second camera: its liveness and the samples that lacked it
+                c["others_stale"] = p.others_stale
+                c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))
+                          for m in self.others})
             out.update({namespaced(lane.robot, k): v for k, v in c.items()})
         if self.fleet:
             out["results"] = self.seq

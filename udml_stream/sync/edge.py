@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -79,19 +80,23 @@ FREEZE_STRIDE = 16
 
 
 class Edge:
-    """Admission of decoded messages for one fusion node (one camera and one audio stream)."""
+    """Admission of decoded messages for one fusion node (one robot: its cameras and its audio
+    stream)."""
 
-    def __init__(self, camera: str, audio: str, sample_rate: int, freeze_ns: int = 0) -> None:
-        """``freeze_ns`` > 0: a camera whose frames stay identical for longer than this (by
+    def __init__(self, camera: str, audio: str, sample_rate: int, freeze_ns: int = 0,
+                 others: Sequence[str] = ()) -> None:
+        """``others``: the topics of further cameras, admitted as ``camera`` is.
+        ``freeze_ns`` > 0: a camera whose frames stay identical for longer than this (by
         capture time) is frozen; its frames are rejected until the picture changes, so the
         camera goes absent at its deadline. Off (0) by default: a synthetic source (a video
         file of still images) repeats frames without being broken."""
         self.camera, self.audio, self.sample_rate = camera, audio, sample_rate
+        self.cameras = (camera, *others)
         self.freeze_ns = freeze_ns
         self.rejected: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()  # stream → messages missing between admitted seqs
         self.degraded: Counter[str] = Counter()
-        self._state = {camera: _StreamState(), audio: _StreamState()}
+        self._state = {t: _StreamState() for t in (*self.cameras, audio)}
         self.last_rejection: Rejected | None = None
         self.accepted = 0  # messages admitted (an audio chunk may still be held by the resampler)
 
@@ -101,13 +106,13 @@ class Edge:
         self.last_rejection = None
         topic = msg.topic or msg.stream  # as encoding does: an unset topic is the stream's name
         try:
-            if topic == self.camera:
+            if topic in self.cameras:
                 out: Message | None = self._frame(msg, topic)
             elif topic == self.audio:
                 out = self._audio(msg, topic)
             else:
-                raise Rejected("other_topic", f"topic {topic!r} is not {self.camera!r} or "
-                               f"{self.audio!r}")
+                names = " or ".join(repr(t) for t in (*self.cameras, self.audio))
+                raise Rejected("other_topic", f"topic {topic!r} is not {names}")
         except Rejected as rej:
             self.rejected[rej.reason] += 1
             self.last_rejection = rej

@@ -1,4 +1,11 @@
-"""Pairing policy: for each camera frame, the audio window that ends at its capture time.
+"""Pairing policy: for each camera frame, the audio window that ends at its capture time, and
+the newest frame of every other camera.
+
+The *trigger* camera (the first camera stream) decides when a sample is made; the audio window
+(the continuous stream) is cut at its frame's instant. Every other camera (``others``: a second
+camera on the same robot) is sampled, not waited for: a sample carries the newest frame of each
+whose capture time lies within ``other_max_age_ns`` of the trigger frame's (before or after),
+and goes without it (that camera absent for the sample) otherwise.
 
 A frame waits for its audio at most ``slop_ns`` beyond its capture time (audio arrives in
 chunks, so the newest chunk may not cover the frame's instant yet). A stream silent for longer
@@ -14,6 +21,7 @@ usable. Only a dead audio stream (or a window with nothing held) sends the frame
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +48,10 @@ class PairingConfig:
     # the model's own absence threshold (udml_stream.model.preprocess.MISSING_ABSENT_FRACTION,
     # kept equal by hand: sync imports no torch) it would carry no usable stream at all.
     fallback_min_valid: float = 0.5
+    # Another camera's newest frame joins a sample when its capture time is within this of the
+    # sample's instant: about three frame periods at 30 fps, so a camera running a frame or two
+    # out of phase still counts, and a stalled one drops out long before its deadline.
+    other_max_age_ns: int = 100_000_000
 
 
 @dataclass
@@ -53,14 +65,25 @@ class SyncedSample:
     wait_ns: int = 0  # how long the frame waited for its audio (sync wait)
     rx_ns: int = 0  # when the frame was received (monotonic)
     audio_valid: float = 0.0  # share of ``audio`` that is measured (not NaN); 0.0 without audio
+    others: dict[str, CameraFrame] = field(default_factory=dict)  # other cameras: stream → frame
 
 
 class Pairer:
     """Consumes camera frames and audio chunks; yields synced samples when they are ready."""
 
-    def __init__(self, cfg: PairingConfig, camera: str = "camera", audio: str = "mic") -> None:
+    def __init__(self, cfg: PairingConfig, camera: str = "camera", audio: str = "mic",
+                 others: Sequence[str] = ()) -> None:
+        """``camera``: the trigger camera's stream; ``audio``: the audio stream; ``others``:
+        the streams of further cameras, sampled at each trigger frame."""
+        if camera in others or audio in others or len(set(others)) != len(others):
+            raise ValueError(f"streams must be distinct: camera {camera!r}, audio {audio!r}, "
+                             f"others {list(others)}")
         self.cfg = cfg
         self.camera_stream, self.audio_stream = camera, audio
+        self.other_streams = tuple(others)
+        self.latest: dict[str, CameraFrame] = {}  # other camera → its newest frame
+        self.latest_rx_ns: dict[str, int] = {}  # other camera → when that frame arrived
+        self.others_stale = 0  # samples sent without another camera (none, or too old a frame)
         self.ring = AudioRing(cfg.sample_rate, capacity_s=max(5.0, 3 * cfg.window_samples
                                                                / cfg.sample_rate))
         self.pending: CameraFrame | None = None
@@ -93,6 +116,27 @@ class Pairer:
             self.ring.push(msg)
             self.last_audio_rx_ns = now_ns
             self.last_audio_seq = msg.seq
+        elif isinstance(msg, CameraFrame) and msg.stream in self.other_streams:
+            self.latest[msg.stream] = msg
+            self.latest_rx_ns[msg.stream] = now_ns
+
+    def other_alive(self, stream: str, now_ns: int) -> bool:
+        """Whether another camera's frame arrived within the camera deadline."""
+        rx = self.latest_rx_ns.get(stream)
+        return rx is not None and now_ns - rx <= self.cfg.camera_deadline_ns
+
+    def _others(self, t_ns: int, now_ns: int, seq: dict[str, int]) -> dict[str, CameraFrame]:
+        """The other cameras' frames for a sample at instant ``t_ns`` (adds their seqs)."""
+        out: dict[str, CameraFrame] = {}
+        for s in self.other_streams:
+            f = self.latest.get(s)
+            if (f is not None and abs(f.capture_ns - t_ns) <= self.cfg.other_max_age_ns
+                    and self.other_alive(s, now_ns)):
+                out[s] = f
+                seq[s] = f.seq
+            else:
+                self.others_stale += 1
+        return out
 
     def camera_alive(self, now_ns: int) -> bool:
         """Whether a frame arrived within the camera deadline."""
@@ -139,19 +183,32 @@ class Pairer:
                 seq = {self.camera_stream: f.seq}
                 if audio is not None:
                     seq[self.audio_stream] = self.last_audio_seq
+                others = self._others(f.capture_ns, now_ns, seq)
                 # The sync wait reported is the emitted frame's own; the slop deadline above
                 # runs from the first frame of the wait.
                 return SyncedSample(f, audio, f.capture_ns, seq, now_ns - self.pending_rx_ns,
-                                    self.pending_rx_ns, valid)
+                                    self.pending_rx_ns, valid, others)
             return None
-        if (not self.camera_alive(now_ns) and self.audio_alive(now_ns)
-                and now_ns - self._last_fallback_ns >= 1e9 / cfg.fallback_hz
-                and self.ring.end_ns is not None):
-            self._last_fallback_ns = now_ns
+        if self.camera_alive(now_ns) or now_ns - self._last_fallback_ns < 1e9 / cfg.fallback_hz:
+            return None
+        # The trigger camera is absent: results go on at fallback_hz from the healthy streams.
+        audio, missing = None, 0
+        tried = self.audio_alive(now_ns) and self.ring.end_ns is not None
+        if tried:
             audio, missing = self._window(self.ring.end_ns)
-            if (audio is not None
-                    and 1.0 - missing / audio.shape[0] >= cfg.fallback_min_valid):
-                valid = self._sent(audio, missing)
-                return SyncedSample(None, audio, self.ring.end_ns,
-                                    {self.audio_stream: self.last_audio_seq}, audio_valid=valid)
-        return None
+            if audio is not None and 1.0 - missing / audio.shape[0] < cfg.fallback_min_valid:
+                audio = None
+        # Without audio the sample's instant is the newest live other camera's frame.
+        t = (self.ring.end_ns if audio is not None else
+             max((self.latest[s].capture_ns for s in self.other_streams
+                  if s in self.latest and self.other_alive(s, now_ns)), default=None))
+        if tried or t is not None:
+            self._last_fallback_ns = now_ns  # one attempt per fallback period, sent or not
+        if t is None:
+            return None
+        seq = {self.audio_stream: self.last_audio_seq} if audio is not None else {}
+        others = self._others(t, now_ns, seq)
+        if audio is None and not others:
+            return None
+        valid = self._sent(audio, missing)
+        return SyncedSample(None, audio, t, seq, audio_valid=valid, others=others)

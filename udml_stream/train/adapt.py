@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data.batching import make_batch
 from udml_stream.data.logset import LogSource, read_split
 from udml_stream.errors import ConfigError
@@ -70,7 +70,8 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
     log.info("adapting on %d unlabelled samples from %d log(s)", len(split), stats.files)
     named = meta.get("config", {}).get("train", {}).get("families") or {}
     mods = tuple(model.cfg.modalities)
-    kinds = {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[m],))) for m in mods}
+    kinds = {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[modalities.kind_of(m).corrupt],)))
+             for m in mods}
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     # Eval mode throughout: batch norm keeps its statistics, embeddings are their means; only

@@ -108,10 +108,10 @@ class TrainSection(_Strict):
     @field_validator("families")
     @classmethod
     def _known_families(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from udml_stream import corrupt
+        from udml_stream import corrupt, modalities
 
         for m, fams in v.items():
-            known = corrupt.kinds_for(m)  # names an unknown modality itself
+            known = corrupt.kinds_for(modalities.kind_of(m).corrupt)  # image2: as image
             bad = [f for f in fams if f not in known]
             if bad or not fams:
                 raise ValueError(f"families.{m} = {fams}; expected a non-empty list of {list(known)}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data import avdigits
 from udml_stream.data.batching import Batch, NaturalInput, draw_training_levels, make_batch
 from udml_stream.errors import ConfigError
@@ -24,7 +24,7 @@ from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.loss import LossTerms, compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
-from udml_stream.train.config import DEFAULT_ENCODERS, LogsSection, TrainConfig, parse_config
+from udml_stream.train.config import LogsSection, TrainConfig, parse_config
 
 if TYPE_CHECKING:
     from udml_stream.data.logset import LogSource
@@ -125,15 +125,16 @@ def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split,
     (on a natural split: clean data after its natural variation, fixed seed)."""
     params: dict[str, dict[str, Any]] = {}
     for m in data.modalities:
-        if m == "image":
+        prep_kind = modalities.kind_of(m, train.kinds).prep  # image2 is preprocessed as image
+        if prep_kind == "image":
             params[m] = ImagePrep(norm="fixed" if frontend == "reference" else "frame").params()
-        elif m == "audio":
+        elif prep_kind == "logmel":
             prep = LogMelPrep(sample_rate=data.sample_rate, window_samples=avdigits.WINDOW_SAMPLES,
                               **FRONTENDS[frontend])
             rows = np.arange(min(len(train), 1000))
-            waves = make_batch(train, rows, {"audio": np.ones(len(rows), np.int64),
-                                             "image": np.ones(len(rows), np.int64)},
-                               np.random.default_rng(12_345)).inputs["audio"]
+            waves = make_batch(train, rows, {k: np.ones(len(rows), np.int64)
+                                             for k in data.modalities},
+                               np.random.default_rng(12_345)).inputs[m]
             fit_logmel_stats(prep, waves)
             params[m] = prep.params()
         else:
@@ -209,7 +210,7 @@ def probe_one_stream(model: FusionNet, val: avdigits.Split,
     out = {}
     for m in mods:
         clean = run(m, corrupt.CLEAN, None)
-        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[m],)
+        fams = (kinds or {}).get(m) or (corrupt.TRAIN_KINDS[modalities.kind_of(m).corrupt],)
         out[m] = (clean, [run(m, corrupt.PURE_NOISE, f) for f in fams])
     return out
 
@@ -368,7 +369,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if cfg.data.val_subset:
         val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
 
-    encs = {m: cfg.model.encoders.get(m, DEFAULT_ENCODERS[m]) for m in data.modalities}
+    encs = {m: cfg.model.encoders.get(m, modalities.kind_of(m, train_split.kinds).encoder)
+            for m in data.modalities}
     mcfg = ModelConfig(
         modalities=data.modalities, encoders=encs,
         preprocess=preprocess_params(data, train_split, cfg.model.frontend),
