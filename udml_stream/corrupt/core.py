@@ -35,7 +35,8 @@ LEVELS = tuple(range(CLEAN, PURE_NOISE + 1))
 SAMPLE_RATE = 16000
 #: Every family per modality, in a fixed order (the order of docs/corruption.md's table).
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "image": ("gaussian", "blur", "motion", "occlusion", "covered", "glare", "saltpepper"),
+    "image": ("gaussian", "blur", "motion", "occlusion", "covered", "glare", "saltpepper",
+              "warp", "lowres"),
     "audio": ("gaussian", "babble", "interference", "gap", "clipping", "muffle", "attenuation"),
     "mfcc": ("gaussian", "dropout", "burst"),
 }
@@ -99,6 +100,20 @@ def saltpepper_fraction(level: int) -> float:
     return 0.0 if level <= CLEAN else 0.09 * (level - 1)
 
 
+def warp_params(level: int, size: int) -> tuple[float, float]:
+    """Tilt bound in degrees, 6·(L−1) (6 … 54°), and RMS of the smooth displacement field in
+    pixels, 0.3·(L−1)·min(H, W)/28 (0.3 … 2.7 px at 28 px)."""
+    if level <= CLEAN:
+        return 0.0, 0.0
+    return 6.0 * (level - 1), 0.3 * (level - 1) * size / 28.0
+
+
+def lowres_share(level: int) -> float:
+    """Side of a low-resolution mode's frame relative to the full frame: 0.8^(L−1) (0.8 …
+    0.13; 22 … 4 px for a 28 px frame)."""
+    return 1.0 if level <= CLEAN else 0.8 ** (level - 1)
+
+
 def audio_snr_db(level: int) -> float:
     """SNR in dB against the clean speech's active power: 30 − 5·(L−2) (30 dB … −10 dB)."""
     return float("inf") if level <= CLEAN else 30.0 - 5.0 * (level - 2)
@@ -147,6 +162,9 @@ _DESCRIBE: dict[str, dict[str, tuple[Callable[[int], str], str]]] = {
         "glare": (lambda lv: f"a {glare_amount(lv):.2f}", "all 255"),
         "saltpepper": (lambda lv: f"{saltpepper_fraction(lv):.2f} of pixels",
                        "every pixel 0 or 255"),
+        "warp": (lambda lv: "tilt ≤{:.0f}°, {:.1f} px @28".format(*warp_params(lv, 28)),
+                 "pixels scrambled"),
+        "lowres": (lambda lv: f"{round(28 * lowres_share(lv))} px @28", "frame mean everywhere"),
     },
     "audio": {
         "gaussian": (lambda lv: f"SNR {audio_snr_db(lv):+.0f} dB", "white noise at ref·10^1.5"),
@@ -367,6 +385,55 @@ def _image_saltpepper(x: np.ndarray, level: int, rng: np.random.Generator) -> np
     return np.where(hit, value, x)
 
 
+def _image_warp(x: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = x.shape[:2]
+    if level == PURE_NOISE:
+        # A scrambled frame buffer: every pixel of the frame, none where it belongs.
+        flat = x.reshape(h * w, -1)
+        return flat[rng.permutation(h * w)].reshape(x.shape)
+    tilt, rms = warp_params(level, min(h, w))
+    # A tilted camera and a wobbling, distorting view (loose mount, a warped protective window,
+    # heat shimmer): a random rotation within ±tilt, then a smooth random displacement field
+    # (correlation length about a quarter of the frame) scaled to the level's RMS.
+    angle = rng.uniform(-tilt, tilt)
+    rot = cv2.getRotationMatrix2D((w / 2.0 - 0.5, h / 2.0 - 0.5), angle, 1.0)
+    smooth = max(1.0, min(h, w) / 4.0)
+    field = [cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), smooth)
+             for _ in range(2)]
+    scale = rms / max(1e-6, float(np.sqrt(np.mean(field[0] ** 2 + field[1] ** 2))))
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    # The displacement is applied after the rotation: sample the rotated frame at the displaced
+    # grid, both in one remap (the inverse rotation maps output to input coordinates).
+    dx, dy = gx + scale * field[0], gy + scale * field[1]
+    inv = cv2.invertAffineTransform(rot)
+    map_x = (inv[0, 0] * dx + inv[0, 1] * dy + inv[0, 2]).astype(np.float32)
+    map_y = (inv[1, 0] * dx + inv[1, 1] * dy + inv[1, 2]).astype(np.float32)
+    # Replicated border: a tilted camera still sees the scene's background, not black corners.
+    return cv2.remap(np.ascontiguousarray(x, np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE).reshape(x.shape)
+
+
+def _image_lowres(x: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+    if level == PURE_NOISE:
+        return _frame_mean(x)
+    h, w = x.shape[:2]
+    r = lowres_share(level)
+    sw, sh = max(1, round(w * r)), max(1, round(h * r))
+    # A low-resolution mode (binning, a digital zoom): area-averaged down, bilinear back up.
+    # The coarse grid lies wherever the scene happens to fall on it: a random sub-cell offset
+    # (replicated border), so the loss does not depend on the frame's alignment with it.
+    ox, oy = rng.uniform(0.0, w / sw), rng.uniform(0.0, h / sh)
+    shift = np.float32([[1, 0, -ox], [0, 1, -oy]])
+    src = np.ascontiguousarray(x, np.float32)
+    moved = cv2.warpAffine(src, shift, (w, h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    small = cv2.resize(moved, (sw, sh), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    back = cv2.warpAffine(big, shift, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return back.reshape(x.shape)
+
+
 # ---- audio families: (sample [N], level 2..11, rng, ref power) -> sample ----
 
 
@@ -500,6 +567,8 @@ _KINDS: dict[str, dict[str, _Fn]] = {
         "covered": _no_ref(_image_covered),
         "glare": _no_ref(_image_glare),
         "saltpepper": _no_ref(_image_saltpepper),
+        "warp": _no_ref(_image_warp),
+        "lowres": _no_ref(_image_lowres),
     },
     "audio": {
         "gaussian": _audio_gaussian,

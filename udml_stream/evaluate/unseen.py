@@ -1,6 +1,6 @@
 """Degradations no checkpoint was trained on, and how a model meets them (``udml eval-unseen``).
 
-The field model learns σ̂ from the fourteen families of ``corrupt.FAMILIES``. The product promise
+The field model learns σ̂ from the families of ``corrupt.FAMILIES``. The product promise
 is about *any* broken stream: the fused answer is never worse than dropping that stream, and σ̂
 rises above its clean value. This module holds a held-out set of sensor-domain degradations that
 a robot meets and that are none of those families (JPEG blocks, a tilted camera, a torn frame
@@ -63,6 +63,10 @@ class Degradation:
     params: tuple[Any, ...]
     fn: _Fn
     needs_donor: bool = False
+    # The trained family (``corrupt.FAMILIES``) whose kind of damage this one shares, when one
+    # does: those no longer measure generalisation to a new kind of damage, and the report
+    # says so. Empty for a degradation unlike every trained family.
+    near: str = ""
 
     @property
     def severities(self) -> tuple[int, ...]:
@@ -169,6 +173,35 @@ def _gamma(x: np.ndarray, gamma: float, rng: np.random.Generator, ctx: Context) 
 
 
 # ---- audio degradations: (waveform [N], parameter, rng, ctx) -> waveform, NaN kept ----
+
+
+def _offcentre(x: np.ndarray, share: float, rng: np.random.Generator, ctx: Context
+               ) -> np.ndarray:
+    # The object drifts toward the edge of the view and out of it: the frame's content moves by
+    # share × the frame's side in a random direction; what enters is the background (the
+    # border pixel replicated).
+    h, w = x.shape[:2]
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    m = np.float32([[1, 0, share * w * np.cos(angle)], [0, 1, share * h * np.sin(angle)]])
+    return cv2.warpAffine(np.ascontiguousarray(x, np.float32), m, (w, h),
+                          flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE).reshape(x.shape)
+
+
+def _streaks(x: np.ndarray, count: int, rng: np.random.Generator, ctx: Context) -> np.ndarray:
+    # Rain or scratches on the lens: thin bright lines at random positions, all at one random
+    # slant (rain falls together), drawn over the scene.
+    h, w = x.shape[:2]
+    out = np.ascontiguousarray(x, np.float32).copy()
+    slant = rng.uniform(-0.5, 0.5)
+    for _ in range(int(count)):
+        x0 = rng.uniform(-0.5 * w, 1.5 * w)
+        length = rng.uniform(0.4, 1.0) * h
+        y0 = rng.uniform(-0.2 * h, h)
+        p0 = (round(x0), round(y0))
+        p1 = (round(x0 + slant * length), round(y0 + length))
+        cv2.line(out, p0, p1, float(rng.uniform(180.0, 255.0)), 1, lineType=cv2.LINE_AA)
+    return out.reshape(x.shape)
 
 
 def _filled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,14 +323,46 @@ def _wind(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) 
     return np.clip(_add_at_snr(x, gust, snr_db, ctx.ref_power), -1.0, 1.0)
 
 
-#: The held-out set, in report order. None of these is a family of ``corrupt.FAMILIES``.
+def _echo(x: np.ndarray, p: tuple[float, float], rng: np.random.Generator, ctx: Context
+          ) -> np.ndarray:
+    # A loudspeaker coupled back into the mic, or a hard wall: discrete delayed copies of the
+    # speech (delay d s, each gain g below the last), no diffuse tail.
+    delay, gain = p
+    filled, miss = _filled(x)
+    n = x.shape[0]
+    d = int(delay * SAMPLE_RATE)
+    out = filled.copy()
+    g, k = gain, 1
+    while k * d < n and g > 1e-3:
+        out[k * d :] += g * filled[: n - k * d]
+        g, k = g * gain, k + 1
+    return _remark(miss, np.clip(out, -1.0, 1.0))
+
+
+def _zero_fill(x: np.ndarray, share: float, rng: np.random.Generator, ctx: Context
+               ) -> np.ndarray:
+    # A driver that pads its underruns with digital zeros and does not say so: runs of exact
+    # 0.0 (10 ms granularity), not marked missing, covering share of the window.
+    seg = SAMPLE_RATE // 100
+    out = x.copy()
+    n_seg = x.shape[0] // seg
+    for k in np.flatnonzero(rng.random(n_seg) < share):
+        out[k * seg : (k + 1) * seg] = np.where(np.isnan(out[k * seg : (k + 1) * seg]),
+                                                np.nan, 0.0)
+    return out
+
+
+#: The held-out set, in report order. None of these is a family of ``corrupt.FAMILIES``; those
+#: marked ``near`` share a kind of damage with one (the families were widened after this set
+#: was written; ``offcentre``, ``streaks``, ``echo`` and ``zero_fill`` were added with them,
+#: before any model was scored on them).
 DEGRADATIONS: tuple[Degradation, ...] = (
     Degradation("image", "jpeg", "JPEG compression at the model's resolution", "quality {}",
-                (30, 15, 8, 4, 1), _jpeg),
+                (30, 15, 8, 4, 1), _jpeg, near="lowres"),
     Degradation("image", "pixelate", "down-up sampling (a low-resolution mode)", "{} px blocks",
-                (2, 3, 5, 7, 10), _pixelate),
+                (2, 3, 5, 7, 10), _pixelate, near="lowres"),
     Degradation("image", "rotate", "a tilted camera (random sign)", "{}°", (20, 40, 70, 110, 180),
-                _rotate),
+                _rotate, near="warp"),
     Degradation("image", "invert", "solarised up to a full negative", "top {:.0%} mirrored",
                 (0.25, 0.5, 0.7, 0.85, 1.0), _invert),
     Degradation("image", "stale_frame", "a torn / frozen frame buffer holding another digit",
@@ -306,9 +371,13 @@ DEGRADATIONS: tuple[Degradation, ...] = (
                 "radius {:.2f}, haze {:.2f}", ((0.15, 0.4), (0.25, 0.55), (0.35, 0.7),
                                                (0.5, 0.85), (1.0, 0.97)), _smudge),
     Degradation("image", "jello", "rolling shutter on a vibrating robot", "±{} px rows",
-                (1.0, 2.0, 3.0, 5.0, 8.0), _jello),
+                (1.0, 2.0, 3.0, 5.0, 8.0), _jello, near="warp"),
     Degradation("image", "gamma", "a wrong tone curve before 8-bit output", "γ {}",
                 (2.0, 3.5, 6.0, 10.0, 16.0), _gamma),
+    Degradation("image", "offcentre", "the object drifting out of view", "shifted {:.0%}",
+                (0.1, 0.2, 0.3, 0.4, 0.5), _offcentre),
+    Degradation("image", "streaks", "rain or scratches on the lens", "{} streaks",
+                (2, 4, 8, 14, 24), _streaks),
     Degradation("audio", "reverb", "a reverberant room, talker far away",
                 "RT60 {} s, DRR {:+} dB", ((0.3, 6.0), (0.6, 0.0), (1.0, -6.0), (1.8, -12.0),
                                            (3.0, -18.0)), _reverb),
@@ -328,6 +397,11 @@ DEGRADATIONS: tuple[Degradation, ...] = (
                 (12, 10, 8, 6, 4), _quantise),
     Degradation("audio", "wind", "gusty low-frequency wind rumble, clipped", "SNR {:+} dB",
                 (10.0, 0.0, -10.0, -20.0, -30.0), _wind),
+    Degradation("audio", "echo", "discrete echoes (speaker coupling, a hard wall)",
+                "{} s delay, gain {}", ((0.05, 0.3), (0.1, 0.5), (0.15, 0.7), (0.2, 0.85),
+                                        (0.25, 1.0)), _echo),
+    Degradation("audio", "zero_fill", "underruns padded with unmarked digital zeros",
+                "{:.0%} zeroed", (0.05, 0.15, 0.3, 0.5, 0.7), _zero_fill),
 )
 
 
@@ -453,7 +527,7 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
                     if alone_clean - r["alone"] >= HURT_DROP}
             low = min(hurt, key=lambda k: hurt[k]) if hurt else None
             entry["degradations"][deg.name] = {
-                "cause": deg.cause, "severities": rows,
+                "cause": deg.cause, "near": deg.near, "severities": rows,
                 "worst_vs_dropped": rows[worst]["vs_dropped"], "worst_severity": int(worst),
                 "breaks_promise": rows[worst]["vs_dropped"] < VS_DROPPED,
                 # Where the stream is hurt, the lowest share of samples whose σ̂ rose.
@@ -480,8 +554,12 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         broken.append({"degradation": k, "severity": e["worst_severity"],
                        "vs_dropped": e["worst_vs_dropped"], "alone": r["alone"],
                        "share": r["share"], "above_clean": r.get("above_clean")})
+    far = [k for k in order if not ents[k].get("near")]
     return {
         "worst_vs_dropped": ents[order[0]]["worst_vs_dropped"], "worst": order[0],
+        # The same over the degradations unlike every trained family (the purest test).
+        "worst_far": far[0] if far else None,
+        "worst_far_vs_dropped": ents[far[0]]["worst_vs_dropped"] if far else None,
         "breaks_promise": broken,
         "sigma_fooled": {k: {"severities": e["sigma_fooled_at"],
                              "min_above_clean": e["min_above_clean_when_hurt"]}
@@ -500,12 +578,16 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
              f"Command: `{command}`. {result['n_test']} test samples (the `eval-field` test split, "
              f"seed {result['seed']}), every one degraded in one stream in every condition and "
              "paired with its own clean pass. None of these degradations is among the families "
-             "the model was trained on (`corrupt.FAMILIES`); definitions: "
+             "the model was trained on (`corrupt.FAMILIES`); those marked *near* share a kind "
+             "of damage with a trained family (named), the others resemble none. Definitions: "
              "`udml_stream/evaluate/unseen.py`.", "",
              "## Summary", "",
              f"- clean fused accuracy: {_pct(result['clean'])}%",
              f"- worst fused − dropped: {100 * s['worst_vs_dropped']:+.1f} pt ({s['worst']}); "
-             "the promise is ≥ −1 pt",
+             "the promise is ≥ −1 pt"
+             + (f"; among those unlike every trained family: "
+                f"{100 * s['worst_far_vs_dropped']:+.1f} pt ({s['worst_far']})"
+                if s.get("worst_far") else ""),
              "- break the promise (fused − dropped < −1 pt at some severity; at the worst one: "
              "fused − dropped, the stream alone, its share, σ̂ above clean): "
              + ("; ".join(f"{b['degradation']} S{b['severity']} "
@@ -538,7 +620,8 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
                      + (_pct(r["above_clean"]) if "above_clean" in r else "–")
                      for r in e["severities"].values()]
             flag = " **✗**" if e["breaks_promise"] else ""
-            lines.append(f"| {name} | {100 * e['worst_vs_dropped']:+.1f}{flag} | "
+            near = f" (near `{e['near']}`)" if e.get("near") else ""
+            lines.append(f"| {name}{near} | {100 * e['worst_vs_dropped']:+.1f}{flag} | "
                          + " | ".join(cells) + " |")
         lines += ["", "| degradation | cause | " + " | ".join(
             f"S{i}" for i in range(1, n_sev + 1)) + " |",
