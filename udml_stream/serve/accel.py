@@ -111,7 +111,7 @@ class Engine:
         self.device = torch.device(device)
         if model.training:
             raise ValueError("Engine needs a model in eval mode (checkpoint.load returns one)")
-        if model.cfg.spec.quality == "oracle":
+        if model.rule.needs_levels:
             raise CheckpointError("an oracle model needs the true noise levels: it cannot serve")
         if dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype = {dtype!r}; expected 'fp32' or 'bf16'")

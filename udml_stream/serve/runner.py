@@ -47,7 +47,7 @@ class FusionRunner:
         audio = next((p for p in cfg.preprocess.values() if p["kind"] == "logmel"), None)
         self.sample_rate = int(audio["sample_rate"]) if audio else 16000
         self.window_samples = int(audio["window_samples"]) if audio else 16000
-        if cfg.spec.quality == "oracle":
+        if self.model.rule.needs_levels:
             raise CheckpointError(f"{ckpt} is an oracle model: it needs the true noise levels "
                                   "and cannot serve live streams")
         # Each modality's kind follows from its preprocessing (the checkpoint's own table),

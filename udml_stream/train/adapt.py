@@ -60,8 +60,7 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                     src: LogSource | None = None) -> AdaptReport:
     """Fit the estimator of ``ckpt`` to the unlabelled ``logs``; write the result to ``out``."""
     model, meta = checkpoint.load(ckpt, torch.device("cpu"))
-    spec = model.cfg.spec
-    if spec.quality != "estimator" or not hasattr(model, "estimator"):
+    if not model.rule.has_estimator:
         raise ConfigError(f"{ckpt}: method {model.cfg.method} has no health estimator to adapt")
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"adapt: steps = {steps}, batch_size = {batch_size}, lr = {lr}; "
@@ -102,7 +101,7 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
         p.requires_grad_(False)
     tenth = max(1, steps // 10)
     gate = calibrate_gate(model, split, kinds, seed, torch.device("cpu")) \
-        if spec.rule == "switch" else {}
+        if model.rule.has_gates else {}
     conf = calibrate_confidence_gate(model, split, kinds, seed, torch.device("cpu"))
     extra = {k: v for k, v in meta.items()
              if k not in ("format", "model", "class_names", "dependency")}

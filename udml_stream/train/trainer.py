@@ -85,12 +85,12 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
     then averages the gradients over processes); by default ``model``."""
     rows = batch.rows
     inputs, present, levels, y = to_torch(batch, device, pinned=not sync and device.type == "cuda")
-    qmf = model.cfg.spec.fusion == "qmf"
+    needs_history = model.rule.needs_history
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
            else contextlib.nullcontext())
     with amp:
         out = (net or model)(inputs, present, levels, quality_on=quality_on)
-        if history is None or not qmf:
+        if history is None or not needs_history:
             hist = None
         elif sync:
             hist = {m: torch.from_numpy(history[m][rows]).to(device) for m in history}
@@ -105,7 +105,7 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
     if history is not None and sync:
         for m, per in terms.unimodal_per_sample.items():
             history[m][rows] = 0.9 * history[m][rows] + 0.1 * per.cpu().numpy()
-    elif history is not None and qmf:
+    elif history is not None and needs_history:
         for m, per in terms.unimodal_per_sample.items():
             history[m][idx] = 0.9 * history[m][idx] + 0.1 * per.float()
     return terms
@@ -271,8 +271,7 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     cfg = parse_config(meta["config"], str(ckpt))
     if cache_dir is not None:
         cfg.data.cache_dir = cache_dir
-    spec = model.cfg.spec
-    if not (spec.rule == "switch" and spec.quality == "estimator"):
+    if not model.rule.has_gates:
         raise ConfigError(f"{ckpt}: method {model.cfg.method} has no gates to calibrate")
     data = load_data(cfg)
     tc = cfg.train
@@ -419,9 +418,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     history_loss: dict[str, Any] | None = {
         m: np.full(len(train_split), np.log(mcfg.num_classes), dtype=np.float32)
         for m in data.modalities}
-    if not sync:  # kept on the device, and only where QMF reads it
+    if not sync:  # kept on the device, and only where the rule reads it (QMF)
         history_loss = ({m: torch.from_numpy(h).to(device) for m, h in history_loss.items()}
-                        if spec.fusion == "qmf" else None)
+                        if spec.fusion.needs_history else None)
     meta = {"preset": data.preset.name, "build_seed": cfg.data.build_seed, "seed": tc.seed,
             "config": json.loads(cfg.model_dump_json())}
 
@@ -487,7 +486,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
                # measured" (training/dominance.py measures D for every method).
                **({f"dependency/{m}": float(v) for m, v in
                    zip(mcfg.modalities, model.dependency_ema.tolist(), strict=True)}
-                  if spec.fusion == "udml" else {})}
+                  if spec.fusion.tracks_dependency else {})}
         history.append(row)
         is_best = score >= best_score
         if is_best:
@@ -509,7 +508,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if not main:  # rank 0 calibrates and rewrites the best checkpoint
         return TrainResult(out_dir / "best", best_epoch, best_score, history,
                            time.perf_counter() - t0)
-    if spec.rule == "switch" and spec.quality == "estimator" and best_epoch >= 0:
+    if spec.fusion.has_gates and best_epoch >= 0:
         best, best_meta = checkpoint.load(out_dir / "best", device)
         _calibrate_gates(best, best_meta, out_dir / "best", val_split, val_batches, kinds,
                          tc.seed, device, list(data.class_names))

@@ -1,0 +1,224 @@
+"""UDML and its ablations: quality- and dependency-weighted early fusion of μ/σ embeddings.
+
+Options: where the quality (σ̂) comes from (a learned estimator, the raw σ of the embedding, the
+true level for the oracle, or none), whether the weights are divided by the modality dependency
+D_m, and how the weights scale each stream (the paper's residual (1 + w)·z, or the product's
+switch w·z with calibrated gates). Loss: CE(fused) + γ·Σ CE(unimodal) + β·KL + λ·MSE(σ̂, L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from udml_stream.errors import ConfigError
+from udml_stream.model.rules.base import (
+    FusionOutput,
+    FusionRule,
+    TensorMap,
+    Term,
+    block_logits,
+    masked_mean,
+    shared_head,
+)
+from udml_stream.model.rules.weighting import (
+    dependency_statistic,
+    effective_multipliers,
+    gate_weights,
+    udml_weights,
+)
+
+if TYPE_CHECKING:
+    from udml_stream.model.fusion import FusionNet
+
+#: Estimator heads (see ``ModelConfig.estimator``).
+ESTIMATORS = ("mlp", "linear")
+#: Where σ̂ comes from: nowhere (weights all 1), a learned estimator on σ, σ itself, the truth.
+QUALITY_SOURCES = ("none", "estimator", "raw_sigma", "oracle")
+
+
+def kl_to_level_prior(maps: Tensor, level: Tensor) -> Tensor:
+    """Per-sample KL(N(μ, σ²) ‖ N(0, L)) summed over the feature map; ``maps`` = stack(μ, logvar)."""
+    mu, logvar = maps[0], maps[1]
+    prior = level.float().view(-1, 1, 1, 1)
+    kl = 0.5 * ((logvar.exp() + mu**2) / prior - 1.0 - logvar + torch.log(prior))
+    return kl.sum(dim=(1, 2, 3))
+
+
+class LinearEstimator(nn.Module):
+    """The reference's estimator head (Linear → Dropout → Linear, no activation) on log σ (and
+    μ) standardised by running statistics (σ spans orders of magnitude across degradations; raw,
+    it saturates the head), plus the valid share of the window as one more input, left as is:
+    σ cannot see a gap (missing frames read as silence), the measured share can, and a column
+    that is constant in training must not be standardised by a zero variance."""
+
+    def __init__(self, n_features: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_features, affine=False)
+        self.head = nn.Sequential(nn.Linear(n_features + 1, hidden), nn.Dropout(0.1),
+                                  nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` = [features | valid share] ``[B, n_features + 1]`` → ``[B, 1]``."""
+        return self.head(torch.cat([self.norm(x[:, :-1]), x[:, -1:]], dim=1))
+
+
+@dataclass(frozen=True)
+class Udml(FusionRule):
+    """UDML with one quality source, optional dependency correction, residual or switch rule."""
+
+    quality: str = "estimator"
+    dependency: bool = True
+    # "residual" (False) is the paper's (1 + w)·z, whose multiplier never falls below 1;
+    # "switch" (True) is w·z, whose multiplier reaches 0 for a stream the estimator calls broken
+    # (the product's rule, see docs/method.md).
+    switch: bool = False
+
+    probabilistic: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.quality not in QUALITY_SOURCES:
+            raise ConfigError(f"Udml(quality={self.quality!r}); expected one of "
+                              f"{list(QUALITY_SOURCES)}")
+
+    @property
+    def needs_levels(self) -> bool:
+        """The oracle weighs by the true levels."""
+        return self.quality == "oracle"
+
+    @property
+    def has_estimator(self) -> bool:
+        """σ̂ from a learned estimator head."""
+        return self.quality == "estimator"
+
+    @property
+    def has_gates(self) -> bool:
+        """The switch rule's gates are calibrated on the estimator's σ̂."""
+        return self.switch and self.quality == "estimator"
+
+    @property
+    def tracks_dependency(self) -> bool:
+        """Every UDML variant updates the dependency EMA in training."""
+        return True
+
+    # ---- parameters ----------------------------------------------------------------------
+
+    def build(self, net: FusionNet) -> None:
+        """The shared head, the estimator heads and the switch rule's gate buffers."""
+        cfg = net.cfg
+        d, n = cfg.embed_dim, len(cfg.modalities)
+        shared_head(net)
+        if self.quality == "estimator":
+            net.estimator = nn.ModuleDict({
+                m: nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1),
+                                 nn.Linear(d // 2, 1)) if cfg.estimator == "mlp"
+                else LinearEstimator(d, d // 2)
+                for m in cfg.modalities
+            })
+        if self.switch:
+            # The switch rule's gate: σ̂ of clean and of information-free input per modality,
+            # calibrated on the validation split after training (``calibrate_gate``); while
+            # both are 0 the gate is open (training, and checkpoints without a calibration).
+            net.register_buffer("gate_clean", torch.zeros(n))
+            net.register_buffer("gate_broken", torch.zeros(n))
+            # Its second gate, on the stream's own confidence (the top softmax probability of
+            # its unimodal logits): open from the confidence of clean validation input down,
+            # closed at that of information-free input (``calibrate_confidence_gate``). σ̂
+            # measures the degradations the estimator was trained on; a stream broken in a way
+            # it never saw (a tilted camera, a rolling shutter) may keep a clean-looking σ̂ and
+            # still lose its confidence. Open while both are 0.
+            net.register_buffer("conf_clean", torch.zeros(n))
+            net.register_buffer("conf_broken", torch.zeros(n))
+
+    # ---- fusion --------------------------------------------------------------------------
+
+    def _estimator_inputs(self, net: FusionNet, sig: TensorMap, valid: TensorMap,
+                          b: int, dev: torch.device) -> TensorMap:
+        """What each estimator head reads: the detached σ (mlp), or log σ and the valid share
+        of the window (linear)."""
+        ms = net.cfg.modalities
+        if net.cfg.estimator == "mlp":
+            return {m: sig[m].detach() for m in ms}
+        est: TensorMap = {}
+        for m in ms:
+            v = valid.get(m, torch.ones(b, device=dev))[:, None]
+            est[m] = torch.cat([torch.log(sig[m].detach().clamp(min=1e-6)), v], dim=1)
+        return est
+
+    def fuse(self, net: FusionNet, z: TensorMap, sig: TensorMap, pres: TensorMap,
+             levels: Mapping[str, Tensor] | None, quality_on: bool,
+             valid: TensorMap) -> FusionOutput:
+        """Weights from σ̂ and D, the gates when serving, then the shared head."""
+        cfg, ms = net.cfg, net.cfg.modalities
+        ref = z[ms[0]]
+        est = (self._estimator_inputs(net, sig, valid, ref.shape[0], ref.device)
+               if self.quality == "estimator" else {})
+        uni = {m: block_logits(net, i, z[m]) for i, m in enumerate(ms)}
+        mask = torch.stack([pres[m] for m in ms], dim=1).float()  # [B, M]
+
+        sigma_hat: dict[str, Tensor] = {}
+        aux: dict[str, Tensor] = {}
+        if self.quality == "estimator":
+            for m in ms:
+                o = net.estimator[m](est[m]).squeeze(1)
+                aux[f"estimator_out/{m}"] = o
+                sigma_hat[m] = torch.exp(0.5 * o)
+        elif self.quality == "raw_sigma":
+            sigma_hat = {m: sig[m].detach().mean(dim=1) for m in ms}
+        elif self.quality == "oracle":
+            if levels is None:
+                raise ConfigError("the oracle method needs the true noise levels in forward()")
+            sigma_hat = {m: levels[m].to(mask).float() for m in ms}
+
+        q = (torch.stack([sigma_hat[m] for m in ms], dim=1) if sigma_hat and quality_on
+             else None)
+        if (q is not None and cfg.gap_floor and not net.training
+                and self.quality == "estimator" and cfg.estimator != "mlp"):
+            # A window with a share v missing is at least at the `gap` family's level for that
+            # share, 1 + 10·(1 − v), whatever σ̂ says: σ cannot see a gap (missing frames read
+            # as silence), the share is measured. Serving only, like the gate: training is the
+            # same with or without it.
+            v = torch.stack([est[m][:, -1] for m in ms], dim=1)
+            q = torch.maximum(q, 1.0 + 10.0 * (1.0 - v))
+        if net.training:
+            with torch.no_grad():
+                dep_now = dependency_statistic([uni[m] for m in ms], mask)
+                mom = cfg.dependency_momentum
+                net.dependency_ema.mul_(mom).add_((1 - mom) * dep_now)
+            dep = dep_now  # the reference recomputes D every step; the EMA serves evaluation
+        else:
+            dep = net.dependency_ema
+        w = udml_weights(q, dep if self.dependency else None, mask)
+        if self.switch and q is not None and not net.training:
+            w = gate_weights(w, q, net.gate_clean, net.gate_broken, mask)
+            # The confidence gate, as the σ̂ gate on "badness" = −confidence.
+            conf = torch.stack([F.softmax(uni[m].float(), dim=1).amax(dim=1) for m in ms], dim=1)
+            w = gate_weights(w, -conf, -net.conf_clean, -net.conf_broken, mask)
+        mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")
+        scaled = torch.cat([mult[:, i : i + 1] * z[m] for i, m in enumerate(ms)], dim=1)
+        logits = net.head(scaled)
+        return FusionOutput(
+            logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres,
+            {m: mult[:, i] for i, m in enumerate(ms)}, sigma_hat,
+            {m: dep[i] for i, m in enumerate(ms)}, aux,
+        )
+
+    # ---- loss ----------------------------------------------------------------------------
+
+    def modality_terms(self, net: FusionNet, out: FusionOutput, m: str, ce: Tensor,
+                       mask: Tensor, y: Tensor, levels: Mapping[str, Tensor],
+                       history: Mapping[str, Tensor] | None) -> Iterator[Term]:
+        """γ·CE(unimodal), β·KL to the level prior, λ·MSE(σ̂, level) for the estimator."""
+        cfg = net.cfg
+        yield "ce", cfg.gamma, ce
+        maps = out.aux.get("embedding_maps", {})
+        if m in maps and cfg.beta > 0:
+            yield "kl", cfg.beta, masked_mean(kl_to_level_prior(maps[m], levels[m]), mask)
+        if self.quality == "estimator":
+            err = (out.sigma_hat[m] - levels[m].float()) ** 2
+            yield "est", cfg.estimator_weight, masked_mean(err, mask)

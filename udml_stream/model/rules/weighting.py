@@ -1,0 +1,73 @@
+"""UDML's weighting arithmetic: inverse-variance quality, dependency correction, the switch
+rule's multipliers and calibrated gates (pure functions of tensors)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def udml_weights(sigma_hat: Tensor | None, dependency: Tensor | None, mask: Tensor) -> Tensor:
+    """Bias-corrected UDML fusion weights for M modalities, ``[B, M]``.
+
+    u_m = M'·(1/σ̂_m²) / Σ_k (1/σ̂_k²) (inverse-variance quality; all 1 when ``sigma_hat`` is None),
+    w_m = M'·(u_m/D_m) / Σ_k (u_k/D_k) (dependency correction; skipped when ``dependency`` is None),
+    where sums and M' run over the modalities present in that sample (``mask``), so an absent
+    modality is excluded from both sums and gets weight 0. For M = 2 with both present this is the
+    reference's u_a = 2σ̂_v²/(σ̂_a² + σ̂_v²) and w_a + w_v = 2.
+    """
+    mask = mask.float()
+    n_present = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    if sigma_hat is None:
+        u = mask.clone()
+    else:
+        inv = mask / sigma_hat.clamp(min=1e-3) ** 2
+        u = n_present * inv / inv.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    if dependency is None:
+        return u * mask
+    r = u / dependency.clamp(min=1e-6)[None, :]
+    return n_present * r / r.sum(dim=1, keepdim=True).clamp(min=1e-12) * mask
+
+
+def effective_multipliers(w: Tensor, mask: Tensor, rule: str) -> Tensor:
+    """The factor scaling each stream's features in the fused logits, ``[B, M]``.
+
+    ``residual`` (the paper's): 1 + w, never below 1, so a broken stream keeps at least a quarter
+    of the total for M = 2. ``switch`` (the product's): w itself, which reaches 0 as σ̂ grows.
+    Absent streams get 0 under both rules.
+    """
+    return (w if rule == "switch" else 1.0 + w) * mask.float()
+
+
+def gate_weights(w: Tensor, sigma_hat: Tensor, clean: Tensor, broken: Tensor,
+                 mask: Tensor) -> Tensor:
+    """The switch rule's calibrated gate on σ̂, ``[B, M]``.
+
+    Inverse-variance weights leave a pure-noise stream a share of about (σ̂_clean/σ̂_broken)²,
+    and a regression estimator compresses that ratio (it is pulled toward the mean level). The
+    gate g_m = clamp((broken_m − σ̂_m)/(broken_m − clean_m), 0, 1) closes linearly from the σ̂
+    of clean validation input to that of information-free validation input, and the gated
+    weights are renormalised over the present streams (sum M′). A modality whose calibration is
+    unset (broken ≤ clean) keeps its gate open; when every present stream is closed the ungated
+    weights stand, so an answer never comes from nothing."""
+    span = (broken - clean)[None, :]
+    on = span > 0
+    g = torch.where(on, ((broken[None, :] - sigma_hat) / span.clamp(min=1e-6)).clamp(0.0, 1.0),
+                    torch.ones_like(sigma_hat))
+    gw = w * g * mask.float()
+    total = gw.sum(dim=1, keepdim=True)
+    n_present = mask.float().sum(dim=1, keepdim=True)
+    return torch.where(total > 1e-6, n_present * gw / total.clamp(min=1e-6), w)
+
+
+def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
+    """D_m = Σ_classes mean over the batch (samples where m is present) of |z_m|, ``[M]``.
+
+    ``z_m`` are the logits of the shared fusion head with every other modality's features zeroed,
+    so D_m measures how strongly the head responds to modality m alone.
+    """
+    mask = mask.float()
+    return torch.stack([
+        (z.abs().sum(dim=1) * mask[:, i]).sum() / mask[:, i].sum().clamp(min=1)
+        for i, z in enumerate(unimodal_logits)
+    ])
