@@ -58,9 +58,20 @@ def default_run_dir(path: Path) -> Path:
     return Path("runs") / "launch" / Path(path).stem
 
 
+#: Exit status when a node ended failed, crash-looping or never started.
+EXIT_NODES_FAILED = 1
+
+
+def summary(failures: dict[str, str], total: int) -> str:
+    """One line naming each failed node and why."""
+    return (f"{len(failures)} of {total} nodes failed: "
+            + "; ".join(f"{name}: {why}" for name, why in failures.items()))
+
+
 def main(path: Path, duration_s: float = 0.0, run_dir: Path | None = None) -> int:
     """Run until Ctrl-C, SIGTERM or ``duration_s``; stop every node before returning. Node
-    output goes to ``run_dir/logs/<node>.log`` (rotated)."""
+    output goes to ``run_dir/logs/<node>.log`` (rotated). Returns 0, or ``EXIT_NODES_FAILED``
+    (with a one-line summary) when any node ended failed, crash-looping or never started."""
     launch = load_launch(path)
     configure(launch.security.load())  # the status view subscribes like any other client
     log_dir = (run_dir or default_run_dir(path)) / "logs"
@@ -80,7 +91,11 @@ def main(path: Path, duration_s: float = 0.0, run_dir: Path | None = None) -> in
                 sup.poll()
                 live.update(render(sup, mon))
     finally:
+        failures = sup.failures(mon.heard_ns)  # judged as the nodes were, before stopping them
         codes = sup.stop()
         mon.close()
         log.info("stopped: %s", codes)
+    if failures:
+        log.error("%s (node logs: %s)", summary(failures, len(sup.nodes)), log_dir)
+        return EXIT_NODES_FAILED
     return 0

@@ -153,3 +153,34 @@ def test_label_command_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["label", str(src), "--spans", str(bad), "-o",
                                  str(tmp_path / "x.mcap")])
     assert r.exit_code == 2 and "bad.csv:1" in r.output
+
+
+def test_spans_outside_the_log_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                         ) -> None:
+    from typer.testing import CliRunner
+
+    from udml_stream.cli.main import app
+
+    src = tmp_path / "s.mcap"
+    _log(src, foxglove=False)  # records from 0 to 5.95 s
+    spans = tmp_path / "spans.csv"
+    # A span that ends past the log: labelled up to the end, with a warning naming its line.
+    spans.write_text("start,end,label\n0,2,3\n5,7.5,4\n")
+    with caplog.at_level("WARNING", logger="udml_stream.logs.label"):
+        rep = label(src, spans, tmp_path / "l.mcap")
+    assert rep.warnings == [f"{spans}:3: the span 5–7.5 s ends past the end of {src} (5.95 s "
+                            "long); labelled up to the end"]
+    assert rep.warnings[0] in caplog.text
+    # Within END_SLACK_S of the end (times rounded by hand): no warning.
+    spans.write_text("0,2,3\n5,6.2,4\n")
+    assert label(src, spans, tmp_path / "l2.mcap").warnings == []
+    # A span that starts after the log's end labels nothing: an error naming the line, and
+    # nothing written (the new user's 60–70 s span on a 52.5 s log).
+    spans.write_text("0,2,3\n\n60,70,4,clean\n")
+    out = tmp_path / "l3.mcap"
+    with pytest.raises(SpansError, match=r"spans\.csv:3: the span 60–70 s starts after the end "
+                                         r"of .*s\.mcap \(5\.95 s long; see `udml log info`\)"):
+        label(src, spans, out)
+    assert not out.exists()
+    r = CliRunner().invoke(app, ["label", str(src), "--spans", str(spans), "-o", str(out)])
+    assert r.exit_code == 2 and "spans.csv:3: the span 60–70 s starts after the end" in r.output

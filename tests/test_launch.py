@@ -76,7 +76,9 @@ max_restarts = 2
         if proc.poll() is None:
             proc.kill()
     out = "".join(lines)
-    assert proc.returncode == 0
+    # A node that was given up on makes the launch fail, with one line saying which and why.
+    assert proc.returncode == 1
+    assert "1 of 2 nodes failed: broken: gave up after 2 restarts in a row" in out
     assert "broken exited with 3: " in out and "cannot open video source" in out
     assert "; restarting in 0.2 s" in out
     assert "restarting in 0.4 s" in out  # the second delay doubled (backoff)
@@ -199,6 +201,8 @@ def test_backoff_doubles_then_gives_up_with_the_last_error(tmp_path: Path) -> No
     assert n.restarts == 4 and n.streak == 4 and n.exits == [1] * 5
     assert n.last_error == "ValueError: bad frame shape"
     assert n.state(time.monotonic()).startswith("gave up after 4 restarts")
+    assert sup.failures() == {"n": "gave up after 4 restarts in a row (ValueError: bad frame "
+                                   "shape)"}
     assert (tmp_path / "logs" / "n.log").read_text().count("starting") == 5
 
 
@@ -228,3 +232,203 @@ def test_node_logs_rotate(tmp_path: Path) -> None:
     assert all(p.stat().st_size <= 2100 for p in (tmp_path / "logs").iterdir())
     assert "line 0399" in (tmp_path / "logs" / "n.log").read_text()  # the newest lines kept
     assert n.state(time.monotonic()) == "exited (0)" and n.last_error is None
+
+
+def test_failures_name_nodes_that_ended_failed_crash_looped_or_never_started(
+        tmp_path: Path) -> None:
+    # Ended on a failure, not restarted.
+    sup, n = _supervised(tmp_path / "a", CRASH, restart="never")
+    sup.start()
+    try:
+        _poll_until(sup, lambda: bool(n.exits))
+        assert sup.failures() == {"n": "exited with 1 (ValueError: bad frame shape)"}
+    finally:
+        sup.stop()
+    # Crash-looping: three or more failures in a row, the next restart pending.
+    sup, n = _supervised(tmp_path / "b", CRASH, restart="always", restart_delay_s=0.01,
+                         restart_max_delay_s=30, stable_after_s=60)
+    sup.start()
+    try:
+        _poll_until(sup, lambda: n.streak >= 3 and n.restart_at is not None)
+        assert sup.failures()["n"].startswith(f"crash loop: {len(n.exits)} failed runs, the last "
+                                              "exited with 1 (ValueError")
+    finally:
+        sup.stop()
+    # Failed, restarted and running, but neither stable nor heard from: it never started.
+    # Heard from since its restart (a heartbeat): it started, so it recovered.
+    once = tmp_path / "once"
+    flaky = (f"import pathlib, sys, time\np = pathlib.Path({str(once)!r})\n"
+             "if not p.exists():\n    p.touch(); print('error: not ready'); sys.exit(2)\n"
+             "time.sleep(30)")
+    sup, n = _supervised(tmp_path / "c", flaky, restart="on-failure", restart_delay_s=0.01,
+                         stable_after_s=60)
+    sup.start()
+    try:
+        _poll_until(sup, lambda: n.restarts == 1 and n.proc is not None)
+        assert sup.failures() == {"n": "never started: 1 failed run, the last exited with 2 "
+                                       "(error: not ready)"}
+        assert sup.failures({"n": time.monotonic_ns()}) == {}
+    finally:
+        sup.stop()
+    # A node that ends with status 0 has not failed.
+    sup, n = _supervised(tmp_path / "d", "print('done')", restart="never")
+    sup.start()
+    try:
+        _poll_until(sup, lambda: bool(n.exits))
+        assert sup.failures() == {}
+    finally:
+        sup.stop()
+
+
+def _launch_cli(launch: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "udml_stream.cli.main", "launch", str(launch),
+                             *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_launch_exits_nonzero_when_a_node_keeps_failing(scene, tmp_path: Path) -> None:
+    launch = tmp_path / "l.toml"
+    launch.write_text(f"""
+[nodes.cam]
+program = "camera"
+source = "{scene.video}"
+loop = true
+endpoint = "ipc://{tmp_path}/cam"
+
+[nodes.broken]
+program = "camera"
+source = "{tmp_path}/missing.avi"
+endpoint = "ipc://{tmp_path}/broken"
+restart_delay_s = 0.1
+""")
+    proc = _launch_cli(launch, tmp_path, "--duration", "3", "--run-dir", str(tmp_path / "run"))
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
+    # Within 3 s the broken node has failed and is restarting (or crash-looping), never having
+    # started; the healthy one is not named.
+    line = next(x for x in out.splitlines() if "nodes failed" in x)
+    assert "1 of 2 nodes failed: broken: " in line and "missing.avi" in line, line
+    assert "cam:" not in line
+
+
+def test_launch_file_paths_resolve_from_its_folder(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from udml_stream.launch.config import load_launch, write_launch
+
+    robot = tmp_path / "runs" / "robot"
+    robot.mkdir(parents=True)
+    launch = robot / "launch.toml"
+    launch.write_text("""
+[nodes.camera]
+program = "camera"
+source = "../demo/scene.avi"
+endpoint = "ipc://cam.sock"
+[nodes.usb]
+program = "camera"
+source = "0"
+endpoint = "tcp://127.0.0.1:5601"
+[nodes.ipcam]
+program = "camera"
+source = "rtsp://cam.local/stream"
+endpoint = "tcp://127.0.0.1:5602"
+[nodes.mic]
+program = "microphone"
+source = "file"
+file = "../demo/scene.wav"
+endpoint = "tcp://127.0.0.1:5603"
+[nodes.fusion]
+program = "fusion"
+checkpoint = "checkpoint"
+subscribe = ["ipc://cam.sock"]
+endpoint = "tcp://127.0.0.1:5604"
+[security]
+keys = "/abs/keys"
+allow = "allowed"
+""")
+    demo = str(tmp_path / "runs" / "demo")
+    for where in (tmp_path, tmp_path / "runs", Path("/")):
+        monkeypatch.chdir(where)  # an absolute launch path: the same paths from any folder
+        nodes = load_launch(launch).nodes
+        assert nodes["camera"].source == f"{demo}/scene.avi"
+        assert str(nodes["mic"].file) == f"{demo}/scene.wav"
+        assert nodes["fusion"].checkpoint == robot / "checkpoint"
+    monkeypatch.chdir(tmp_path)
+    # A relative launch path: relative results, still from the file's folder.
+    got = load_launch(Path("runs/robot/launch.toml"))
+    assert got.nodes["camera"].source == "runs/demo/scene.avi"  # normalised lexically
+    assert got.nodes["fusion"].checkpoint == Path("runs/robot/checkpoint")
+    # Not file paths: device indices, URLs and endpoints are used as written.
+    assert got.nodes["usb"].source == "0"
+    assert got.nodes["ipcam"].source == "rtsp://cam.local/stream"
+    assert got.nodes["camera"].endpoint == "ipc://cam.sock"
+    assert got.security.keys == Path("/abs/keys")
+    assert got.security.allow == Path("runs/robot/allowed")
+    # write_launch takes paths as its caller means them (from the working directory) and
+    # writes them relative to the file's folder.
+    written = write_launch(Path("runs/robot/w.toml"), {"mic": {
+        "program": "microphone", "source": "file", "file": Path("runs/demo/scene.wav"),
+        "endpoint": "tcp://127.0.0.1:5603"}})
+    assert 'file = "../demo/scene.wav"' in (robot / "w.toml").read_text()
+    assert written.nodes["mic"].file == Path("runs/demo/scene.wav")
+
+
+def test_launch_from_another_folder_finds_its_checkpoint_and_sources(
+        scene, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # The new user's case: a launch file beside its media and checkpoint, launched from elsewhere.
+    robot = tmp_path / "robot"
+    robot.mkdir()
+    for src, name in ((scene.video, "scene.avi"), (scene.audio, "scene.wav")):
+        (robot / name).symlink_to(src)
+    (robot / "checkpoint").symlink_to(tiny_checkpoint)
+    launch = robot / "launch.toml"
+    launch.write_text(f"""
+[nodes.camera]
+program = "camera"
+source = "scene.avi"
+loop = true
+endpoint = "ipc://{tmp_path}/cam"
+restart = "never"
+[nodes.mic]
+program = "microphone"
+source = "file"
+file = "scene.wav"
+loop = true
+endpoint = "ipc://{tmp_path}/mic"
+restart = "never"
+[nodes.fusion]
+program = "fusion"
+checkpoint = "checkpoint"
+device = "cpu"
+subscribe = ["ipc://{tmp_path}/cam", "ipc://{tmp_path}/mic"]
+endpoint = "ipc://{tmp_path}/fused"
+restart = "never"
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    logs = tmp_path / "run" / "logs"
+    proc = _launch_cli(launch, elsewhere, "--run-dir", str(tmp_path / "run"))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+
+    def started() -> bool:
+        logs_in = {n: (logs / f"{n}.log").read_text() if (logs / f"{n}.log").exists() else ""
+                   for n in ("camera", "mic", "fusion")}
+        return ("publishing on" in logs_in["camera"] and "publishing on" in logs_in["mic"]
+                and "fusing " in logs_in["fusion"])
+    try:
+        end = time.monotonic() + 60  # the fusion node imports torch: seconds on a busy machine
+        while time.monotonic() < end and not started() and proc.poll() is None:
+            time.sleep(0.1)
+        assert started(), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, "".join(lines)

@@ -61,8 +61,10 @@ def plot_weights(results: list[FusionResult], segments: list[Segment], base_ns: 
     for m in sorted({m for r in results for m in r.weights}):
         w = np.array([r.weights.get(m, 0.0) / (sum(r.weights.values()) or 1.0) for r in results])
         ax.plot(t, w, ".", ms=2.5, label=f"{m} weight share")
+    present = {seg.condition for seg in segments}
     for cond, c in colours.items():
-        ax.plot([], [], color=c, alpha=0.4, lw=8, label=cond)
+        if cond in present:  # the legend names only conditions this log has
+            ax.plot([], [], color=c, alpha=0.4, lw=8, label=cond)
     ax.set_xlabel("scene time (s)")
     ax.set_ylabel("share of fusion weight")
     ax.set_ylim(-0.02, 1.02)

@@ -14,12 +14,20 @@ keys = "keys"               # from `udml keys generate keys`
 
 Binding a TCP endpoint beyond loopback without CURVE is refused unless
 ``security.plaintext_remote = true`` says so on purpose.
+
+Relative file paths in a launch file (a camera's video file, a microphone's WAV file, the fusion
+node's checkpoint, the key folders) are relative to **the launch file's folder**, as in a
+training config, so a launch file works from any working directory. Endpoints (``ipc://`` paths
+included), device indices and URLs are not file paths and are used as written. Defaults
+(``checkpoints/default``, ``keys``) and ``--set`` overrides are relative to the working
+directory, like any path typed in a shell.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -173,6 +181,49 @@ class LaunchFile(BaseModel):
     security: SecuritySection = Field(default_factory=SecuritySection)
 
 
+def is_file_source(source: str) -> bool:
+    """Whether a camera ``source`` names a file: not a device index (``0``) nor a URL
+    (``rtsp://…``, ``http://…``)."""
+    return not (source.strip().isdigit() or "://" in source)
+
+
+def _node_path_keys(table: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of one node table that hold a file or folder path."""
+    program = table.get("program")
+    if program == "camera":
+        src = table.get("source")
+        return ("source",) if isinstance(src, str) and is_file_source(src) else ()
+    if program == "microphone":
+        return ("file",)
+    if program == "fusion":
+        return ("checkpoint",)
+    return ()
+
+
+def resolve_launch_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Make the relative file paths of a raw launch mapping relative to ``base_dir`` (the launch
+    file's folder; in place, returned). Joined and normalised lexically, like a training
+    config's paths: ``configs/robot.toml`` naming ``../checkpoints/default`` gives
+    ``checkpoints/default`` when run from the checkout. Malformed values are left for
+    validation to name."""
+    def fix(table: dict[str, Any], key: str) -> None:
+        value = table.get(key)
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            table[key] = str(p) if p.is_absolute() else os.path.normpath(base_dir / p)
+
+    nodes = data.get("nodes")
+    for table in nodes.values() if isinstance(nodes, dict) else ():
+        if isinstance(table, dict):
+            for key in _node_path_keys(table):
+                fix(table, key)
+    security = data.get("security")
+    if isinstance(security, dict):
+        fix(security, "keys")
+        fix(security, "allow")
+    return data
+
+
 def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
     """Validate a launch mapping; errors name the key, the value and the expectation."""
     try:
@@ -191,8 +242,10 @@ def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
 
 
 def load_launch(path: Path) -> LaunchFile:
-    """Load and validate a launch TOML file."""
-    return parse_launch(read_toml(path, "launch file"), str(path))
+    """Load and validate a launch TOML file; its relative file paths are relative to its folder
+    (``resolve_launch_paths``)."""
+    return parse_launch(resolve_launch_paths(read_toml(path, "launch file"), Path(path).parent),
+                        str(path))
 
 
 def node_adapter() -> TypeAdapter[Any]:
@@ -241,17 +294,36 @@ def write_launch(path: Path, nodes: dict[str, dict[str, Any]], comment: str = ""
 
     Programs that start nodes (demo, benchmarks, log evaluation) build their launch files here
     rather than by string formatting, so a wrong key fails at once and names itself. Keys whose
-    value is None are left out (the node's default applies).
+    value is None are left out (the node's default applies). Relative file paths in ``nodes``
+    are taken as the caller means them, relative to the working directory, and are written
+    relative to the file's folder (where ``load_launch`` resolves them); absolute ones stay.
+    Returns the launch as ``load_launch`` reads it back.
     """
+    folder = Path(path).parent
     lines = [f"# {line}" for line in comment.splitlines()]
     for name, table in nodes.items():
+        table = _relative_to(table, folder)
         lines += ["", f"[nodes.{_toml_key(name)}]"]
         lines += [f"{_toml_key(k)} = {_toml_value(v, f'nodes.{name}.{k}')}"
                   for k, v in table.items() if v is not None]
     text = "\n".join(lines).lstrip("\n") + "\n"
-    launch = parse_launch(tomllib.loads(text), str(path))
+    launch = parse_launch(resolve_launch_paths(tomllib.loads(text), folder), str(path))
     Path(path).write_text(text)
     return launch
+
+
+def _relative_to(table: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``table`` with its relative file paths (relative to the working directory) rewritten
+    relative to ``folder``."""
+    out = dict(table)
+    for key in _node_path_keys({k: str(v) if isinstance(v, Path) else v
+                                for k, v in table.items()}):
+        value = out.get(key)
+        if isinstance(value, (str, Path)) and str(value):
+            p = Path(value).expanduser()
+            if not p.is_absolute():
+                out[key] = os.path.relpath(os.path.abspath(p), os.path.abspath(folder))
+    return out
 
 
 def configure_security(path: Path | None) -> None:

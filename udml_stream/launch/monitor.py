@@ -38,6 +38,7 @@ class Monitor:
         self.sub = Subscriber(endpoints)
         self.topics: dict[str, TopicView] = {}
         self.heartbeats: dict[str, Heartbeat] = {}
+        self.heard_ns: dict[str, int] = {}  # node → time.monotonic_ns() of its latest heartbeat
         self.last_result: FusionResult | None = None
         self.results: list[FusionResult] = []
 
@@ -48,6 +49,7 @@ class Monitor:
         for m in msgs:
             if isinstance(m, Heartbeat):
                 self.heartbeats[m.node] = m
+                self.heard_ns[m.node] = now
                 continue
             v = self.topics.setdefault(m.stream, TopicView())
             v.count += 1

@@ -40,6 +40,7 @@ class NodeProcess:
     started_at: float = 0.0
     gave_up: bool = False
     output: NodeLog | None = None
+    ran_ok: bool = False  # some run lasted ``stable_s`` or ended with status 0 on its own
 
     @property
     def log_path(self) -> Path | None:
@@ -65,6 +66,31 @@ class NodeProcess:
             wait = f"restart in {max(0.0, self.restart_at - now):.1f} s"
             return f"crash loop ({self.streak}): {wait}" if self.streak >= CRASH_LOOP_AFTER else wait
         return f"exited ({self.exits[-1]})" if self.exits else "stopped"
+
+    def failure(self, now: float, heard_since_start: bool = False) -> str | None:
+        """Why this node counts as failed at the end of a launch (None when it does not): it
+        gave up, ended on a failure (restart pending or not wanted), is crash-looping, or failed
+        without ever starting (no run lasted ``stable_s`` or ended well, and the current one has
+        not been heard from: ``heard_since_start``, a heartbeat since its last start). A node
+        that failed and then ran again stably, or was heard from, has recovered."""
+        failures = [rc for rc in self.exits if rc != 0]
+        if not failures:
+            return None
+        why = f" ({self.last_error})" if self.last_error else ""
+        if self.gave_up:
+            return f"gave up after {self.streak} restarts in a row{why}"
+        runs = f"{len(failures)} failed run{'s' if len(failures) > 1 else ''}"
+        loop = f"crash loop: {runs}, the last exited with {failures[-1]}{why}"
+        if self.proc is not None:  # running again after a failure
+            if heard_since_start or now - self.started_at >= self.stable_s:
+                return None
+            if self.streak >= CRASH_LOOP_AFTER:
+                return loop
+            return None if self.ran_ok else (
+                f"never started: {runs}, the last exited with {failures[-1]}{why}")
+        if self.exits[-1] == 0:
+            return None  # its last run ended well
+        return loop if self.streak >= CRASH_LOOP_AFTER else f"exited with {self.exits[-1]}{why}"
 
 
 class Supervisor:
@@ -110,9 +136,9 @@ class Supervisor:
         if n.proc is not None and n.proc.poll() is None:
             n.proc.send_signal(sig)
 
-    def poll(self) -> list[str]:
+    def poll(self, restart: bool = True) -> list[str]:
         """Reap exited nodes and restart them per policy, with exponential backoff that resets
-        after a stable run; returns event lines."""
+        after a stable run (``restart`` False: reap and schedule only); returns event lines."""
         events = []
         now = time.monotonic()
         for n in self.nodes.values():
@@ -123,6 +149,8 @@ class Supervisor:
                     n.output.drain()
                 if now - n.started_at >= n.stable_s:
                     n.streak = 0  # it ran long enough: this failure starts a fresh backoff
+                    n.ran_ok = True
+                n.ran_ok = n.ran_ok or rc == 0
                 wanted = n.policy == "always" or (n.policy == "on-failure" and rc != 0)
                 again = wanted and n.streak < n.max_restarts
                 n.gave_up = wanted and not again
@@ -134,7 +162,7 @@ class Supervisor:
                 else:
                     events.append(f"{n.name} exited with {rc}{why}" + (
                         f"; gave up after {n.streak} restarts in a row" if n.gave_up else ""))
-            if n.proc is None and n.restart_at is not None and now >= n.restart_at:
+            if restart and n.proc is None and n.restart_at is not None and now >= n.restart_at:
                 n.restart_at = None
                 n.restarts += 1
                 n.streak += 1
@@ -143,6 +171,18 @@ class Supervisor:
         for e in events:
             log.info("%s", e)
         return events
+
+    def failures(self, heard_ns: dict[str, int] | None = None) -> dict[str, str]:
+        """Node → why it counts as failed now (``NodeProcess.failure``); ``heard_ns`` maps a node
+        to the ``time.monotonic_ns()`` of its latest heartbeat. Call before ``stop``."""
+        self.poll(restart=False)  # reap what exited since the last poll, start nothing
+        now = time.monotonic()
+        out = {}
+        for name, n in self.nodes.items():
+            heard = (heard_ns or {}).get(name, -1) >= n.started_at * 1e9
+            if (why := n.failure(now, heard)) is not None:
+                out[name] = why
+        return out
 
     def alive(self) -> dict[str, bool]:
         """Which nodes are running now."""

@@ -14,6 +14,11 @@ optional; blank lines and lines starting with ``#`` are skipped):
 * ``condition``: a free name such as ``clean`` (the default: recorded as is, no scripted
   degradation); training with ``conditions = ["clean"]`` keeps only those spans.
 
+Spans are checked against the log's time range (from its first to its last record): a span that
+starts at or after the log's end labels nothing and is an error naming its CSV line; one that
+ends more than ``END_SLACK_S`` past the end is labelled up to the end, with a warning naming
+its line.
+
 A label holds from its start until the next label, so where a span ends without another one
 starting, a label ``-1`` (no ground truth) and the condition ``unlabelled`` close it. Label
 messages are stamped in the streams' capture clock: the span start plus the log's median
@@ -29,7 +34,7 @@ import logging
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcap.reader import SeekingReader
@@ -46,6 +51,9 @@ CLASS_NAMES = tuple(str(d) for d in range(10))
 NO_LABEL = -1  # closes a span: no ground truth from here on
 UNLABELLED = "unlabelled"
 _NS = 1_000_000_000
+#: How far a span may end past the log's last record without a warning: times noted by hand
+#: are rounded (a 52.5 s span end on a log whose last record is at 52.497 s is fine).
+END_SLACK_S = 0.5
 
 
 class SpansError(UdmlError):
@@ -73,6 +81,7 @@ class LabelReport:
     labels_written: int  # label messages, span closers included
     records_copied: int
     replaced: int  # label/condition records of the input left out (``replace``)
+    warnings: list[str] = field(default_factory=list)  # spans running past the log's end
 
 
 def _number(cell: str, what: str, where: str) -> float:
@@ -133,6 +142,24 @@ def read_spans(path: Path, class_names: Sequence[str] = CLASS_NAMES) -> list[Spa
     return spans
 
 
+def check_spans(spans: list[Span], duration_s: float, spans_csv: Path, log_path: Path
+                ) -> list[str]:
+    """Spans against the log's time range ``[0, duration_s]``: a ``SpansError`` naming the
+    line for a span that starts at or after the end (it would label nothing); a warning line
+    (returned) for each span that ends more than ``END_SLACK_S`` past it."""
+    warnings = []
+    for s in spans:
+        where = f"{spans_csv}:{s.line}"
+        if s.start_s >= duration_s:
+            raise SpansError(f"{where}: the span {s.start_s:g}–{s.end_s:g} s starts after the "
+                             f"end of {log_path} ({duration_s:.2f} s long; see `udml log info`): "
+                             "wrong log, or times not in seconds from the log's start?")
+        if s.end_s > duration_s + END_SLACK_S:
+            warnings.append(f"{where}: the span {s.start_s:g}–{s.end_s:g} s ends past the end "
+                            f"of {log_path} ({duration_s:.2f} s long); labelled up to the end")
+    return warnings
+
+
 def _events(spans: list[Span]) -> list[tuple[float, int, str, str]]:
     """(seconds, label, label name, condition) at each span start, and a closer at each end
     that no other span starts at."""
@@ -166,6 +193,10 @@ def label(log_path: Path, spans_csv: Path, out: Path, *, label_topic: str = "lab
             raise LogError(f"{log_path} has no summary (recorder killed?): run `udml log recover "
                            f"{log_path}` first and label the recovered copy")
         t0 = summary.statistics.message_start_time
+        warnings = check_spans(spans, (summary.statistics.message_end_time - t0) / _NS,
+                               Path(spans_csv), log_path)
+        for w in warnings:
+            log.warning("%s", w)
         offset, clock = _capture_offset(reader, summary)
         truth = [(t0 + round(sec * _NS), k, name, cond)
                  for sec, k, name, cond in _events(spans)]
@@ -178,7 +209,7 @@ def label(log_path: Path, spans_csv: Path, out: Path, *, label_topic: str = "lab
         finally:
             tmp.unlink(missing_ok=True)
     log.info("%s: %d spans labelled into %s", log_path, len(spans), out)
-    return LabelReport(out, len(spans), len(truth), n, replaced)
+    return LabelReport(out, len(spans), len(truth), n, replaced, warnings)
 
 
 def _capture_offset(reader: SeekingReader, summary) -> tuple[int, str]:
