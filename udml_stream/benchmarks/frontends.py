@@ -36,7 +36,13 @@ from udml_stream.evaluate.field import (
 )
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import FusionNet
-from udml_stream.train.config import TrainConfig, load_config
+from udml_stream.train.config import (
+    TrainConfig,
+    absolute_config,
+    flatten,
+    load_config,
+    resolve_paths,
+)
 from udml_stream.train.trainer import load_data, train
 
 log = logging.getLogger(__name__)
@@ -107,9 +113,10 @@ def _finished(out_dir: Path, epochs: int) -> bool:
 
 def _check_same_config(best: Path, cfg: TrainConfig) -> None:
     """Refuse to reuse a run trained under another config (budget, seed or front-end)."""
-    stored = checkpoint.read_meta(best).get("config")
-    wanted = json.loads(cfg.model_dump_json())
-    if stored != wanted:
+    # Checkpoints store their config with absolute paths: compare both that way.
+    stored = flatten(resolve_paths(checkpoint.read_meta(best).get("config") or {}, Path.cwd()))
+    wanted = flatten(absolute_config(cfg))
+    if any(stored.get(k) != wanted.get(k) for k in stored.keys() | wanted.keys()):
         raise UdmlError(f"{best} was trained with another config than this benchmark asks for; "
                         f"remove {best.parent} or pick another runs directory")
 

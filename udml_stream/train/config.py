@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -127,6 +128,10 @@ class TrainSection(_Strict):
         "the device (no per-step stall of a GPU); auto = step on CPU, interval on CUDA")
     log_interval: int = Field(50, gt=0, description="host_sync = interval: steps between reads")
     out_dir: Path = Path("runs/default")
+    init_from: Path | None = Field(None, description=(
+        "fine-tune: a checkpoint directory whose model (its model config, preprocessing, gates "
+        "and weights) training starts from; the [model] section is then not used, and "
+        "train.families, when empty, is the checkpoint's. The data's modalities must match it"))
 
 
 class TrainConfig(_Strict):
@@ -157,7 +162,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
 #: a config file is relative to that file's folder; ``--set`` overrides and defaults are
 #: relative to the working directory, like any path typed in a shell.
 PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.test",
-             "train.out_dir")
+             "train.out_dir", "train.init_from")
+
+#: Keys that change how a run is executed or where it is written, not what it learns: a run
+#: may be resumed with different values (``train.epochs``: a finished run is extended).
+RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",
+                            "train.out_dir", "train.host_sync", "train.epochs",
+                            "data.cache_dir"})
 
 
 def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -168,7 +179,7 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         if not isinstance(value, str) or not value:
             return value  # left for validation to name
         p = Path(value).expanduser()
-        return value if p.is_absolute() else os.path.normpath(base_dir / p)
+        return str(p) if p.is_absolute() else os.path.normpath(base_dir / p)
 
     for dotted in PATH_KEYS:
         *parents, key = dotted.split(".")
@@ -189,3 +200,31 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainCon
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_config(data, str(path))
+
+
+def absolute_config(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as a plain mapping with every path under ``PATH_KEYS`` absolute (each is relative
+    to the working directory once loaded): what a checkpoint and the resume state store, so
+    that they mean the same files from any folder."""
+    data = json.loads(cfg.model_dump_json())
+    return resolve_paths(data, Path.cwd())
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` → ``{"train.lr": 1}`` (lists are values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in ("train.families", "model.encoders"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def training_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two stored configs (``absolute_config``),
+    leaving out ``RESUMABLE_KEYS``."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in a.keys() | b.keys()
+                  if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +26,14 @@ from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.loss import LossTerms, compute_loss
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
-from udml_stream.train.config import LogsSection, TrainConfig, parse_config
+from udml_stream.train.config import (
+    LogsSection,
+    ModelSection,
+    TrainConfig,
+    absolute_config,
+    parse_config,
+    training_differences,
+)
 
 if TYPE_CHECKING:
     from udml_stream.data.logset import LogSource
@@ -148,6 +157,72 @@ def _log_source(lg: LogsSection) -> LogSource:
 
     return LogSource(lg.camera_topic, lg.audio_topic, lg.label_topic, lg.condition_topic,
                      tuple(lg.conditions) if lg.conditions is not None else None)
+
+
+def check_log_globs(lg: LogsSection) -> None:
+    """Fail now, naming the key, when a ``data.logs`` glob matches no file: the train and val
+    logs are read at once, but the test logs only by ``udml eval`` of the checkpoint."""
+    for key in ("train", "val", "test"):
+        for pattern in getattr(lg, key):
+            if not glob.glob(pattern):
+                raise ConfigError(f"data.logs.{key}: no log matches {pattern!r} (relative "
+                                  f"patterns in a config file are relative to its folder)")
+
+
+def data_fingerprint(data: avdigits.AVDigits) -> str:
+    """A cheap digest of the train and val data (labels, row indices, table shapes and a few
+    rows of each table): the resume state records it, so a run is not resumed on data that
+    changed under an unchanged config (relabelled logs, a new recording)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in ("train", "val"):
+        split = data.splits[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(split.labels).tobytes())
+        for m in sorted(split.tables):
+            table, index = split.tables[m], split.index[m]
+            h.update(f"{m}{table.shape}{table.dtype}".encode())
+            h.update(np.ascontiguousarray(index).tobytes())
+            rows = np.unique(np.linspace(0, len(table) - 1, min(len(table), 16)).astype(np.int64))
+            h.update(np.ascontiguousarray(table[rows]).tobytes())
+    return h.hexdigest()
+
+
+def load_init(path: Path, data: avdigits.AVDigits, device: torch.device
+              ) -> tuple[FusionNet, dict[str, Any]]:
+    """The checkpoint a fine-tune starts from (``train.init_from``), checked against the data:
+    the same modalities and classes."""
+    model, meta = checkpoint.load(path, device)
+    have, want = sorted(data.modalities), sorted(model.cfg.modalities)
+    if have != want:
+        raise ConfigError(f"train.init_from = {str(path)!r}: the checkpoint's model takes "
+                          f"{want}, but the training data has {have}; fine-tune from a "
+                          "checkpoint with the same streams, or train from scratch without "
+                          "train.init_from")
+    names = list(meta.get("class_names", []))
+    if names != list(data.class_names):
+        raise ConfigError(f"train.init_from = {str(path)!r}: the checkpoint's classes {names} "
+                          f"differ from the data's {list(data.class_names)}")
+    return model, meta
+
+
+def with_init_model(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
+    """``cfg`` as a fine-tune from the checkpoint with metadata ``meta`` runs it: its
+    ``[model]`` section is the checkpoint's, and empty ``train.families`` are the
+    checkpoint's (the degradations its estimator and gates were trained on)."""
+    stored = meta.get("config", {})
+    update: dict[str, Any] = {}
+    try:
+        update["model"] = ModelSection.model_validate(stored["model"])
+    except (KeyError, TypeError, ValueError):
+        log.warning("the checkpoint's config has no readable [model] section; the model is "
+                    "built from its model config, and the stored [model] section is this "
+                    "config's")
+    fams = (stored.get("train") or {}).get("families") or {}
+    if not cfg.train.families and fams:
+        update["train"] = cfg.train.model_copy(update={"families": fams})
+        log.info("fine-tuning with the checkpoint's degradation families: %s",
+                 {m: len(f) for m, f in fams.items()})
+    return cfg.model_copy(update=update)
 
 
 def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
@@ -287,6 +362,23 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
             "val_acc": new.get("val_acc"), "val_acc_ungated": new.get("val_acc_ungated")}
 
 
+def _check_resumable(state: dict[str, Any], stored_cfg: dict[str, Any], fingerprint: str,
+                     out_dir: Path) -> None:
+    """Refuse to resume a run made with another training config or on other data (it would
+    carry on, or re-export, a model of something else)."""
+    if "config" not in state:  # written before the state recorded its config
+        log.warning("%s: its resume state records no config (an older run); resuming without "
+                    "checking that it was made with this one", out_dir)
+        return
+    differ = training_differences(json.loads(state["config"]), stored_cfg)
+    if state.get("data") != fingerprint:
+        differ.append("the train/val data read")
+    if differ:
+        raise ConfigError(f"{out_dir} holds a run made with other settings (changed: "
+                          f"{', '.join(differ)}): pass --no-resume to train from the start, or "
+                          "choose another train.out_dir")
+
+
 @dataclass
 class TrainResult:
     """Where the selected checkpoint went and how training went."""
@@ -361,6 +453,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
+    if cfg.data.source == "logs":
+        check_log_globs(cfg.data.logs)
     data = data if data is not None else load_data(cfg)
     train_split, val_split = data.splits["train"], data.splits["val"]
     if cfg.data.train_subset:
@@ -368,18 +462,28 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if cfg.data.val_subset:
         val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
 
-    encs = {m: cfg.model.encoders.get(m, modalities.kind_of(m, train_split.kinds).encoder)
-            for m in data.modalities}
-    mcfg = ModelConfig(
-        modalities=data.modalities, encoders=encs,
-        preprocess=preprocess_params(data, train_split, cfg.model.frontend),
-        num_classes=len(data.class_names), method=cfg.model.method,
-        embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma, beta=cfg.model.beta,
-        estimator_weight=cfg.model.estimator_weight, estimator=cfg.model.estimator,
-        gap_floor=cfg.model.gap_floor,
-    )
+    init_meta: dict[str, Any] | None = None
+    if tc.init_from is not None:
+        # Fine-tuning: the checkpoint's model, weights and gates; the loop below is unchanged.
+        model, init_meta = load_init(tc.init_from, data, device)
+        cfg = with_init_model(cfg, init_meta)
+        tc = cfg.train
+        mcfg = model.cfg
+        log.info("fine-tuning %s (%s, val acc %s) on %d samples", tc.init_from, mcfg.method,
+                 init_meta.get("val_acc"), len(train_split))
+    else:
+        encs = {m: cfg.model.encoders.get(m, modalities.kind_of(m, train_split.kinds).encoder)
+                for m in data.modalities}
+        mcfg = ModelConfig(
+            modalities=data.modalities, encoders=encs,
+            preprocess=preprocess_params(data, train_split, cfg.model.frontend),
+            num_classes=len(data.class_names), method=cfg.model.method,
+            embed_dim=cfg.model.embed_dim, gamma=cfg.model.gamma, beta=cfg.model.beta,
+            estimator_weight=cfg.model.estimator_weight, estimator=cfg.model.estimator,
+            gap_floor=cfg.model.gap_floor,
+        )
+        model = FusionNet(mcfg).to(device)
     kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
-    model = FusionNet(mcfg).to(device)
     # Under DDP: the wrapper runs the training forward pass; checkpoints and scores use model.
     net = None
     if dist is not None:
@@ -397,6 +501,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "train_state.pt"
     start_epoch, best_score, best_epoch, history = 0, -1.0, -1, []
+    # What the run learns from, with absolute paths: stored in each checkpoint (so that `udml
+    # eval` finds its logs from any folder) and in the resume state (checked on resume).
+    stored_cfg = absolute_config(cfg)
+    fingerprint = data_fingerprint(data)
     can_resume = resume and state_path.exists() and (out_dir / "last").exists()
     if dist is not None:  # every rank resumes, from the same files, or none does
         can_resume = dist.agree(can_resume, f"resuming from {out_dir} (every process must see it, "
@@ -404,6 +512,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if can_resume:
         # weights_only=True: the resume state holds tensors and plain containers, nothing pickled.
         st = torch.load(state_path, map_location=device, weights_only=True)
+        _check_resumable(st, stored_cfg, fingerprint, out_dir)
         last, _ = checkpoint.load(out_dir / "last", device)
         model.load_state_dict(last.state_dict())
         opt.load_state_dict(st["optimizer"])
@@ -421,8 +530,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if not sync:  # kept on the device, and only where the rule reads it (QMF)
         history_loss = ({m: torch.from_numpy(h).to(device) for m, h in history_loss.items()}
                         if spec.fusion.needs_history else None)
-    meta = {"preset": data.preset.name, "build_seed": cfg.data.build_seed, "seed": tc.seed,
-            "config": json.loads(cfg.model_dump_json())}
+    meta: dict[str, Any] = {"preset": data.preset.name, "build_seed": cfg.data.build_seed,
+                            "seed": tc.seed, "config": stored_cfg}
+    if init_meta is not None:
+        meta["init_from"] = {"path": stored_cfg["train"]["init_from"],
+                             "preset": init_meta.get("preset"), "val_acc": init_meta.get("val_acc")}
 
     train_nat = NaturalInput(jitter=tc.image_jitter)
     for epoch in range(start_epoch, tc.epochs):
@@ -504,6 +616,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": json.dumps(rng.bit_generator.state), "epoch": epoch,
             "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
+            "config": json.dumps(stored_cfg), "data": fingerprint,
         }, state_path)
     if not main:  # rank 0 calibrates and rewrites the best checkpoint
         return TrainResult(out_dir / "best", best_epoch, best_score, history,
