@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data import avdigits
 from udml_stream.evaluate.card import build_card, write_into_checkpoint
 from udml_stream.evaluate.card import write_markdown as write_card_markdown
@@ -25,7 +25,8 @@ def seen_families(meta: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """The degradation families a checkpoint was trained on (its reference kind when none named)."""
     named = meta.get("config", {}).get("train", {}).get("families") or {}
     mods = meta["model"]["modalities"]
-    return {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[m],))) for m in mods}
+    return {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[modalities.kind_of(m).corrupt],)))
+            for m in mods}
 
 
 def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,

@@ -203,6 +203,10 @@ PRESETS: dict[str, Preset] = {
     # Two cameras and a microphone (docs/modalities.md): both cameras as weak as `imbalanced`'s,
     # so the second view adds evidence the first lacks.
     "twocam": Preset("twocam", "raw", image_pca_energy=0.25, cameras=2),
+    # The field preset with a second camera: natural input on all three streams (the demo's
+    # two-camera segment, configs/field2cam.toml).
+    "field2cam": Preset("field2cam", "raw", image_pca_energy=1.0, audio_base_snr_db=None,
+                        natural=True, cameras=2),
 }
 
 

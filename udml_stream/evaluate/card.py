@@ -12,6 +12,7 @@ from typing import Any
 
 from udml_stream import corrupt
 from udml_stream.data.field import NaturalAudio, NaturalImage
+from udml_stream.modalities import kind_of
 from udml_stream.model.checkpoint import CONFIG
 from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION
 
@@ -84,7 +85,7 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
                      f"(white, pink or brown noise, {nat_a.floor_dbfs} dBFS RMS) on "
                      f"{100 * nat_a.floor_share:.0f}% of windows",
             "pairing": "image and sound paired by class only",
-            "degradation_families": fams or {m: [corrupt.TRAIN_KINDS[m]]
+            "degradation_families": fams or {m: [corrupt.TRAIN_KINDS[kind_of(m).corrupt]]
                                              for m in meta["model"]["modalities"]},
         },
         "measured": {

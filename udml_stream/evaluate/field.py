@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data.avdigits import Split
 from udml_stream.data.batching import Batch, NaturalInput, make_batch
 from udml_stream.evaluate.conditions import weight_share
@@ -102,7 +102,8 @@ def _batch(split: Split, rows: np.ndarray, lv: dict[str, np.ndarray],
     for m, x in clean.inputs.items():
         if kinds is not None and m in kinds and int(lv[m].max()) > corrupt.CLEAN:
             # SNRs against the clean speech (as in training), not the speech over its floor.
-            clean.inputs[m] = corrupt.apply(m, kinds[m], x, lv[m], cond_rng,
+            clean.inputs[m] = corrupt.apply(modalities.kind_of(m, split.kinds).corrupt,
+                                            kinds[m], x, lv[m], cond_rng,
                                             ref_power=clean.ref_power.get(m))
             clean.levels[m] = np.maximum(lv[m], clean.levels[m])
     return clean
@@ -166,7 +167,7 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
     for m in mods:
         dropped = run_pass(model, split, seed, missing=(m,))
         fams: dict[str, Any] = {}
-        for fam in corrupt.kinds_for(m):
+        for fam in corrupt.kinds_for(modalities.kind_of(m, split.kinds).corrupt):
             levels: dict[str, Any] = {}
             sig_all, lv_all = [], []
             for lv in corrupt.LEVELS:
