@@ -70,8 +70,10 @@ def test_each_rule_builds_its_parameters_under_the_checkpoint_names(method: str)
 
 
 def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
-    # Recorded from checkpoints/default before the rules became modules (one thread); the
-    # refactor was bit-identical, this keeps it so within float tolerance on any thread count.
+    # Recorded from checkpoints/default (one thread): the refactor into rules was bit-identical
+    # on the session-6 checkpoint it was made on; this keeps the shipped checkpoint's numerics
+    # fixed within float tolerance on any thread count. Re-record when the checkpoint is
+    # retrained (and say so in the commit).
     model, _ = checkpoint.load(ROOT / "checkpoints" / "default")
     g = torch.Generator().manual_seed(7)
     x = {"image": torch.rand(2, 28, 28, generator=g) * 255,
@@ -80,14 +82,15 @@ def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
     with torch.no_grad():
         out = model(x)
     want = torch.tensor([
-        [-0.11536, 0.62461, 0.28076, -0.24909, -0.53076, 0.56037, 0.19065, -0.64738, -0.0939,
-         -0.10402],
-        [2.51588, 0.58083, 3.19467, 2.44027, 2.26094, -2.87494, -2.623, -2.41551, -2.77711,
-         0.12061]])
+        [0.41262, -0.40411, 0.49173, -0.72758, 0.58152, -0.61379, 0.81965, 1.36875, -0.16675,
+         -1.35996],
+        [0.22126, 1.72146, 1.75779, 2.9097, 1.07513, -2.01385, -2.56526, -1.23366, -1.32963,
+         -0.16355]])
     torch.testing.assert_close(out.logits, want, rtol=0, atol=2e-4)
-    torch.testing.assert_close(out.weights["image"], torch.tensor([2.0, 0.0608]), rtol=0,
+    # Uniform-noise frames: the gates close the camera entirely.
+    torch.testing.assert_close(out.weights["image"], torch.tensor([0.0, 0.0]), rtol=0,
                                atol=2e-4)
-    torch.testing.assert_close(out.sigma_hat["audio"], torch.tensor([10.20681, 6.17483]),
+    torch.testing.assert_close(out.sigma_hat["audio"], torch.tensor([9.66198, 7.12116]),
                                rtol=0, atol=2e-4)
 
 
