@@ -60,6 +60,26 @@ def test_audio_in_order_video_latest_only_gaps_counted(ctx) -> None:
         assert sub.receive(50) == []  # bounded wait, nothing left
 
 
+def test_a_nodes_heartbeats_do_not_count_as_gaps_in_its_stream(ctx) -> None:
+    # A camera node named "camera" beats as stream "camera" with its own sequence numbers.
+    with Publisher("tcp://127.0.0.1:*", ctx=ctx, hwm=100) as pub, \
+            Subscriber([pub.endpoint], ctx=ctx) as sub:
+        connect(pub, sub)
+        img = np.zeros((8, 8, 3), np.uint8)
+        for i in range(30):
+            pub.publish(CameraFrame("camera", 100 + i, i, image=img))
+            if i % 10 == 9:
+                pub.publish(Heartbeat("camera", i // 10, i, topic="hb.camera", node="camera"))
+        msgs: list = []
+        end = time.monotonic() + 5
+        while time.monotonic() < end and not any(isinstance(m, CameraFrame) and m.seq == 129
+                                                  for m in msgs):
+            msgs += sub.receive(100)
+        assert sum(isinstance(m, CameraFrame) for m in msgs) == 30
+        st = sub.stats["camera"]
+        assert (st.received, st.gaps, st.restarts) == (30, 0, 0)
+
+
 def test_malformed_messages_are_counted_and_dropped(ctx) -> None:
     with Publisher("tcp://127.0.0.1:*", ctx=ctx) as pub, Subscriber([pub.endpoint], ctx=ctx) as sub:
         connect(pub, sub)

@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from udml_stream.errors import ConfigError
-from udml_stream.messages import DecodeError, Message, decode, encode
+from udml_stream.messages import DecodeError, Heartbeat, Message, decode, encode
 from udml_stream.transport.security import PUBLISHER_MAX_INBOUND, SUBSCRIBER_MAX_INBOUND
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,13 @@ class Subscriber:
             self.decode_errors[topic] = self.decode_errors.get(topic, 0) + 1
             log.warning("dropped a malformed message on %r: %s", topic, err)
             return None
-        st = self.stats.get(msg.stream)
+        # A node's heartbeats carry the node's name as their stream, which is often also the
+        # name of the stream it publishes ("camera"): their own sequence must not interleave
+        # with the data's, or every beat reads as a restart and the next frame as a huge gap.
+        key = msg.topic if isinstance(msg, Heartbeat) else msg.stream
+        st = self.stats.get(key)
         if st is None:
-            st = self.stats[msg.stream] = StreamStats()
+            st = self.stats[key] = StreamStats()
         st.update(msg.seq, time.monotonic_ns() if msg.clock == "monotonic" else time.time_ns())
         return msg
 
