@@ -216,7 +216,7 @@ def write_report(agg: dict[str, Any], out_dir: Path, command: str, meta: dict[st
     (out_dir / "field_benchmark.json").write_text(json.dumps({"meta": meta, **agg}, indent=1))
     lines = ["# Field benchmark: UDML against its peers on natural input", "",
              f"Command: `{command}`. Base config `configs/field.toml` (natural input, robust "
-             "front-ends, all 14 degradation families) with the method, seed and families "
+             "front-ends, every degradation family it names) with the method, seed and families "
              f"replaced; training budget overrides: {meta.get('overrides') or 'none'}. "
              f"Wall time of this call {meta.get('wall_seconds_this_call')} s on "
              f"{meta.get('cpu_count')} CPUs ({meta.get('runs_resumed_from_disk')} runs resumed "
