@@ -136,21 +136,28 @@ def live_session(twocam_ckpt: Path, tmp_path_factory: pytest.TempPathFactory
         with Subscriber([out_ep]) as sub:
             end = time.monotonic() + 60
             i = 0
+            sent: dict[str, int] = {}  # topic → the last sequence number published on it
             while time.monotonic() < end:
                 assert proc.poll() is None, proc.stderr.read()
                 t = time.monotonic_ns()
                 socks["mic"].send_multipart(encode_bytes(AudioChunk(
                     "mic", i, t - 20 * MS,
                     samples=(0.05 * rng.standard_normal(320)).astype(np.float32))))
+                sent["mic"] = i
                 if i % 2 == 0:  # 25 fps, the two cameras in step
                     for k, cam in enumerate(("camera", "camera2")):
                         socks[cam].send_multipart(encode_bytes(CameraFrame(
                             cam, i // 2, t, image=img[k])))
+                        sent[cam] = i // 2
                 i += 1
                 got.extend(m for m in sub.receive(20) if isinstance(m, FusionResult))
                 if sum(r.present.get("image2", False) for r in got) >= 10:
                     break
-            time.sleep(0.3)  # the recorder's tail
+            # The recorder's tail: wait until it has taken the last message of every stream.
+            tail_end = time.monotonic() + 10
+            while time.monotonic() < tail_end and not all(
+                    t in rec.stats and rec.stats[t].last_seq >= seq for t, seq in sent.items()):
+                time.sleep(0.01)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -9,6 +9,7 @@ method's name.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -89,7 +90,7 @@ def block_logits(net: FusionNet, m_index: int, z: Tensor) -> Tensor:
     return z @ w.t() + net.head.bias
 
 
-class FusionRule:
+class FusionRule(ABC):
     """Base of every fusion rule (subclasses are frozen dataclasses of their options).
 
     Declarations (read by the model, the training loop and the server):
@@ -126,10 +127,11 @@ class FusionRule:
         """Whether training forward passes update ``net.dependency_ema``."""
         return False
 
+    @abstractmethod
     def build(self, net: FusionNet) -> None:
         """Create the rule's parameters and buffers as attributes of ``net``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fuse(self, net: FusionNet, z: TensorMap, sig: TensorMap, pres: TensorMap,
              levels: Mapping[str, Tensor] | None, quality_on: bool, valid: TensorMap) -> FusionOutput:
         """Fuse embeddings ``z`` (``[B, D]`` per modality, zero where absent) into an output.
@@ -138,7 +140,6 @@ class FusionRule:
         ``levels``: the injected noise levels, when known; ``quality_on``: the loop's switch for
         quality weighting; ``valid``: the share of each window that holds measurements ``[B]``.
         """
-        raise NotImplementedError
 
     def modality_terms(self, net: FusionNet, out: FusionOutput, m: str, ce: Tensor,
                        mask: Tensor, y: Tensor, levels: Mapping[str, Tensor],
