@@ -56,7 +56,7 @@ RULE_KEYS = {
                 for p in ("weight", "bias")}),
     "udml_no_estimator": {"head.weight", "head.bias"},
     "udml_switch": ({"head.weight", "head.bias", "gate_clean", "gate_broken", "conf_clean",
-                     "conf_broken"}
+                     "conf_broken", "typ_means", "typ_prec", "typ_clean", "typ_broken"}
                     | {f"estimator.{m}.{i}.{p}" for m in ("image", "audio") for i in (0, 3)
                        for p in ("weight", "bias")}),
 }

@@ -56,3 +56,22 @@ def test_dependency_statistic_is_mean_abs_logit_sum_over_present_samples() -> No
     mask = torch.tensor([[True, True], [True, True], [False, True]])
     d = dependency_statistic([za, zv], mask)
     torch.testing.assert_close(d, torch.tensor([(3.0 + 3.0) / 2, (1.0 + 1.0 + 2.0) / 3]))
+
+
+def test_relative_openness_closes_a_stream_only_as_far_as_another_is_healthy() -> None:
+    from udml_stream.model.rules.weighting import apply_gate, relative_openness
+
+    g = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]])  # stream 0 atypical
+    health = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 0.5], [0.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, True]])
+    rel = relative_openness(g, health, mask)
+    # The other healthy: fully closed; the other broken too: left open; half: half.
+    assert torch.allclose(rel[:, 0], torch.tensor([0.0, 1.0, 0.5, 1.0]))
+    assert torch.allclose(rel[:, 1], torch.ones(4))
+    # An absent other stream is no alternative: the atypical one keeps its weight.
+    absent = relative_openness(g[:1], health[:1], torch.tensor([[True, False]]))
+    assert absent[0, 0] == 1.0
+    w = torch.ones(4, 2)
+    gated = apply_gate(w, rel, mask)
+    assert torch.allclose(gated[0], torch.tensor([0.0, 2.0]))
+    assert torch.allclose(gated.sum(dim=1), torch.full((4,), 2.0))

@@ -19,7 +19,8 @@ from udml_stream.model.fusion import FusionNet, ModelConfig
 
 FORMAT = "udml-checkpoint/1"
 #: State that a checkpoint may lack (the model's defaults stand in).
-OPTIONAL_BUFFERS = ("gate_clean", "gate_broken", "conf_clean", "conf_broken")
+OPTIONAL_BUFFERS = ("gate_clean", "gate_broken", "conf_clean", "conf_broken", "typ_means",
+                    "typ_prec", "typ_clean", "typ_broken")
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 

@@ -165,8 +165,11 @@ def check_log_globs(lg: LogsSection) -> None:
     for key in ("train", "val", "test"):
         for pattern in getattr(lg, key):
             if not glob.glob(pattern):
-                raise ConfigError(f"data.logs.{key}: no log matches {pattern!r} (relative "
-                                  f"patterns in a config file are relative to its folder)")
+                # The pattern is shown as resolved: a relative one from a config file was
+                # joined to the file's folder already, one from --set is the working directory's.
+                raise ConfigError(f"data.logs.{key}: no log matches {pattern!r} (a relative "
+                                  "pattern in a config file is relative to the file's folder; "
+                                  f"one given with --set to the working directory, {Path.cwd()})")
 
 
 def data_fingerprint(data: avdigits.AVDigits) -> str:
@@ -320,6 +323,7 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
     """Calibrate the switch rule's two gates (σ̂, then confidence) on validation data and
     rewrite the checkpoint at ``path`` with them and its gated validation score."""
     from udml_stream.train.confgate import calibrate_confidence_gate
+    from udml_stream.train.typgate import calibrate_typicality_gate
 
     gate = calibrate_gate(best, val, kinds, seed, device)
     log.info("switch gate calibrated on validation: σ̂ clean %s, information-free %s",
@@ -327,6 +331,9 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
     conf = calibrate_confidence_gate(best, val, kinds, seed, device)
     log.info("confidence gate calibrated on validation: clean %s, information-free %s",
              conf.get("clean"), conf.get("broken"))
+    typ = calibrate_typicality_gate(best, val, kinds, seed, device)
+    log.info("typicality gate calibrated on validation: clean %s, information-free %s",
+             typ.get("clean"), typ.get("broken"))
     extra = {k: v for k, v in meta.items()
              if k not in ("format", "model", "class_names", "dependency")}
     ungated = extra.get("val_acc_ungated", extra.get("val_acc"))
@@ -334,7 +341,8 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
     gated = _score(best, val_batches, device)
     log.info("validation with the gates: %.4f (without: %s)", gated, ungated)
     checkpoint.save(best, path, class_names,
-                    {**extra, "gate": gate, "confidence_gate": conf, "val_acc_ungated": ungated,
+                    {**extra, "gate": gate, "confidence_gate": conf, "typicality_gate": typ,
+                     "val_acc_ungated": ungated,
                      "val_acc": gated})
 
 
@@ -359,6 +367,7 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
                      torch.device("cpu"), list(data.class_names))
     _, new = checkpoint.load(ckpt, torch.device("cpu"))
     return {"gate": new.get("gate"), "confidence_gate": new.get("confidence_gate"),
+            "typicality_gate": new.get("typicality_gate"),
             "val_acc": new.get("val_acc"), "val_acc_ungated": new.get("val_acc_ungated")}
 
 
@@ -520,7 +529,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         rng.bit_generator.state = json.loads(st["numpy_rng"])
         start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
         history = json.loads(st["history"])
-        log.info("resuming %s from epoch %d", out_dir, start_epoch)
+        log.info("resuming %s at epoch %d/%d", out_dir, start_epoch + 1, tc.epochs)
 
     val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
     spec = mcfg.spec
@@ -605,7 +614,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             best_score, best_epoch = score, epoch
         if not main:  # checkpoints and logs are rank 0's
             continue
-        log.info("%s epoch %d: val %.4f loss %.3f", mcfg.method, epoch, score,
+        # Counted from 1 as the progress bar counts (history and checkpoints keep the 0-based
+        # index that lr_drop_epoch and quality_start_epoch use).
+        log.info("%s epoch %d/%d: val %.4f loss %.3f", mcfg.method, epoch + 1, tc.epochs, score,
                  row.get("ce_fused", float("nan")))
         ckpt_meta = {**meta, "epoch": epoch, "val_acc": score}
         for name in ("best", "last") if is_best else ("last",):

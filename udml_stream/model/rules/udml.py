@@ -27,9 +27,11 @@ from udml_stream.model.rules.base import (
     shared_head,
 )
 from udml_stream.model.rules.weighting import (
+    apply_gate,
     dependency_statistic,
     effective_multipliers,
-    gate_weights,
+    gate_openness,
+    relative_openness,
     udml_weights,
 )
 
@@ -134,8 +136,30 @@ class Udml(FusionRule):
             # still lose its confidence. Open while both are 0.
             net.register_buffer("conf_clean", torch.zeros(n))
             net.register_buffer("conf_broken", torch.zeros(n))
+            # Its third gate, on typicality: the Mahalanobis distance of the stream's embedding
+            # to the nearest class centre of clean validation input (shared covariance, fitted
+            # with the thresholds by ``calibrate_typicality_gate``). A stream that is confident
+            # and clean-looking to σ̂ can still sit far from everything the encoder saw (a
+            # mirrored camera, a high-passed microphone). Open while the thresholds are 0.
+            c = cfg.num_classes
+            net.register_buffer("typ_means", torch.zeros(n, c, d))
+            net.register_buffer("typ_prec", torch.zeros(n, d, d))
+            net.register_buffer("typ_clean", torch.zeros(n))
+            net.register_buffer("typ_broken", torch.zeros(n))
 
     # ---- fusion --------------------------------------------------------------------------
+
+    @staticmethod
+    def typicality(net: FusionNet, z: TensorMap) -> Tensor:
+        """Per stream, the Mahalanobis distance of its embedding to the nearest clean class
+        centre, ``[B, M]`` (all 0 before ``calibrate_typicality_gate`` fitted the centres)."""
+        ms = net.cfg.modalities
+        out = []
+        for i, m in enumerate(ms):
+            diff = z[m].float()[:, None, :] - net.typ_means[i][None]  # [B, C, d]
+            d2 = torch.einsum("bcd,de,bce->bc", diff, net.typ_prec[i], diff)
+            out.append(d2.amin(dim=1).clamp(min=0.0).sqrt())
+        return torch.stack(out, dim=1)
 
     def _estimator_inputs(self, net: FusionNet, sig: TensorMap, valid: TensorMap,
                           b: int, dev: torch.device) -> TensorMap:
@@ -195,10 +219,20 @@ class Udml(FusionRule):
             dep = net.dependency_ema
         w = udml_weights(q, dep if self.dependency else None, mask)
         if self.switch and q is not None and not net.training:
-            w = gate_weights(w, q, net.gate_clean, net.gate_broken, mask)
+            g_sig = gate_openness(q, net.gate_clean, net.gate_broken)
+            w = apply_gate(w, g_sig, mask)
             # The confidence gate, as the σ̂ gate on "badness" = −confidence.
             conf = torch.stack([F.softmax(uni[m].float(), dim=1).amax(dim=1) for m in ms], dim=1)
-            w = gate_weights(w, -conf, -net.conf_clean, -net.conf_broken, mask)
+            g_conf = gate_openness(-conf, -net.conf_clean, -net.conf_broken)
+            w = apply_gate(w, g_conf, mask)
+            # The typicality gate closes a stream only as far as another is healthy under all
+            # three gates: atypical is a relative cue (validation, both streams degraded at
+            # once: an absolute gate cost 0.6 pt there).
+            typ = self.typicality(net, z)
+            g_typ = gate_openness(typ, net.typ_clean, net.typ_broken)
+            w = apply_gate(w, relative_openness(g_typ, g_sig * g_conf * g_typ, mask), mask)
+            aux.update({f"typicality/{m}": typ[:, i] for i, m in enumerate(ms)})
+            aux.update({f"embedding/{m}": z[m] for m in ms})  # what the centres are fitted on
         mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")
         scaled = torch.cat([mult[:, i : i + 1] * z[m] for i, m in enumerate(ms)], dim=1)
         logits = net.head(scaled)

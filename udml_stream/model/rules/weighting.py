@@ -50,14 +50,39 @@ def gate_weights(w: Tensor, sigma_hat: Tensor, clean: Tensor, broken: Tensor,
     weights are renormalised over the present streams (sum M′). A modality whose calibration is
     unset (broken ≤ clean) keeps its gate open; when every present stream is closed the ungated
     weights stand, so an answer never comes from nothing."""
+    return apply_gate(w, gate_openness(sigma_hat, clean, broken), mask)
+
+
+def gate_openness(stat: Tensor, clean: Tensor, broken: Tensor) -> Tensor:
+    """``[B, M]``: 1 up to ``clean``, falling linearly to 0 at ``broken`` (per modality, for a
+    statistic that grows with damage); 1 where a modality's calibration is unset (broken ≤
+    clean)."""
     span = (broken - clean)[None, :]
-    on = span > 0
-    g = torch.where(on, ((broken[None, :] - sigma_hat) / span.clamp(min=1e-6)).clamp(0.0, 1.0),
-                    torch.ones_like(sigma_hat))
+    return torch.where(span > 0, ((broken[None, :] - stat) / span.clamp(min=1e-6)).clamp(0.0, 1.0),
+                       torch.ones_like(stat))
+
+
+def apply_gate(w: Tensor, g: Tensor, mask: Tensor) -> Tensor:
+    """``w`` scaled by the openness ``g`` and renormalised over the present streams (sum M′);
+    where every present stream is closed the ungated ``w`` stands."""
     gw = w * g * mask.float()
     total = gw.sum(dim=1, keepdim=True)
     n_present = mask.float().sum(dim=1, keepdim=True)
     return torch.where(total > 1e-6, n_present * gw / total.clamp(min=1e-6), w)
+
+
+def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
+    """A gate that closes a stream only as far as another present stream is healthy,
+    ``[B, M]``: 1 − (1 − g_m)·max_{k≠m} health_k (``health``: each stream's openness under
+    every gate, in [0, 1]). For a relative cue: when the other streams are doubtful too (a
+    noisy room and a dim frame at once) switching one off would leave the answer to an
+    equally doubtful other."""
+    m = g.shape[1]
+    others = health.masked_fill(~mask.bool(), 0.0)
+    best_other = torch.stack([
+        torch.cat([others[:, :i], others[:, i + 1 :]], dim=1).amax(dim=1) if m > 1
+        else torch.zeros_like(g[:, 0]) for i in range(m)], dim=1)
+    return 1.0 - (1.0 - g) * best_other
 
 
 def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:

@@ -1,0 +1,94 @@
+"""The switch rule's typicality gate: a stream whose embedding lies far from every clean class
+centre loses its weight; an unfitted gate changes nothing; calibration fits centres on one half
+of validation and sets the thresholds on the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from udml_stream.data.batching import make_batch
+from udml_stream.model import checkpoint
+from udml_stream.model.fusion import FusionNet, ModelConfig
+from udml_stream.model.rules import Udml
+from udml_stream.train.trainer import preprocess_params, to_torch
+from udml_stream.train.typgate import calibrate_typicality_gate, fit_centres
+
+CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+
+
+def _switch_model(data) -> FusionNet:
+    cfg = ModelConfig(data.modalities, {"image": "cnn_image_small", "audio": "cnn_audio_small"},
+                      preprocess_params(data, data.splits["train"]), 10, method="udml_switch",
+                      estimator="linear")
+    return FusionNet(cfg).eval()
+
+
+def _inputs(data, n: int = 16):
+    b = make_batch(data.splits["test"], np.arange(n), {m: np.ones(n, np.int64)
+                                                       for m in data.modalities},
+                   np.random.default_rng(0))
+    return to_torch(b, torch.device("cpu"))
+
+
+def test_fit_centres_recovers_the_class_means_and_an_inverse_covariance() -> None:
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(np.repeat(np.arange(3), 400))
+    true = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    x = true[labels] + torch.from_numpy(rng.normal(0, 1, (1200, 2))).float()
+    means, prec = fit_centres(x, labels, num_classes=4)
+    assert torch.allclose(means[:3], true, atol=0.15)
+    assert torch.isinf(means[3]).all()  # a class never seen is never the nearest centre
+    # Unit within-class variance: the precision is close to the identity.
+    assert torch.allclose(prec, torch.eye(2), atol=0.15)
+
+
+@torch.no_grad()
+def test_a_far_embedding_loses_its_weight_and_an_unfitted_gate_changes_nothing(small_data
+                                                                                ) -> None:
+    model = _switch_model(small_data)
+    inputs, present, levels, _ = _inputs(small_data)
+    open_out = model(inputs, present, levels)
+    i_img, i_aud = model.cfg.modalities.index("image"), model.cfg.modalities.index("audio")
+    d = model.cfg.embed_dim
+    # Centres far from every image embedding, at the audio embeddings' own mean for audio.
+    emb = {m: open_out.aux["embedding/" + m] for m in model.cfg.modalities}
+    model.typ_means[i_img] = 1e3
+    model.typ_means[i_aud] = emb["audio"].mean(dim=0)
+    model.typ_prec[:] = torch.eye(d)
+    typ = Udml.typicality(model, emb)
+    model.typ_clean[i_img], model.typ_broken[i_img] = 1.0, 2.0  # every image sample beyond
+    model.typ_clean[i_aud] = float(typ[:, i_aud].max()) + 1.0  # every audio sample within
+    model.typ_broken[i_aud] = float(typ[:, i_aud].max()) + 2.0
+    gated = model(inputs, present, levels)
+    assert torch.all(gated.multipliers["image"] == 0)
+    assert torch.all(gated.multipliers["audio"] > 0)
+    # Back to zeros (a checkpoint without the calibration): the ungated answer, bit for bit.
+    for name in ("typ_means", "typ_prec", "typ_clean", "typ_broken"):
+        getattr(model, name).zero_()
+    again = model(inputs, present, levels)
+    assert torch.equal(again.logits, open_out.logits)
+
+
+def test_calibration_sets_information_free_beyond_clean(small_data) -> None:
+    model = _switch_model(small_data)
+    got = calibrate_typicality_gate(model, small_data.splits["val"], None, 0,
+                                    torch.device("cpu"), n=64)
+    assert torch.isfinite(model.typ_prec).all() and model.typ_prec.abs().sum() > 0
+    # An untrained encoder may not set broken input apart: then its gate stays open (0, 0).
+    for clean, broken in zip(got["clean"], got["broken"], strict=True):
+        assert (clean == broken == 0.0) or broken > clean > 0
+
+
+def test_the_shipped_checkpoint_carries_a_fitted_typicality_gate() -> None:
+    model, meta = checkpoint.load(CKPT, torch.device("cpu"))
+    clean, broken = model.typ_clean.tolist(), model.typ_broken.tolist()
+    assert meta["typicality_gate"] == {"clean": pytest.approx(clean),
+                                       "broken": pytest.approx(broken)}
+    # At least one stream's gate is on, and every gate that is on opens below where it closes.
+    assert any(b > c > 0 for c, b in zip(clean, broken, strict=True))
+    assert all(c == b == 0 or b > c > 0 for c, b in zip(clean, broken, strict=True))
+    assert torch.isfinite(model.typ_prec).all()
