@@ -56,6 +56,23 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The switch rule's serving gates as the checkpoint's JSON names them (docs/method.md).
+GATES = {"gate": "σ̂", "confidence_gate": "confidence", "typicality_gate": "typicality"}
+
+
+def gates_on(meta: dict[str, Any]) -> dict[str, list[str]]:
+    """Per gate, the streams it can close (calibration set apart clean from information-free);
+    empty for a rule without gates."""
+    mods = meta["model"]["modalities"]
+    out: dict[str, list[str]] = {}
+    for key, name in GATES.items():
+        g = meta.get(key)
+        if g:
+            out[name] = [m for m, c, b in zip(mods, g["clean"], g["broken"], strict=True)
+                         if c != b]
+    return out
+
+
 def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, Any]:
     """The card of a checkpoint, with the measured numbers of its field evaluation."""
     cfg = meta.get("config", {})
@@ -67,7 +84,8 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
     sweep = field_result["sweep"]["modalities"]
     return {
         "model": {"method": meta["model"]["method"], "estimator": meta["model"].get("estimator"),
-                  "preset": meta.get("preset"), "val_acc": meta.get("val_acc")},
+                  "preset": meta.get("preset"), "val_acc": meta.get("val_acc"),
+                  "gates": gates_on(meta)},
         "inputs": input_contract(meta),
         "training_data": {
             "images": f"AV-Digits preset {meta.get('preset')} (weakened MNIST)"
@@ -122,8 +140,14 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str) -> 
              "`config.json` under `card`.", "",
              f"Method `{card['model']['method']}` (estimator `{card['model']['estimator']}`), "
              f"trained on the `{card['model']['preset']}` preset; validation accuracy "
-             f"{100 * float(card['model']['val_acc'] or 0):.1f}% (clean and noisy mixture).", "",
-             "## What each stream accepts", ""]
+             f"{100 * float(card['model']['val_acc'] or 0):.1f}% (clean and noisy mixture).", ""]
+    gates = card["model"].get("gates") or {}
+    if gates:
+        lines += ["Serving gates (the switch rule's, calibrated on validation; docs/method.md), "
+                  "the streams each can switch off: "
+                  + "; ".join(f"{g}: {', '.join(ms) or 'none (left open)'}"
+                              for g, ms in gates.items()), ""]
+    lines += ["## What each stream accepts", ""]
     for m, facts in card["inputs"].items():
         lines.append(f"**{m}**")
         lines += [f"- {k}: {v}" for k, v in facts.items()]
