@@ -254,3 +254,27 @@ def test_field_benchmark_pairs_seeds_and_reports_held_out_families(tmp_path: Pat
     path = write_report(agg, tmp_path, "udml benchmark-field", {"overrides": {}})
     text = path.read_text()
     assert "udml_switch - qmf" in text and "image/blur" in text
+
+
+def test_writer_and_microphone_variation_keep_shapes_and_vary_per_sample() -> None:
+    from udml_stream.data.field import NaturalAudio, NaturalImage, mic_response, writer_images
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((8, 28, 28), np.float32)
+    img[:, 6:22, 13:15] = 255.0  # a vertical stroke
+    out = writer_images(img, np.random.default_rng(1), NaturalImage(slant=0.3, pen_share=1.0))
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert np.array_equal(out, writer_images(img, np.random.default_rng(1),
+                                             NaturalImage(slant=0.3, pen_share=1.0)))
+    # A broader pen writes more ink; slant moves the stroke's top away from its bottom.
+    assert (out > 127).sum() > (img > 127).sum()
+    top = [np.flatnonzero(o[7] > 127).mean() for o in out]
+    bottom = [np.flatnonzero(o[20] > 127).mean() for o in out]
+    assert np.std(np.subtract(top, bottom)) > 0.5
+    t = np.arange(16000) / 16000.0
+    tone = np.stack([np.sin(2 * np.pi * f * t) for f in (60.0, 1000.0, 7000.0)]).astype(np.float32)
+    both = NaturalAudio(eq_share=1.0, highpass_hz=(300.0, 300.0), lowpass_hz=(3000.0, 3000.0))
+    y = mic_response(np.repeat(tone, 4, axis=0), rng, both)
+    rms = np.sqrt(np.mean(y[:, 4000:] ** 2, axis=1)).reshape(3, 4)
+    # Below the high-pass corner and above the low-pass corner the capsule hears little.
+    assert (rms[0] < 0.1).all() and (rms[2] < 0.2).all() and (rms[1] > 0.6).all()

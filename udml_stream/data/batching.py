@@ -9,7 +9,14 @@ import numpy as np
 
 from udml_stream import corrupt, modalities
 from udml_stream.data.avdigits import Split
-from udml_stream.data.field import NaturalAudio, jitter_images, naturalise_audio, naturalise_image
+from udml_stream.data.field import (
+    NaturalAudio,
+    jitter_images,
+    mic_response,
+    naturalise_audio,
+    naturalise_image,
+    writer_images,
+)
 
 
 @dataclass
@@ -39,6 +46,8 @@ class NaturalInput:
     floor_dbfs: float | None = None  # RMS of the room floor; -inf: none
     exposure: bool = True  # random exposure and sensor noise on the images
     jitter: bool = False  # a random pose per image too (training: data.field.jitter_images)
+    # Writers and microphones too (training: data.field.writer_images / mic_response).
+    sensor: bool = False
 
 
 def draw_training_levels(
@@ -98,10 +107,14 @@ def make_batch(
         lv = np.asarray(levels[m])
         out_levels[m] = lv
         if split.natural and kind[m] == "audio":
+            if nat.sensor:  # the microphone's response acts on the speech, before level and room
+                x = mic_response(x, rng)
             _, raw[m], refs[m], floor_level = naturalise_audio(
                 x, rng, NaturalAudio(), nat.peak_dbfs, nat.floor_dbfs)
             out_levels[m] = np.maximum(lv, floor_level).astype(np.float32)
         elif split.natural and kind[m] == "image":
+            if nat.sensor:  # the writer's pen and slant come before the camera's pose
+                x = writer_images(x, rng)
             if nat.jitter:  # the pose first: exposure and sensor noise act on the posed view
                 x = jitter_images(x, rng)
             raw[m] = naturalise_image(x, rng) if nat.exposure else x

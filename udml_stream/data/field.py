@@ -9,6 +9,9 @@ This module makes that input, seeded, for training and for the natural-input eva
 * ``render_camera_views``: each MNIST digit letterboxed into a camera frame at a random size and
   position, then through the fusion node's own crop/grey/resize path (``ImagePrep.pixels``);
 * ``naturalise_image``: exposure (gain, offset) and a little sensor noise;
+* ``writer_images`` / ``mic_response`` (training only): the variation between writers and between
+  microphones that one data set does not hold: pen width and slant, a capsule's high- and
+  low-pass corners;
 * ``naturalise_audio``: a level and a room-noise floor of random colour, plus the active power
   of the clean speech (the reference for every SNR) and the degradation that the floor itself
   amounts to on the ``gaussian`` family's SNR scale (a loud floor under quiet speech *is* noise).
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from udml_stream import corrupt
+from udml_stream.corrupt.core import SAMPLE_RATE
 from udml_stream.model.preprocess import ImagePrep
 
 
@@ -32,6 +36,11 @@ class NaturalAudio:
     peak_dbfs: tuple[float, float] = (-46.0, -6.0)
     floor_share: float = 2.0 / 3.0  # share of windows with a room-noise floor (the rest: none)
     floor_dbfs: tuple[float, float] = (-75.0, -55.0)  # RMS of the floor
+    # Microphone response (training only, ``mic_response``): capsules and their mounts differ in
+    # where their band starts and ends; one synthetic voice set has one flat response.
+    eq_share: float = 0.5  # share of windows given each corner (drawn apart)
+    highpass_hz: tuple[float, float] = (30.0, 400.0)  # log-uniform
+    lowpass_hz: tuple[float, float] = (3000.0, 7500.0)  # log-uniform
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,10 @@ class NaturalImage:
     scale: tuple[float, float] = (0.8, 1.2)
     rotate_deg: float = 11.0
     shift_px: float = 2.0
+    # Writers (training only, ``writer_images``): slant as a horizontal shear, and a broader pen
+    # (grey-level dilation by one pixel at the model's resolution) on a share of the images.
+    slant: float = 0.2
+    pen_share: float = 0.3
 
 
 def render_camera_views(images: np.ndarray, rng: np.random.Generator, size: int = 28,
@@ -97,6 +110,49 @@ def jitter_images(x: np.ndarray, rng: np.random.Generator,
         out[i] = cv2.warpAffine(np.ascontiguousarray(x[i], dtype=np.float32), m, (w, h),
                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return out
+
+
+def writer_images(x: np.ndarray, rng: np.random.Generator,
+                  spec: NaturalImage = NaturalImage()) -> np.ndarray:
+    """Each image ``[B, H, W]`` slanted (a shear within ±``spec.slant`` about its centre) and,
+    on a ``spec.pen_share`` of them, written with a broader pen (one pixel of dilation)."""
+    import cv2
+
+    b, h, w = x.shape
+    shear = rng.uniform(-spec.slant, spec.slant, size=b)
+    broad = rng.random(b) < spec.pen_share
+    kernel = np.ones((2, 2), np.uint8)
+    out = np.empty_like(x, dtype=np.float32)
+    for i in range(b):
+        img = np.ascontiguousarray(x[i], dtype=np.float32)
+        if broad[i]:
+            img = cv2.dilate(img, kernel)
+        m = np.array([[1.0, shear[i], -shear[i] * (h / 2.0 - 0.5)], [0.0, 1.0, 0.0]])
+        out[i] = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return out
+
+
+def mic_response(x: np.ndarray, rng: np.random.Generator, spec: NaturalAudio = NaturalAudio(),
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Clean speech ``[B, N]`` through a random microphone: on a ``spec.eq_share`` of windows a
+    2nd-order high-pass corner, on another (drawn apart) a 2nd-order low-pass corner, each
+    log-uniform in its range."""
+    from scipy import signal
+
+    out = np.asarray(x, dtype=np.float64).copy()
+    b = out.shape[0]
+    hp = np.exp(rng.uniform(*np.log(spec.highpass_hz), size=b))
+    lp = np.exp(rng.uniform(*np.log(spec.lowpass_hz), size=b))
+    use_hp, use_lp = rng.random(b) < spec.eq_share, rng.random(b) < spec.eq_share
+    for i in range(b):
+        if use_hp[i]:
+            out[i] = signal.sosfilt(signal.butter(2, hp[i], "highpass", fs=sample_rate,
+                                                  output="sos"), out[i])
+        if use_lp[i]:
+            out[i] = signal.sosfilt(signal.butter(2, lp[i], "lowpass", fs=sample_rate,
+                                                  output="sos"), out[i])
+    return out.astype(np.float32)
 
 
 def naturalise_image(x: np.ndarray, rng: np.random.Generator,

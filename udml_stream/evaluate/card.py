@@ -96,12 +96,19 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
                       f"{nat_i.noise_std})"
                       + (f", and a random pose per training draw (scale {nat_i.scale}, rotation "
                          f"±{nat_i.rotate_deg:g}°, shift ±{nat_i.shift_px:g} px)"
-                         if meta.get("config", {}).get("train", {}).get("image_jitter") else ""),
+                         if meta.get("config", {}).get("train", {}).get("image_jitter") else "")
+                      + (f"; writers varied: slant (shear ±{nat_i.slant:g}) and a broader pen on "
+                         f"{100 * nat_i.pen_share:.0f}% of draws"
+                         if meta.get("config", {}).get("train", {}).get("sensor_jitter") else ""),
             "audio": f"AV-Digits preset {meta.get('preset')}" if meta.get("preset") != "field"
             else "espeak-ng spoken digits (synthetic speech; 8 English accents), split by "
                      f"voice; peak level uniform in {nat_a.peak_dbfs} dBFS; a room floor "
                      f"(white, pink or brown noise, {nat_a.floor_dbfs} dBFS RMS) on "
-                     f"{100 * nat_a.floor_share:.0f}% of windows",
+                     f"{100 * nat_a.floor_share:.0f}% of windows"
+                     + (f"; microphones varied: a high-pass corner in {nat_a.highpass_hz} Hz and a "
+                        f"low-pass corner in {nat_a.lowpass_hz} Hz, each on "
+                        f"{100 * nat_a.eq_share:.0f}% of windows"
+                        if meta.get("config", {}).get("train", {}).get("sensor_jitter") else ""),
             "pairing": "image and sound paired by class only",
             "degradation_families": fams or {m: [corrupt.TRAIN_KINDS[kind_of(m).corrupt]]
                                              for m in meta["model"]["modalities"]},

@@ -102,6 +102,9 @@ class TrainSection(_Strict):
     clean_fraction: float = Field(0.5, ge=0, le=1, description="share of clean samples once noisy")
     image_jitter: bool = Field(True, description="natural presets: a random pose (scale, rotation, "
                                "shift) per training image on top of its cached camera view")
+    sensor_jitter: bool = Field(False, description="natural presets: in training, a random pen "
+                                "width and slant per image and a random microphone response "
+                                "(high- and low-pass corners) per window")
     families: dict[str, list[str]] = Field(
         default_factory=dict, description="modality → degradation families drawn per sample "
         "once noisy (udml_stream.corrupt); a modality not named gets its reference kind")
@@ -166,6 +169,9 @@ PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.te
 
 #: Keys that change how a run is executed or where it is written, not what it learns: a run
 #: may be resumed with different values (``train.epochs``: a finished run is extended).
+#: Keys added after runs were made, with the value that behaves as those runs did: a stored
+#: config without the key reads it (so adding a setting does not block resuming an old run).
+ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False}
 RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",
                             "train.out_dir", "train.host_sync", "train.epochs",
                             "data.cache_dir"})
@@ -225,6 +231,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def training_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two stored configs (``absolute_config``),
     leaving out ``RESUMABLE_KEYS``."""
-    a, b = flatten(old), flatten(new)
+    a, b = {**ADDED_KEYS, **flatten(old)}, flatten(new)
     return sorted(k for k in a.keys() | b.keys()
                   if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))

@@ -529,7 +529,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         rng.bit_generator.state = json.loads(st["numpy_rng"])
         start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
         history = json.loads(st["history"])
-        log.info("resuming %s at epoch %d/%d", out_dir, start_epoch + 1, tc.epochs)
+        if start_epoch >= tc.epochs:
+            log.info("%s has finished its %d epochs: nothing left to train", out_dir, tc.epochs)
+        else:
+            log.info("resuming %s at epoch %d/%d", out_dir, start_epoch + 1, tc.epochs)
 
     val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
     spec = mcfg.spec
@@ -545,7 +548,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         meta["init_from"] = {"path": stored_cfg["train"]["init_from"],
                              "preset": init_meta.get("preset"), "val_acc": init_meta.get("val_acc")}
 
-    train_nat = NaturalInput(jitter=tc.image_jitter)
+    train_nat = NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter)
     for epoch in range(start_epoch, tc.epochs):
         # One process: one generator for the schedule and the corruption, as always. Several:
         # ``rng`` (alike on every rank) draws the order and levels of the global batch, and each
