@@ -61,3 +61,18 @@ def test_launch_file_errors_name_the_key() -> None:
                                         "fps": -1}}}, "l.toml")
     with pytest.raises(ConfigError, match="program"):
         parse_launch({"nodes": {"x": {"program": "teleporter", "endpoint": "x"}}})
+
+
+def test_portable_paths_make_paths_under_the_root_relative_and_leave_the_rest(tmp_path) -> None:
+    from udml_stream.train.config import portable_paths, resolve_paths
+
+    root = tmp_path / "checkout"
+    data = {"data": {"cache_dir": str(root / "data_cache"),
+                     "logs": {"train": [str(root / "logs" / "*.mcap"), "/elsewhere/a.mcap"]}},
+            "train": {"out_dir": str(root / "runs" / "x"), "seed": 3}}
+    got = portable_paths(data, root)
+    assert got["data"]["cache_dir"] == "data_cache"
+    assert got["data"]["logs"]["train"] == ["logs/*.mcap", "/elsewhere/a.mcap"]
+    assert got["train"] == {"out_dir": "runs/x", "seed": 3}
+    # Resolving from the root gives the same files back.
+    assert resolve_paths(got, root)["train"]["out_dir"] == str(root / "runs" / "x")

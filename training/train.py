@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from udml_stream.train.config import load_config
+from udml_stream.model import checkpoint
+from udml_stream.train.config import load_config, portable_paths
 from udml_stream.train.distributed import LaunchSpec, launch
 from udml_stream.train.trainer import TrainResult, train
 
@@ -32,5 +34,12 @@ def main(config: Path, overrides: dict[str, Any], resume: bool, export: Path | N
         if export.exists():
             shutil.rmtree(export)
         shutil.copytree(result.best_path, export)
+        # The stored training config names this machine's folders: those under the working
+        # directory (the checkout) are written relative to it.
+        meta_path = export / checkpoint.CONFIG
+        meta = json.loads(meta_path.read_text())
+        if isinstance(meta.get("config"), dict):
+            meta["config"] = portable_paths(meta["config"], Path.cwd())
+            meta_path.write_text(json.dumps(meta, indent=2))
         log.info("exported %s", export)
     return result

@@ -167,11 +167,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> TrainConfig:
 PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.test",
              "train.out_dir", "train.init_from")
 
-#: Keys that change how a run is executed or where it is written, not what it learns: a run
-#: may be resumed with different values (``train.epochs``: a finished run is extended).
 #: Keys added after runs were made, with the value that behaves as those runs did: a stored
 #: config without the key reads it (so adding a setting does not block resuming an old run).
 ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False}
+#: Keys that change how a run is executed or where it is written, not what it learns: a run
+#: may be resumed with different values (``train.epochs``: a finished run is extended).
 RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",
                             "train.out_dir", "train.host_sync", "train.epochs",
                             "data.cache_dir"})
@@ -187,6 +187,26 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         p = Path(value).expanduser()
         return str(p) if p.is_absolute() else os.path.normpath(base_dir / p)
 
+    return _map_paths(data, fix)
+
+
+def portable_paths(data: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The inverse for a checkpoint that travels (``udml train --export``): absolute paths under
+    ``root`` become relative to it (in place; returned), so a checkpoint shipped in a checkout
+    names the checkout's files from its root, not this machine's folders; others stay."""
+    root = root.resolve()
+
+    def fix(value: Any) -> Any:
+        if not isinstance(value, str) or not value or not Path(value).is_absolute():
+            return value
+        p = Path(value)
+        return str(p.relative_to(root)) if p.is_relative_to(root) else value
+
+    return _map_paths(data, fix)
+
+
+def _map_paths(data: dict[str, Any], fix: Any) -> dict[str, Any]:
+    """Apply ``fix`` to every value under ``PATH_KEYS`` (each item of a list), in place."""
     for dotted in PATH_KEYS:
         *parents, key = dotted.split(".")
         node: Any = data
