@@ -10,28 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from udml_stream.data.batching import make_batch
 from udml_stream.model import checkpoint
-from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.rules import Udml
-from udml_stream.train.trainer import preprocess_params, to_torch
 from udml_stream.train.typgate import calibrate_typicality_gate, fit_centres
 
+from .test_confgate import _inputs, _switch_model
+
 CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
-
-
-def _switch_model(data) -> FusionNet:
-    cfg = ModelConfig(data.modalities, {"image": "cnn_image_small", "audio": "cnn_audio_small"},
-                      preprocess_params(data, data.splits["train"]), 10, method="udml_switch",
-                      estimator="linear")
-    return FusionNet(cfg).eval()
-
-
-def _inputs(data, n: int = 16):
-    b = make_batch(data.splits["test"], np.arange(n), {m: np.ones(n, np.int64)
-                                                       for m in data.modalities},
-                   np.random.default_rng(0))
-    return to_torch(b, torch.device("cpu"))
 
 
 def test_fit_centres_recovers_the_class_means_and_an_inverse_covariance() -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from udml_stream.data import avdigits
 from udml_stream.model.fusion import FusionNet
-from udml_stream.train.trainer import probe_one_stream
+from udml_stream.train.trainer import probe_one_stream, set_gate_ends
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,5 @@ def calibrate_confidence_gate(model: FusionNet, val: avdigits.Split,
     probes = probe_one_stream(
         model, val, kinds, seed + 20_023, device, n,
         lambda res, m: F.softmax(res.unimodal_logits[m].float(), dim=1).amax(dim=1))
-    out: dict[str, list[float]] = {"clean": [], "broken": []}
-    for i, m in enumerate(model.cfg.modalities):
-        clean, broken = probes[m]
-        meds = [float(c.median()) for c in broken if c.numel()]
-        hi = float(torch.quantile(clean, 0.25)) if clean.numel() else 0.0
-        lo = float(np.median(meds)) if meds else 0.0
-        if hi < lo + MIN_SPAN:
-            log.warning("confidence gate for %s left open: clean %.2f vs information-free %.2f",
-                        m, hi, lo)
-            hi = lo = 0.0
-        model.conf_clean[i], model.conf_broken[i] = hi, lo
-        out["clean"].append(hi)
-        out["broken"].append(lo)
-    return out
+    return set_gate_ends(model, probes, ("conf_clean", "conf_broken"), 0.25,
+                         lambda c, b, _: c >= b + MIN_SPAN, "confidence")

@@ -302,18 +302,33 @@ def calibrate_gate(model: FusionNet, val: avdigits.Split, kinds: dict[str, tuple
     out. A modality whose two values are not clearly apart keeps its gate open."""
     probes = probe_one_stream(model, val, kinds, seed + 20_011, device, n,
                               lambda res, m: res.sigma_hat[m])
+    return set_gate_ends(model, probes, ("gate_clean", "gate_broken"), 0.75,
+                         lambda c, b, _: b >= c + 0.5, "σ̂")
+
+
+def set_gate_ends(model: FusionNet, probes: dict[str, tuple[torch.Tensor, list[torch.Tensor]]],
+                  buffers: tuple[str, str], clean_quantile: float,
+                  apart: Callable[[float, float, torch.Tensor], bool], name: str
+                  ) -> dict[str, list[float]]:
+    """Write one gate's two ends per modality into ``model``'s ``buffers`` (clean end,
+    information-free end) from ``probe_one_stream``'s statistics: the ``clean_quantile`` of the
+    clean values, and the median over the training families of each family's median on
+    information-free input (no single family's bias sets it). Where ``apart(clean_end,
+    broken_end, clean_values)`` is false the two are not clearly apart and the gate stays open
+    (both 0). Returns the ends as ``{"clean": [...], "broken": [...]}``."""
     out: dict[str, list[float]] = {"clean": [], "broken": []}
     for i, m in enumerate(model.cfg.modalities):
         clean, broken = probes[m]
         meds = [float(s.median()) for s in broken if s.numel()]
-        lo = float(torch.quantile(clean, 0.75)) if clean.numel() else 0.0
-        hi = float(np.median(meds)) if meds else 0.0
-        if hi < lo + 0.5:
-            log.warning("gate for %s left open: σ̂ clean %.2f vs information-free %.2f", m, lo, hi)
-            lo = hi = 0.0
-        model.gate_clean[i], model.gate_broken[i] = lo, hi
-        out["clean"].append(lo)
-        out["broken"].append(hi)
+        c = float(torch.quantile(clean, clean_quantile)) if clean.numel() else 0.0
+        b = float(np.median(meds)) if meds else 0.0
+        if not (clean.numel() and meds and apart(c, b, clean)):
+            log.warning("%s gate for %s left open: clean %.2f vs information-free %.2f",
+                        name, m, c, b)
+            c = b = 0.0
+        getattr(model, buffers[0])[i], getattr(model, buffers[1])[i] = c, b
+        out["clean"].append(c)
+        out["broken"].append(b)
     return out
 
 

@@ -24,7 +24,7 @@ from udml_stream import corrupt
 from udml_stream.data import avdigits
 from udml_stream.data.batching import make_batch
 from udml_stream.model.fusion import FusionNet
-from udml_stream.train.trainer import probe_one_stream, to_torch
+from udml_stream.train.trainer import probe_one_stream, set_gate_ends, to_torch
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +101,7 @@ def calibrate_typicality_gate(model: FusionNet, val: avdigits.Split,
         model.typ_means[i], model.typ_prec[i] = means.to(device), prec.to(device)
     probes = probe_one_stream(model, calib, kinds, seed + 20_037, device, n,
                               lambda res, m: res.aux["typicality/" + m])
-    out: dict[str, list[float]] = {"clean": [], "broken": []}
-    for i, m in enumerate(mods):
-        clean_d, broken = probes[m]
-        meds = [float(s.median()) for s in broken if s.numel()]
-        lo = float(torch.quantile(clean_d, CLEAN_QUANTILE)) if clean_d.numel() else 0.0
-        hi = float(np.median(meds)) if meds else 0.0
-        # On only where information-free input lies beyond what clean input almost ever
-        # reaches (its 99th percentile): a gate closing within the clean range would cut
-        # healthy streams.
-        if clean_d.numel() == 0 or hi <= float(torch.quantile(clean_d, 0.99)):
-            log.warning("typicality gate for %s left open: clean %.2f vs information-free %.2f",
-                        m, lo, hi)
-            lo = hi = 0.0
-        model.typ_clean[i], model.typ_broken[i] = lo, hi
-        out["clean"].append(lo)
-        out["broken"].append(hi)
-    return out
+    # On only where information-free input lies beyond what clean input almost ever reaches
+    # (its 99th percentile): a gate closing within the clean range would cut healthy streams.
+    return set_gate_ends(model, probes, ("typ_clean", "typ_broken"), CLEAN_QUANTILE,
+                         lambda c, b, clean: b > float(torch.quantile(clean, 0.99)), "typicality")
