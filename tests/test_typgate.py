@@ -31,6 +31,18 @@ def test_fit_centres_recovers_the_class_means_and_an_inverse_covariance() -> Non
     assert torch.allclose(prec, torch.eye(2), atol=0.15)
 
 
+def test_typicality_ignores_a_class_without_centre() -> None:
+    class Net:  # what Udml.typicality reads of the model
+        cfg = type("Cfg", (), {"modalities": ("image",)})()
+        typ_means = torch.tensor([[[0.0, 0.0], [float("inf"), float("inf")]]])
+        # Off-diagonal terms make inf − inf appear in the quadratic form.
+        typ_prec = torch.tensor([[[1.0, -0.5], [-0.5, 1.0]]])
+
+    d = Udml.typicality(Net(), {"image": torch.tensor([[3.0, 4.0], [0.0, 0.0]])})
+    assert torch.isfinite(d).all()
+    assert torch.allclose(d[:, 0], torch.tensor([13.0 ** 0.5, 0.0]))
+
+
 @torch.no_grad()
 def test_a_far_embedding_loses_its_weight_and_an_unfitted_gate_changes_nothing(small_data
                                                                                 ) -> None:

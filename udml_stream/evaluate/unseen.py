@@ -212,10 +212,13 @@ def _mirror(x: np.ndarray, share: float, rng: np.random.Generator, ctx: Context)
 
 def _pen(x: np.ndarray, width: int, rng: np.random.Generator, ctx: Context) -> np.ndarray:
     # A marker instead of a pen: strokes thickened by ``width`` pixels at the model's
-    # resolution (grey-level dilation), until the loops close.
+    # resolution (grey-level dilation), until the loops close. A 2×2 kernel grows a stroke to
+    # one side; alternating its anchor keeps the digit where it was.
     kernel = np.ones((2, 2), np.uint8)
-    return cv2.dilate(np.ascontiguousarray(x, np.float32), kernel,
-                      iterations=int(width)).reshape(x.shape)
+    out = np.ascontiguousarray(x, np.float32)
+    for k in range(int(width)):
+        out = cv2.dilate(out, kernel, anchor=(k % 2, k % 2))
+    return out.reshape(x.shape)
 
 
 def _fog(x: np.ndarray, contrast: float, rng: np.random.Generator, ctx: Context) -> np.ndarray:
@@ -382,8 +385,8 @@ def _shift(x: np.ndarray, seconds: float, rng: np.random.Generator, ctx: Context
     # (random sign), the speech cut at the window's edge; the room's own quiet (the window's
     # first and last 50 ms) fills the vacated part, missing samples move with the rest.
     k = round(seconds * SAMPLE_RATE) * (1 if rng.random() < 0.5 else -1)
+    # Missing edge samples stay missing in the fill (not present silence).
     edge = np.concatenate([x[: SAMPLE_RATE // 20], x[-SAMPLE_RATE // 20 :]])
-    edge = np.where(np.isnan(edge), 0.0, edge)
     fill = np.resize(edge, abs(k)).astype(np.float32)
     if k == 0:
         return x.copy()
@@ -402,6 +405,8 @@ def _highpass(x: np.ndarray, cutoff: float, rng: np.random.Generator, ctx: Conte
 
 def _pink(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) -> np.ndarray:
     # Broadband machine or traffic noise with a 1/f spectrum (the trained gaussian is white).
+    # Not clipped, like ``buzz`` and the trained gaussian family: the mix is the float signal
+    # an ADC with headroom (or an AGC ahead of it) would pass; ``wind`` is the clipping case.
     n = x.shape[0]
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(spec.size, dtype=np.float64)
@@ -412,7 +417,8 @@ def _pink(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) 
 def _clicks(x: np.ndarray, count: int, rng: np.random.Generator, ctx: Context) -> np.ndarray:
     # A loose connector: ``count`` 2.5 ms bursts at the speech's peak level, at random places.
     out = x.copy()
-    peak = float(np.nanmax(np.abs(x))) if np.isfinite(x).any() else 0.1
+    # At least -40 dBFS: a loose connector crackles in a silent window too.
+    peak = max(float(np.nanmax(np.abs(x))) if np.isfinite(x).any() else 0.0, 0.01)
     width = SAMPLE_RATE // 400
     for i in rng.integers(0, x.shape[0] - width, size=int(count)):
         out[i : i + width] += (rng.standard_normal(width) * peak).astype(np.float32)

@@ -194,13 +194,16 @@ def portable_paths(data: dict[str, Any], root: Path) -> dict[str, Any]:
     """The inverse for a checkpoint that travels (``udml train --export``): absolute paths under
     ``root`` become relative to it (in place; returned), so a checkpoint shipped in a checkout
     names the checkout's files from its root, not this machine's folders; others stay."""
-    root = root.resolve()
+    roots = (Path(os.path.normpath(root.absolute())), root.resolve())  # as typed, and real
 
     def fix(value: Any) -> Any:
         if not isinstance(value, str) or not value or not Path(value).is_absolute():
             return value
-        p = Path(value)
-        return str(p.relative_to(root)) if p.is_relative_to(root) else value
+        p = Path(os.path.normpath(value))
+        for r in roots:
+            if p.is_relative_to(r):
+                return str(p.relative_to(r))
+        return value
 
     return _map_paths(data, fix)
 

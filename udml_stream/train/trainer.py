@@ -315,7 +315,8 @@ def set_gate_ends(model: FusionNet, probes: dict[str, tuple[torch.Tensor, list[t
     clean values, and the median over the training families of each family's median on
     information-free input (no single family's bias sets it). Where ``apart(clean_end,
     broken_end, clean_values)`` is false the two are not clearly apart and the gate stays open
-    (both 0). Returns the ends as ``{"clean": [...], "broken": [...]}``."""
+    (both 0), as it does when a probe holds no clean or no information-free sample. Returns the
+    ends as ``{"clean": [...], "broken": [...]}``."""
     out: dict[str, list[float]] = {"clean": [], "broken": []}
     for i, m in enumerate(model.cfg.modalities):
         clean, broken = probes[m]

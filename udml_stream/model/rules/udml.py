@@ -155,10 +155,17 @@ class Udml(FusionRule):
         centre, ``[B, M]`` (all 0 before ``calibrate_typicality_gate`` fitted the centres)."""
         ms = net.cfg.modalities
         out = []
-        for i, m in enumerate(ms):
-            diff = z[m].float()[:, None, :] - net.typ_means[i][None]  # [B, C, d]
-            d2 = torch.einsum("bcd,de,bce->bc", diff, net.typ_prec[i], diff)
-            out.append(d2.amin(dim=1).clamp(min=0.0).sqrt())
+        ref = z[ms[0]]
+        # fp32 even under a bf16 autocast: the gate's ramp spans a few distance units, and a
+        # bf16 quadratic form errs by ~0.6%, enough to move the gate by ~2%.
+        with torch.autocast(device_type=ref.device.type, enabled=False):
+            for i, m in enumerate(ms):
+                diff = z[m].float()[:, None, :] - net.typ_means[i][None]  # [B, C, d]
+                d2 = torch.einsum("bcd,de,bce->bc", diff, net.typ_prec[i], diff)
+                # A class without fitting samples has its centre at infinity: inf − inf in the
+                # quadratic form reads NaN, which must not be the nearest (nor reach the weights).
+                d2 = torch.nan_to_num(d2, nan=float("inf"))
+                out.append(d2.amin(dim=1).clamp(min=0.0).sqrt())
         return torch.stack(out, dim=1)
 
     def _estimator_inputs(self, net: FusionNet, sig: TensorMap, valid: TensorMap,
@@ -230,7 +237,11 @@ class Udml(FusionRule):
             # once: an absolute gate cost 0.6 pt there).
             typ = self.typicality(net, z)
             g_typ = gate_openness(typ, net.typ_clean, net.typ_broken)
-            w = apply_gate(w, relative_openness(g_typ, g_sig * g_conf * g_typ, mask), mask)
+            rel = relative_openness(g_typ, g_sig * g_conf * g_typ, mask)
+            # Rows the gate leaves fully open keep their weights bit for bit (renormalising
+            # them would change the last digits: an uncalibrated checkpoint must fuse as the
+            # two-gate rule did). A where(), not a branch: no host sync under CUDA graphs.
+            w = torch.where((rel < 1.0).any(dim=1, keepdim=True), apply_gate(w, rel, mask), w)
             aux.update({f"typicality/{m}": typ[:, i] for i, m in enumerate(ms)})
             aux.update({f"embedding/{m}": z[m] for m in ms})  # what the centres are fitted on
         mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")
