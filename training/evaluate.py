@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from udml_stream.data import avdigits
+import numpy as np
+
 from udml_stream.evaluate.conditions import evaluate_model
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
@@ -25,8 +26,7 @@ def main(ckpt: Path, cache_dir: Path, seed: int, preset: str | None, device: str
     name = data.preset.name
     test = data.splits["test"]
     if limit:
-        test = avdigits.Split(test.name, test.labels[:limit], test.tables,
-                              {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
+        test = test.rows(np.arange(min(limit, len(test))))
     result = evaluate_model(model, test, seed=seed, device=dev)
     result.update({"preset": name, "method": meta["model"]["method"], "checkpoint": str(ckpt)})
     return result

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from udml_stream import corrupt, modalities
-from udml_stream.data import avdigits
 from udml_stream.evaluate.card import build_card, write_into_checkpoint
 from udml_stream.evaluate.card import write_markdown as write_card_markdown
 from udml_stream.evaluate.field import evaluate_field
@@ -41,8 +42,7 @@ def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
     data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits[split]
     if limit:
-        test = avdigits.Split(test.name, test.labels[:limit], test.tables,
-                              {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
+        test = test.rows(np.arange(min(limit, len(test))))
     result = evaluate_field(model, test, seed, seen_families(meta))
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
                    "preset": data.preset.name, "seed": seed, "split": split})

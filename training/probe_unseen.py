@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from udml_stream.data import avdigits
 from udml_stream.evaluate.unseen import render_markdown, summary, unseen_sweep
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
@@ -29,8 +29,7 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
     data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits["test"]
     if limit:
-        test = avdigits.Split(test.name, test.labels[:limit], test.tables,
-                              {m: ix[:limit] for m, ix in test.index.items()}, test.natural)
+        test = test.rows(np.arange(min(limit, len(test))))
     result: dict[str, Any] = unseen_sweep(model, test, seed)
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
                    "preset": data.preset.name, "seed": seed, "n_test": len(test)})

@@ -238,7 +238,10 @@ class Split:
 
     def subset(self, n: int, seed: int = 0) -> Split:
         """A class-mixed random subset of ``n`` samples (for quick runs and tests)."""
-        rows = np.random.default_rng(seed).permutation(len(self))[:n]
+        return self.rows(np.random.default_rng(seed).permutation(len(self))[:n])
+
+    def rows(self, rows: np.ndarray) -> Split:
+        """The samples at ``rows`` (indices into this split), as a split of their own."""
         return Split(self.name, self.labels[rows], self.tables,
                      {m: ix[rows] for m, ix in self.index.items()}, self.natural, self.kinds)
 

@@ -42,12 +42,7 @@ def _halves(val: avdigits.Split, seed: int) -> tuple[avdigits.Split, avdigits.Sp
     (distances of the fitting samples themselves would read too clean)."""
     rows = np.random.default_rng(seed).permutation(len(val))
     half = len(rows) // 2
-
-    def part(r: np.ndarray) -> avdigits.Split:
-        return avdigits.Split(val.name, val.labels[r], val.tables,
-                              {m: ix[r] for m, ix in val.index.items()}, val.natural, val.kinds)
-
-    return part(rows[:half]), part(rows[half:])
+    return val.rows(rows[:half]), val.rows(rows[half:])
 
 
 def fit_centres(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
