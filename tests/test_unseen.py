@@ -135,3 +135,13 @@ def test_summary_and_report_name_the_broken_and_the_fooled() -> None:
     assert list(s["sigma_fooled"]) == ["image/rotate"]
     md = unseen.render_markdown(result, "udml eval-unseen ck")
     assert "image/rotate S2 -17.0 pt" in md and "| jpeg | +1.0 |" in md
+
+
+def test_eval_unseen_takes_val_or_test_only() -> None:
+    from typer.testing import CliRunner
+
+    from udml_stream.cli.main import app
+
+    r = CliRunner().invoke(app, ["eval-unseen", "checkpoints/default", "--split", "train"])
+    assert r.exit_code != 0
+    assert "expected 'test' or 'val'" in r.output

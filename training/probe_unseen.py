@@ -19,20 +19,22 @@ log = logging.getLogger(__name__)
 
 
 def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
-         limit: int = 0, device: str = "cpu", threads: int = 1) -> str:
-    """Score ``ckpt`` on the test split of its own preset (as ``eval-field``: seed 0, 750 samples)
-    under every held-out degradation and severity; with ``out`` write ``out.json`` and ``out.md``.
-    Returns the summary as text (one finding a line)."""
+         limit: int = 0, device: str = "cpu", threads: int = 1, split: str = "test") -> str:
+    """Score ``ckpt`` on ``split`` of its own preset (as ``eval-field``: seed 0, 750 samples;
+    ``val`` to choose between models or settings without looking at test) under every held-out
+    degradation and severity; with ``out`` write ``out.json`` and ``out.md``. Returns the
+    summary as text (one finding a line)."""
     torch.set_num_threads(threads)  # a shared machine: one core, and comparable timings
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
     data = load_data_for_checkpoint(meta, cache_dir)
-    test = data.splits["test"]
+    test = data.splits[split]
     if limit:
         test = test.rows(np.arange(min(limit, len(test))))
     result: dict[str, Any] = unseen_sweep(model, test, seed)
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
-                   "preset": data.preset.name, "seed": seed, "n_test": len(test)})
+                   "preset": data.preset.name, "seed": seed, "n_test": len(test),
+                   "split": split})
     result["summary"] = summary(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -272,14 +272,20 @@ def eval_unseen(
     out: Annotated[Path | None, typer.Option(
         help="Write OUT.json and OUT.md (e.g. docs/results/unseen)")] = None,
     limit: Annotated[int, typer.Option(help="Score only the first N test samples (0 = all)")] = 0,
+    split: Annotated[str, typer.Option(
+        help="test (reports) or val (choosing between models or settings: never on test)")
+    ] = "test",
 ) -> None:
     """CHECKPOINT on degradations it was never trained on (JPEG, a tilted camera, a torn frame,
     reverberation, a wrong sample rate, another talker, ...): every test sample degraded in one
     stream, fused against dropping that stream, and whether σ̂ rises."""
     from udml_stream_apps.training import probe_unseen
 
+    if split not in ("test", "val"):
+        _fail(f"--split {split!r}: expected 'test' or 'val'")
     command = "udml eval-unseen " + " ".join(sys.argv[2:])
-    typer.echo(_run(probe_unseen.main, checkpoint, cache_dir, out, command, seed, limit))
+    typer.echo(_run(probe_unseen.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
+                    1, split))
 
 
 @app.command("benchmark-field")

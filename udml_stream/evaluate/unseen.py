@@ -681,7 +681,8 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
     """The report of one sweep, tables like ``docs/results/field.md``'s family tables."""
     s = result["summary"]
     lines = [f"# Held-out degradations: `{result['checkpoint']}`", "",
-             f"Command: `{command}`. {result['n_test']} test samples (the `eval-field` test split, "
+             f"Command: `{command}`. {result['n_test']} {result.get('split', 'test')} samples "
+             f"(the `eval-field` {result.get('split', 'test')} split, "
              f"seed {result['seed']}), every one degraded in one stream in every condition and "
              "paired with its own clean pass. None of these degradations is among the families "
              "the model was trained on (`corrupt.FAMILIES`); those marked *near* share a kind "
