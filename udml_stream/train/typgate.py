@@ -79,12 +79,11 @@ def calibrate_typicality_gate(model: FusionNet, val: avdigits.Split,
     rng = np.random.default_rng(seed + 20_031)
     emb: dict[str, list[torch.Tensor]] = {m: [] for m in mods}
     labels: dict[str, list[torch.Tensor]] = {m: [] for m in mods}
-    rows = np.arange(len(fit))
-    clean = {m: np.full(len(rows), corrupt.CLEAN, np.int64) for m in mods}
     for _ in range(DRAWS):
-        for start in range(0, len(rows), 256):
-            r = rows[start : start + 256]
-            b = make_batch(fit, r, {m: v[: len(r)] for m, v in clean.items()}, rng, kinds)
+        for start in range(0, len(fit), 256):
+            r = np.arange(start, min(start + 256, len(fit)))
+            clean = {m: np.full(len(r), corrupt.CLEAN, np.int64) for m in mods}
+            b = make_batch(fit, r, clean, rng, kinds)
             inputs, present, levels, y = to_torch(b, device)
             res = model(inputs, present, levels)
             for m in mods:

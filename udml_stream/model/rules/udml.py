@@ -237,11 +237,7 @@ class Udml(FusionRule):
             # once: an absolute gate cost 0.6 pt there).
             typ = self.typicality(net, z)
             g_typ = gate_openness(typ, net.typ_clean, net.typ_broken)
-            rel = relative_openness(g_typ, g_sig * g_conf * g_typ, mask)
-            # Rows the gate leaves fully open keep their weights bit for bit (renormalising
-            # them would change the last digits: an uncalibrated checkpoint must fuse as the
-            # two-gate rule did). A where(), not a branch: no host sync under CUDA graphs.
-            w = torch.where((rel < 1.0).any(dim=1, keepdim=True), apply_gate(w, rel, mask), w)
+            w = apply_gate(w, relative_openness(g_typ, g_sig * g_conf * g_typ, mask), mask)
             aux.update({f"typicality/{m}": typ[:, i] for i, m in enumerate(ms)})
             aux.update({f"embedding/{m}": z[m] for m in ms})  # what the centres are fitted on
         mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")

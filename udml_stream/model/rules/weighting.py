@@ -64,11 +64,15 @@ def gate_openness(stat: Tensor, clean: Tensor, broken: Tensor) -> Tensor:
 
 def apply_gate(w: Tensor, g: Tensor, mask: Tensor) -> Tensor:
     """``w`` scaled by the openness ``g`` and renormalised over the present streams (sum M′);
-    where every present stream is closed the ungated ``w`` stands."""
+    where every present stream is closed the ungated ``w`` stands, and so does a row the gate
+    leaves fully open (bit for bit: renormalising it would change the last digits, so an
+    uncalibrated gate fuses as if it were not there). ``where``s, not branches: no host sync
+    under CUDA graphs."""
     gw = w * g * mask.float()
     total = gw.sum(dim=1, keepdim=True)
     n_present = mask.float().sum(dim=1, keepdim=True)
-    return torch.where(total > 1e-6, n_present * gw / total.clamp(min=1e-6), w)
+    closing = (g < 1.0).any(dim=1, keepdim=True) & (total > 1e-6)
+    return torch.where(closing, n_present * gw / total.clamp(min=1e-6), w)
 
 
 def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
