@@ -237,7 +237,10 @@ class Udml(FusionRule):
             # once: an absolute gate cost 0.6 pt there).
             typ = self.typicality(net, z)
             g_typ = gate_openness(typ, net.typ_clean, net.typ_broken)
-            w = apply_gate(w, relative_openness(g_typ, g_sig * g_conf * g_typ, mask), mask)
+            g_rel = relative_openness(g_typ, g_sig * g_conf * g_typ, mask)
+            w = apply_gate(w, g_rel, mask)
+            health = g_sig * g_conf * g_rel  # each stream's openness under all three gates
+            aux.update({f"gate/{m}": health[:, i] for i, m in enumerate(ms)})
             aux.update({f"typicality/{m}": typ[:, i] for i, m in enumerate(ms)})
             aux.update({f"embedding/{m}": z[m] for m in ms})  # what the centres are fitted on
         mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")
