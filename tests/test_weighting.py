@@ -75,3 +75,25 @@ def test_relative_openness_closes_a_stream_only_as_far_as_another_is_healthy() -
     gated = apply_gate(w, rel, mask)
     assert torch.allclose(gated[0], torch.tensor([0.0, 2.0]))
     assert torch.allclose(gated.sum(dim=1), torch.full((4,), 2.0))
+
+
+def test_a_conflict_is_decided_by_the_gated_product_of_the_stream_posteriors() -> None:
+    from udml_stream.model.rules.weighting import resolve_conflicts
+
+    fused = torch.tensor([[5.0, 0.0, 0.0]] * 5)
+    # Stream 0 says class 0 (p ≈ 0.6), stream 1 says class 1 (p ≈ 0.98).
+    unsure, sure = torch.tensor([1.0, 0.6, 0.0]), torch.tensor([0.0, 5.0, 0.0])
+    uni = [unsure.repeat(5, 1), sure.repeat(5, 1)]
+    uni[1][1] = torch.tensor([4.0, 0.0, 0.0])  # row 1: both say class 0, no conflict
+    health = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]], dtype=torch.bool)
+    out = resolve_conflicts(fused, uni, health, mask)
+    # Both open: the sharper posterior wins, and the output is the normalised product.
+    assert int(out[0].argmax()) == 1
+    expected = torch.log_softmax(uni[0][0], 0) + torch.log_softmax(uni[1][0], 0)
+    torch.testing.assert_close(torch.log_softmax(out[0], 0), torch.log_softmax(expected, 0))
+    # No conflict, every conflicting stream closed, or the other stream absent: fused stands.
+    for row in (1, 3, 4):
+        assert torch.equal(out[row], fused[row])
+    # The gates close the sharp stream: the open one decides.
+    assert int(out[2].argmax()) == 0

@@ -153,7 +153,9 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str) -> 
         lines += ["Serving gates (the switch rule's, calibrated on validation; docs/method.md), "
                   "the streams each can switch off: "
                   + "; ".join(f"{g}: {', '.join(ms) or 'none (left open)'}"
-                              for g, ms in gates.items()), ""]
+                              for g, ms in gates.items())
+                  + ". Where the streams' own heads disagree, the answer is the product of their "
+                  "posteriors, each as far as the gates keep it open.", ""]
     lines += ["## What each stream accepts", ""]
     for m, facts in card["inputs"].items():
         lines.append(f"**{m}**")

@@ -32,6 +32,7 @@ from udml_stream.model.rules.weighting import (
     effective_multipliers,
     gate_openness,
     relative_openness,
+    resolve_conflicts,
     udml_weights,
 )
 
@@ -246,6 +247,12 @@ class Udml(FusionRule):
         mult = effective_multipliers(w, mask, "switch" if self.switch else "residual")
         scaled = torch.cat([mult[:, i : i + 1] * z[m] for i, m in enumerate(ms)], dim=1)
         logits = net.head(scaled)
+        if self.switch and q is not None and not net.training:
+            # On a conflict (present streams whose own heads name different classes) the answer
+            # is the product of the streams' posteriors, each as far as the gates keep it open:
+            # the fused head learnt from streams that agree (validation: docs/method.md).
+            aux["head_logits"] = logits
+            logits = resolve_conflicts(logits, [uni[m] for m in ms], health, mask)
         return FusionOutput(
             logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres,
             {m: mult[:, i] for i, m in enumerate(ms)}, sigma_hat,

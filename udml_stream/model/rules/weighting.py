@@ -89,6 +89,26 @@ def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
     return 1.0 - (1.0 - g) * best_other
 
 
+def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor,
+                      mask: Tensor) -> Tensor:
+    """The fused logits ``[B, C]``, but where two present streams' unimodal heads name different
+    classes, the gated product of their posteriors: Σ_m health_m · log softmax(unimodal_m).
+
+    The fused head learnt from streams that agree, up to noise; on a conflict each stream's
+    own posterior, as far as the gates keep the stream open (``health`` ``[B, M]`` in [0, 1]),
+    is the better witness (independent experts). Rows without a conflict, or whose conflicting
+    streams are all closed, keep the fused logits. ``where``s, not branches: no host sync."""
+    present = mask.bool()
+    logp = torch.stack([torch.log_softmax(u.float(), dim=1) for u in unimodal], dim=1)  # [B,M,C]
+    top = logp.argmax(dim=2)  # [B, M]
+    first = torch.where(present, top, -1).amax(dim=1, keepdim=True)  # any present stream's class
+    conflict = (present & (top != first)).any(dim=1)
+    h = health.float() * present.float()
+    joint = (h[:, :, None] * logp).sum(dim=1)
+    use = conflict & (h.sum(dim=1) > 0)
+    return torch.where(use[:, None], joint.to(logits.dtype), logits)
+
+
 def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
     """D_m = Σ_classes mean over the batch (samples where m is present) of |z_m|, ``[M]``.
 
