@@ -84,6 +84,11 @@ def test_each_robot_gets_its_own_results_fused_in_one_batch(runner: FusionRunner
         np.testing.assert_allclose(mine.probs, single.probs, rtol=1e-4, atol=1e-6)
         assert mine.source_seq == {f"{r}/camera": 0, f"{r}/mic": 49}
         assert mine.seq == 0 and mine.present == {"image": True, "audio": True}
+        assert mine.conflict == single.conflict and isinstance(mine.conflict, bool)
+    # Each robot's heartbeat counts the results the conflict rule answered.
+    counters = svc.counters(now)
+    assert [counters[f"{r}/conflicts"] for r in robots] == [int(x.conflict) for x in
+                                                            sorted(res, key=lambda x: x.stream)]
 
 
 def test_a_robot_with_a_broken_stream_does_not_touch_the_others(runner: FusionRunner) -> None:

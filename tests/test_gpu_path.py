@@ -62,7 +62,8 @@ def _eager(model, sample: dict) -> dict:
     return {"probs": torch.softmax(out.logits, 1)[0].numpy(),
             "mult": {m: float(w[0]) for m, w in out.multipliers.items()},
             "sigma": {m: float(s[0]) for m, s in out.sigma_hat.items() if m in tensors},
-            "present": {m: bool(p[0]) for m, p in out.present.items()}}
+            "present": {m: bool(p[0]) for m, p in out.present.items()},
+            "conflict": bool(out.aux["conflict"][0])}
 
 
 @pytest.mark.parametrize(("n", "pad"), [(1, False), (3, False), (8, False), (3, True), (8, True)])
@@ -76,6 +77,7 @@ def test_engine_matches_eager_model(model, n: int, pad: bool) -> None:
     for i, s in enumerate(samples):
         ref = _eager(model, s)
         np.testing.assert_allclose(out.probs[i], ref["probs"], rtol=1e-5, atol=1e-6)
+        assert bool(out.conflict[i]) == ref["conflict"], i
         for m in model.cfg.modalities:
             assert bool(out.present[m][i]) == ref["present"][m], (i, m)
             # The gates are steep ramps of σ̂ and of the confidence: a batched convolution's

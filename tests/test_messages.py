@@ -31,7 +31,8 @@ def test_round_trip_every_kind() -> None:
     result = FusionResult("fused", 9, 10, 11, probs=[0.25, 0.75], pred=1, class_names=["a", "b"],
                           sigma_hat={"image": 1.5}, weights={"image": 0.4, "audio": 1.6},
                           present={"image": True, "audio": True},
-                          source_seq={"image": 7, "audio": 3}, latency_ns={"inference": 1200})
+                          source_seq={"image": 7, "audio": 3}, latency_ns={"inference": 1200},
+                          conflict=True)
     for msg in (_frame(), audio, result, Heartbeat("camera", 1, 2, node="camera", counters={"x": 1}),
                 Label("label", 1, 2, label=4, name="4")):
         back = decode(encode_bytes(msg))
@@ -111,6 +112,15 @@ def test_bad_input_raises_decode_error(name: str) -> None:
         decode(mutate(frames))
     assert info.value.reason == REASON[name] and info.value.reason in DECODE_REASONS
     assert str(info.value).startswith(f"{REASON[name]}: ")  # a log line always names it
+
+
+def test_a_result_s_conflict_flag_is_optional_and_must_be_a_boolean() -> None:
+    base = FusionResult("fused", 1, 2, 3, probs=[1.0], pred=0, class_names=["a"])
+    assert decode(encode_bytes(base)).conflict is None  # a sender that does not say
+    frames = encode(base)
+    for bad in (1, "yes"):
+        with pytest.raises(DecodeError, match="'conflict' has type"):
+            decode(_with(frames, conflict=bad))
 
 
 def test_timestamps_at_the_ends_of_the_range_decode() -> None:

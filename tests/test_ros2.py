@@ -191,7 +191,8 @@ def _with_results(src: Path, dst: Path) -> None:
                                probs=[0.1] * 10, pred=3, class_names=[str(d) for d in range(10)],
                                sigma_hat={"image": 0.25}, weights={"image": 1.5, "audio": 0.0},
                                present={"image": True, "audio": False},
-                               source_seq={"camera": msg.seq}, latency_ns={"inference": 7})
+                               source_seq={"camera": msg.seq}, latency_ns={"inference": 7},
+                               conflict=msg.seq % 2 == 1)
             f = encode(res)
             w.write("fused", f[1:], res.seq, res.capture_ns, rec.log_ns + 1, res.kind, "fused",
                     "realtime")
@@ -222,6 +223,7 @@ def test_export_reads_back_and_reconverts_byte_identical(bag: Path, tmp_path: Pa
     np.testing.assert_allclose(f0.weights, [0.0, 1.5])
     assert np.isnan(f0.sigma_hat[0]) and f0.sigma_hat[1] == 0.25 and np.isnan(f0.audio_valid)
     assert list(f0.latency_stages) == ["inference"] and list(f0.latency_ns) == [7]
+    assert [bool(f.conflict) for f in fused[:2]] == [False, True]
     # The official mcap reader sees ROS 2 schemas (what Foxglove decodes).
     (mcap_file,) = out_bag.glob("*.mcap")
     with open(mcap_file, "rb") as fh:

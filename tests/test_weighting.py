@@ -87,7 +87,8 @@ def test_a_conflict_is_decided_by_the_gated_product_of_the_stream_posteriors() -
     uni[1][1] = torch.tensor([4.0, 0.0, 0.0])  # row 1: both say class 0, no conflict
     health = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]], dtype=torch.bool)
-    out = resolve_conflicts(fused, uni, health, mask)
+    out, used = resolve_conflicts(fused, uni, health, mask)
+    assert used.tolist() == [True, False, True, False, False]
     # Both open: the sharper posterior wins, and the output is the normalised product.
     assert int(out[0].argmax()) == 1
     expected = torch.log_softmax(uni[0][0], 0) + torch.log_softmax(uni[1][0], 0)

@@ -74,7 +74,8 @@ FUSION_SCHEMA = {
         "class_names": {"type": "array", "items": {"type": "string"}},
         "weights": _NUMBER_MAP, "sigma_hat": _NUMBER_MAP,
         "present": {"type": "object", "additionalProperties": {"type": "boolean"}},
-        "audio_valid": {"type": ["number", "null"]}, "latency_ms": _NUMBER_MAP,
+        "audio_valid": {"type": ["number", "null"]}, "conflict": {"type": ["boolean", "null"]},
+        "latency_ms": _NUMBER_MAP,
     },
 }
 #: The quietest level reported: digital silence would be -inf dBFS, which JSON cannot carry.
@@ -210,6 +211,7 @@ def fusion_record(msg: FusionResult, stamp_ns: int) -> bytes:
         "sigma_hat": {k: _finite(v) for k, v in msg.sigma_hat.items()},
         "present": msg.present,
         "audio_valid": None if msg.audio_valid is None else _finite(msg.audio_valid),
+        "conflict": msg.conflict,
         "latency_ms": {k: v / 1e6 for k, v in msg.latency_ns.items()},
     }).encode()
 

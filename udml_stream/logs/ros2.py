@@ -84,6 +84,8 @@ float32[] weights
 bool[] present
 # Share of the fused audio window that was recorded; NaN when the result does not say.
 float32 audio_valid
+# The streams' own answers disagreed and the conflict rule decided (false when not said).
+bool conflict
 string[] source_streams
 int64[] source_seq
 string[] latency_stages
@@ -543,7 +545,7 @@ def _ros_message(store: Any, msg: Message, condition_topic: str) -> tuple[str, A
             weights=np.asarray([msg.weights.get(m, 0.0) for m in mods], f32),
             present=np.asarray([bool(msg.present.get(m, False)) for m in mods], bool),
             audio_valid=np.nan if msg.audio_valid is None else msg.audio_valid,
-            source_streams=list(msg.source_seq),
+            conflict=bool(msg.conflict), source_streams=list(msg.source_seq),
             source_seq=np.asarray(list(msg.source_seq.values()), np.int64),
             latency_stages=list(msg.latency_ns),
             latency_ns=np.asarray(list(msg.latency_ns.values()), np.int64))

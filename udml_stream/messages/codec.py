@@ -118,6 +118,10 @@ class FusionResult(Message):
     # Share of the fused audio window that was measured (NaN marks a missing sample); optional
     # on the wire: None when the sender did not say (results written before the field existed).
     audio_valid: float | None = None
+    # The streams' own answers disagreed and the switch rule's conflict rule decided (the
+    # product of their posteriors, as far as the gates keep each open); optional on the wire:
+    # None when the sender did not say.
+    conflict: bool | None = None
 
     kind: ClassVar[str] = "fusion_result"
 
@@ -220,6 +224,8 @@ def encode(msg: Message) -> list[Any]:
         )
         if msg.audio_valid is not None:
             header["audio_valid"] = float(msg.audio_valid)
+        if msg.conflict is not None:
+            header["conflict"] = bool(msg.conflict)
     elif isinstance(msg, Heartbeat):
         header.update(node=msg.node, state=msg.state,
                       counters={k: int(v) for k, v in msg.counters.items()})
@@ -464,13 +470,17 @@ def decode(frames: list[Any], zero_copy: bool = False) -> Message:
         if valid is not None and (isinstance(valid, bool) or not isinstance(valid, num)):
             raise DecodeError("field", f"fusion_result header field 'audio_valid' has type "
                               f"{type(valid).__name__}; expected a number")
+        conflict = h.get("conflict")  # optional: absent in older results
+        if conflict is not None and not isinstance(conflict, bool):
+            raise DecodeError("field", f"fusion_result header field 'conflict' has type "
+                              f"{type(conflict).__name__}; expected a boolean")
         return FusionResult(
             **common, probs=[float(p) for p in probs], pred=_get(h, "pred", int, kind),
             class_names=names, sigma_hat=_map(h, "sigma_hat", num, kind),
             weights=_map(h, "weights", num, kind), present=_map(h, "present", bool, kind),
             source_seq=_map(h, "source_seq", int, kind),
             latency_ns=_map(h, "latency_ns", int, kind),
-            audio_valid=None if valid is None else float(valid))
+            audio_valid=None if valid is None else float(valid), conflict=conflict)
     if kind == "heartbeat":
         return Heartbeat(**common, node=_get(h, "node", str, kind),
                          state=_get(h, "state", str, kind),

@@ -60,6 +60,7 @@ class EngineOutput:
     multipliers: dict[str, np.ndarray]  # [B] the factor scaling each stream (0 = ignored)
     sigma_hat: dict[str, np.ndarray]  # [B] predicted noise scale (methods that estimate one)
     present: dict[str, np.ndarray]  # [B] bool
+    conflict: np.ndarray  # [B] bool: the streams disagreed, the conflict rule answered
     bucket: int  # the batch size the model actually ran (≥ B when padded)
     preprocess_ns: int  # upload + validity + preprocessing (0 for ``run``)
     inference_ns: int  # copy-in, forward (or replay) and copy-out, synchronised
@@ -134,8 +135,9 @@ class Engine:
         self._host_out: Tensor | None = None  # pinned [max bucket, width] for the copy-out
         self._staging: dict[tuple[str, tuple[int, ...], str], Tensor] = {}  # pinned raw inputs
         self._staged = torch.cuda.Event() if cuda else None  # last upload left the pinned bufs
-        # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M.
-        self.width = 2 * self.num_classes + 3 * len(self.modalities)
+        # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M |
+        # conflict 1 (the answer came from the switch rule's conflict rule).
+        self.width = 2 * self.num_classes + 3 * len(self.modalities) + 1
 
     # ---- the forward pass ------------------------------------------------------------------
 
@@ -151,6 +153,9 @@ class Engine:
         cols = [out.multipliers[m].float() for m in self.modalities]
         cols += [out.sigma_hat[m].float() if m in out.sigma_hat else nan for m in self.modalities]
         cols += [out.present[m].float() for m in self.modalities]
+        conflict = out.aux.get("conflict")
+        cols.append(torch.zeros(b, device=logits.device) if conflict is None
+                    else conflict.float())
         return torch.cat([logits, torch.softmax(logits, dim=1), torch.stack(cols, dim=1)], dim=1)
 
     @torch.no_grad()
@@ -350,7 +355,7 @@ class Engine:
             multipliers={m: cols[:, i] for i, m in enumerate(ms)},
             sigma_hat={m: s for m, s in sig.items() if not np.isnan(s).all()},
             present={m: cols[:, 2 * mm + i] > 0.5 for i, m in enumerate(ms)},
-            bucket=bucket, preprocess_ns=prep_ns, inference_ns=inf_ns,
+            conflict=cols[:, 3 * mm] > 0.5, bucket=bucket, preprocess_ns=prep_ns, inference_ns=inf_ns,
         )
 
 

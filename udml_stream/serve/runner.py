@@ -31,6 +31,8 @@ class Prediction:
     present: dict[str, bool]
     preprocess_ns: int
     inference_ns: int
+    # The streams' own heads disagreed and the switch rule's conflict rule answered.
+    conflict: bool = False
 
 
 class FusionRunner:
@@ -103,5 +105,6 @@ class FusionRunner:
                     sigma_hat={m: float(sh[i]) for m, sh in o.sigma_hat.items()
                                if sample.get(m) is not None},
                     present={m: bool(p[i]) for m, p in o.present.items()},
-                    preprocess_ns=o.preprocess_ns, inference_ns=o.inference_ns))
+                    preprocess_ns=o.preprocess_ns, inference_ns=o.inference_ns,
+                    conflict=bool(o.conflict[i])))
         return out

@@ -55,6 +55,7 @@ class Lane:
     pairer: Pairer
     topics: dict[str, str] = field(default_factory=dict)  # model modality → its topic here
     seq: int = 0  # results published so far
+    conflicts: int = 0  # of them, answered by the conflict rule (the streams disagreed)
     last_audio_valid: float = 0.0  # of the newest sample fused (0 before the first)
     alive: tuple[bool, bool] | None = None
 
@@ -155,6 +156,7 @@ class FusionService:
         out = []
         for (lane, sample, since), pred in zip(batch, preds, strict=True):
             lane.last_audio_valid = sample.audio_valid
+            lane.conflicts += pred.conflict
             # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
             lat = {"sync_wait": sample.wait_ns + now_ns - since,
                    "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
@@ -170,7 +172,8 @@ class FusionService:
                 clock=sample.frame.clock if sample.frame else "monotonic",
                 probs=pred.probs, pred=pred.pred, class_names=self.runner.class_names,
                 sigma_hat=pred.sigma_hat, weights=pred.weights, present=pred.present,
-                source_seq=sample.source_seq, latency_ns=lat, audio_valid=sample.audio_valid))
+                source_seq=sample.source_seq, latency_ns=lat, audio_valid=sample.audio_valid,
+                conflict=pred.conflict))
             lane.seq += 1
         return out
 
@@ -198,14 +201,16 @@ class FusionService:
         return changed
 
     def counters(self, now_ns: int) -> dict[str, int]:
-        """Heartbeat counters: results, sync state, audio timeline events, edge rejections by
-        reason (``rejected.<reason>``) and degraded input; in a fleet, each robot's under
-        ``<robot>/`` and the batching under ``batches.<size>``."""
+        """Heartbeat counters: results (``conflicts``: those the conflict rule answered), sync
+        state, audio timeline events, edge rejections by reason (``rejected.<reason>``) and
+        degraded input; in a fleet, each robot's under ``<robot>/`` and the batching under
+        ``batches.<size>``."""
         out: dict[str, int] = {}
         for lane in self.lanes.values():
             p, ring = lane.pairer, lane.pairer.ring
             c = {
                 "results": lane.seq,
+                "conflicts": lane.conflicts,
                 "frames_superseded": p.frames_superseded,
                 # Windows fused with missing (NaN) samples; heartbeat counters are ints, so the
                 # newest window's missing share travels in thousandths.

@@ -252,7 +252,8 @@ class Udml(FusionRule):
             # is the product of the streams' posteriors, each as far as the gates keep it open:
             # the fused head learnt from streams that agree (validation: docs/method.md).
             aux["head_logits"] = logits
-            logits = resolve_conflicts(logits, [uni[m] for m in ms], health, mask)
+            logits, aux["conflict"] = resolve_conflicts(logits, [uni[m] for m in ms], health,
+                                                        mask)
         return FusionOutput(
             logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres,
             {m: mult[:, i] for i, m in enumerate(ms)}, sigma_hat,

@@ -90,9 +90,10 @@ def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
 
 
 def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor,
-                      mask: Tensor) -> Tensor:
+                      mask: Tensor) -> tuple[Tensor, Tensor]:
     """The fused logits ``[B, C]``, but where two present streams' unimodal heads name different
-    classes, the gated product of their posteriors: Σ_m health_m · log softmax(unimodal_m).
+    classes, the gated product of their posteriors: Σ_m health_m · log softmax(unimodal_m);
+    and ``[B]`` bool, the rows answered that way.
 
     The fused head learnt from streams that agree, up to noise; on a conflict each stream's
     own posterior, as far as the gates keep the stream open (``health`` ``[B, M]`` in [0, 1]),
@@ -106,7 +107,7 @@ def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor,
     h = health.float() * present.float()
     joint = (h[:, :, None] * logp).sum(dim=1)
     use = conflict & (h.sum(dim=1) > 0)
-    return torch.where(use[:, None], joint.to(logits.dtype), logits)
+    return torch.where(use[:, None], joint.to(logits.dtype), logits), use
 
 
 def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
