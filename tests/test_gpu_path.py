@@ -138,7 +138,11 @@ def test_gpu_check_says_no_cuda_and_writes_nothing(tmp_path: Path) -> None:
 
 @cuda
 @pytest.mark.parametrize("n", [1, 3, 8, 100])
-def test_cuda_graph_matches_eager_on_gpu(n: int) -> None:
+def test_cuda_graph_matches_eager_on_gpu(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exact fp32: with TF32 convolutions (PyTorch's default) a batch of 100 and its padded
+    # bucket of 128 pick different kernels and differ by ~3e-3 (H200, session 8).
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     m, _ = checkpoint.load(CKPT, "cuda")
     eager = Engine(m, "cuda", graphs=False)
     graph = Engine(m, "cuda", graphs=True)

@@ -90,10 +90,10 @@ def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
     torch.testing.assert_close(out.aux["head_logits"], want, rtol=0, atol=2e-4)
     # Both rows are conflicts (the streams' own heads disagree): the answer is the gated product
     # of their posteriors. The camera is closed, the microphone nearly so (row 0: 5.5e-5, row 1:
-    # 0.076 open): a near-flat posterior that follows the microphone's.
-    for row in range(2):
-        gated = out.aux["gate/audio"][row] * torch.log_softmax(out.unimodal_logits["audio"][row], 0)
-        torch.testing.assert_close(out.logits[row], gated, rtol=0, atol=1e-6)
+    # 0.076 open) but the more open of the two: its own posterior answers.
+    assert out.aux["conflict"].tolist() == [True, True]
+    torch.testing.assert_close(out.logits, torch.log_softmax(out.unimodal_logits["audio"], 1),
+                               rtol=0, atol=1e-6)
     torch.testing.assert_close(out.aux["gate/audio"], torch.tensor([5.52972e-05, 7.62367e-02]),
                                rtol=0, atol=2e-4)
     # Uniform-noise frames: the gates close the camera entirely.
@@ -101,6 +101,25 @@ def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
                                atol=2e-4)
     torch.testing.assert_close(out.sigma_hat["audio"], torch.tensor([9.66198, 7.12116]),
                                rtol=0, atol=2e-4)
+
+
+def test_an_uncalibrated_switch_model_answers_with_its_fused_head() -> None:
+    # Training's validation runs in eval mode before any gate is calibrated: it must score the
+    # fused head, as before the conflict rule existed.
+    torch.manual_seed(0)
+    model = _model("udml_switch").eval()
+    x, _, _ = _inputs(8)
+    with torch.no_grad():
+        out = model(x)
+    assert not out.aux["conflict"].any()
+    assert torch.equal(out.logits, out.aux["head_logits"].float())
+    model.gate_clean.fill_(1.0)
+    model.gate_broken.fill_(100.0)  # calibrated, every stream fully open
+    with torch.no_grad():
+        out = model(x)
+    uni = {m: out.unimodal_logits[m].argmax(1) for m in ("image", "audio")}
+    assert torch.equal(out.aux["conflict"], uni["image"] != uni["audio"])
+    assert out.aux["conflict"].any()  # an untrained model's streams disagree
 
 
 def test_declarations_match_what_each_method_needs() -> None:

@@ -98,3 +98,28 @@ def test_a_conflict_is_decided_by_the_gated_product_of_the_stream_posteriors() -
         assert torch.equal(out[row], fused[row])
     # The gates close the sharp stream: the open one decides.
     assert int(out[2].argmax()) == 0
+
+
+def test_the_conflict_rule_normalises_openness_ignores_absent_streams_and_can_be_off() -> None:
+    from udml_stream.model.rules.weighting import resolve_conflicts
+
+    g = torch.Generator().manual_seed(3)
+    uni = [torch.randn(4, 5, generator=g) * 3 for _ in range(3)]
+    uni[0][:, 0] += 20  # stream 0 says class 0
+    uni[1][:, 1] += 20  # stream 1 says class 1
+    uni[2][:, 1] += 20  # stream 2 says class 1
+    fused = torch.zeros(4, 5, dtype=torch.bfloat16)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    # Row 1: stream 2 absent with a NaN openness (an absent stream's gate may read NaN).
+    health = torch.tensor([[1e-4, 1e-4, 1e-4], [0.5, 0.25, float("nan")], [1e-7, 1e-7, 1e-7],
+                           [1.0, 1.0, 1.0]])
+    out, used = resolve_conflicts(fused, uni, health, mask)
+    assert out.dtype == torch.float32  # not rounded to the fused logits' bf16
+    assert used.tolist() == [True, True, False, False]  # row 2 all closed, row 3 one stream
+    logp = [torch.log_softmax(u, 1) for u in uni]
+    # Equally (nearly) closed streams vote as equals: openness is relative to the row's most open.
+    torch.testing.assert_close(out[0], logp[0][0] + logp[1][0] + logp[2][0])
+    torch.testing.assert_close(out[1], logp[0][1] + 0.5 * logp[1][1])
+    assert torch.equal(out[2:], fused[2:].float())
+    off, none = resolve_conflicts(fused, uni, health, mask, on=torch.tensor(False))
+    assert not none.any() and torch.equal(off, fused.float())

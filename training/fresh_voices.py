@@ -1,12 +1,13 @@
 """Program: a checkpoint on voices, pitches and speaking rates it has never heard in any split.
 
 The raw track speaks each digit with 12 espeak-ng variants per accent (96 voices, split by voice)
-at pitch 25..80 and 130..200 words per minute. espeak-ng has about 98 variants per accent: this
-synthesises digits with variants outside the build, first within the build's pitch and rate
-ranges, then beyond them (deep and high voices, slow and fast talkers), pairs each with a
+at pitch 25..79 and 130..199 words per minute. espeak-ng has about 98 variants: this synthesises
+digits with variants the build never uses under any accent, first within the build's pitch and
+rate ranges, then beyond them (deep and high voices, slow and fast talkers), pairs each with a
 test-split image of its class through the same natural camera path as ``udml eval-field``, and
-scores fused, audio-alone and image-alone (= audio dropped) accuracy. Not part of the test suite
-(it synthesises a few thousand utterances):
+scores fused, audio-alone and image-alone (= audio dropped) accuracy. For checkpoints of the
+raw track's ``field`` preset (one camera, one microphone, no added background noise). Not part
+of the test suite (it synthesises a few thousand utterances):
 
     python -m training.fresh_voices checkpoints/default --out docs/results/fresh_voices.json
 """
@@ -42,8 +43,10 @@ CONDITIONS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
 
 
 def fresh_voices(used: set[str], rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
-    """``n`` (accent, variant) pairs, none of them among the build's voices ``used``."""
-    pool = [(a, v) for a in ACCENTS for v in espeak_variants() if f"{a}+{v}" not in used]
+    """``n`` (accent, variant) pairs whose variant the build's voices ``used`` (``accent+variant``)
+    never speak, under any accent."""
+    heard = {v.split("+", 1)[1] for v in used}
+    pool = [(a, v) for a in ACCENTS for v in espeak_variants() if v not in heard]
     pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
     return [pool[i] for i in pick]
 
@@ -51,7 +54,7 @@ def fresh_voices(used: set[str], rng: np.random.Generator, n: int) -> list[tuple
 def voice_split(test: avdigits.Split, waves: np.ndarray, labels: np.ndarray,
                 rng: np.random.Generator, name: str) -> avdigits.Split:
     """``waves`` (float windows, full scale 1) each paired with a random test-split image of its class."""
-    audio = next(m for m in test.tables if m != "image")
+    audio = "audio"
     by_class = {c: np.flatnonzero(test.labels == c) for c in range(10)}
     img = np.array([test.index["image"][rng.choice(by_class[int(c)])] for c in labels])
     return avdigits.Split(name, labels, {"image": test.tables["image"], audio: waves},
@@ -61,15 +64,17 @@ def voice_split(test: avdigits.Split, waves: np.ndarray, labels: np.ndarray,
 def main(ckpt: Path, out: Path | None, n: int = 500, voices: int = 60, seed: int = 0,
          cache_dir: Path = Path("data_cache"), workers: int = 2) -> dict[str, Any]:
     """Per condition: fused, audio-alone and image-alone accuracy on ``n`` fresh utterances from
-    ``voices`` voices outside the build."""
+    ``voices`` voices whose variant the build never uses."""
     torch.set_num_threads(1)
     model, meta = checkpoint.load(ckpt, torch.device("cpu"))
     data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits["test"]
-    audio = next(m for m in test.tables if m != "image")
+    audio = "audio"
     used = {v for vs in dict(data.info.get("voices", {})).values() for v in vs}
-    if not used:
-        raise SystemExit("the checkpoint's data set lists no voices (not the raw track)")
+    if not used or data.preset.name != "field" or set(test.tables) != {"image", "audio"}:
+        raise SystemExit("fresh_voices scores checkpoints of the raw track's field preset (one "
+                         f"camera, one microphone); this one is {data.preset.name!r} with "
+                         f"streams {sorted(test.tables)}")
     rng = np.random.default_rng(seed)
     pool = fresh_voices(used, rng, voices)
     result: dict[str, Any] = {"checkpoint": str(ckpt), "seed": seed, "voices": voices,

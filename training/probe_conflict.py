@@ -52,8 +52,9 @@ def outputs(model: FusionNet, split: Split, seed: int, tag: str = "",
             levels: dict[str, int] | None = None, kinds: dict[str, str] | None = None,
             edit: Callable[..., None] | None = None, mixture: bool = False
             ) -> dict[str, Any]:
-    """Labels, fused argmax, and per stream the unimodal softmax and presence, for one
-    condition (the natural draws and corruption seeds of ``run_pass``)."""
+    """Labels, the fused head's argmax (``fused``), the served argmax (``shipped``: with the
+    conflict rule), and per stream the unimodal softmax and presence, for one condition (the
+    natural draws and corruption seeds of ``run_pass``)."""
     model.eval()
     mods = tuple(split.tables)
     ys, fused, shipped = [], [], []
@@ -122,6 +123,9 @@ def main(ckpt: Path, out: Path | None, seed: int = 0,
     model, meta = checkpoint.load(ckpt, torch.device("cpu"))
     val = load_data_for_checkpoint(meta, cache_dir).splits["val"]
     mods = tuple(val.tables)
+    if set(mods) != {"image", "audio"}:
+        raise SystemExit(f"probe_conflict compares two streams, image and audio; this "
+                         f"checkpoint has {sorted(mods)}")
     # The clean confidence distribution comes from other natural draws than the scored ones.
     clean_conf = {m: np.sort(np.concatenate([
         outputs(model, val, s)["post"][m].max(1) for s in (seed + 5, seed + 6)])) for m in mods}

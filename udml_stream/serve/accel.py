@@ -56,7 +56,7 @@ class EngineOutput:
     """One batch's results on the host (numpy, leading axis = the caller's batch, not padded)."""
 
     logits: np.ndarray  # [B, K] float32
-    probs: np.ndarray  # [B, K] softmax of the fused logits
+    probs: np.ndarray  # [B, K] softmax of the served logits (the conflict rule's on a conflict)
     multipliers: dict[str, np.ndarray]  # [B] the factor scaling each stream (0 = ignored)
     sigma_hat: dict[str, np.ndarray]  # [B] predicted noise scale (methods that estimate one)
     present: dict[str, np.ndarray]  # [B] bool

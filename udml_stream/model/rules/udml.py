@@ -250,10 +250,15 @@ class Udml(FusionRule):
         if self.switch and q is not None and not net.training:
             # On a conflict (present streams whose own heads name different classes) the answer
             # is the product of the streams' posteriors, each as far as the gates keep it open:
-            # the fused head learnt from streams that agree (validation: docs/method.md).
+            # the fused head learnt from streams that agree (validation: docs/method.md). Off
+            # until a gate is calibrated (so training's validation scores the head, as before),
+            # decided on the device: no host sync.
+            calibrated = torch.cat([net.gate_broken > net.gate_clean,
+                                    net.conf_clean > net.conf_broken,
+                                    net.typ_broken > net.typ_clean]).any()
             aux["head_logits"] = logits
             logits, aux["conflict"] = resolve_conflicts(logits, [uni[m] for m in ms], health,
-                                                        mask)
+                                                        mask, on=calibrated)
         return FusionOutput(
             logits, uni, {m: w[:, i] for i, m in enumerate(ms)}, pres,
             {m: mult[:, i] for i, m in enumerate(ms)}, sigma_hat,

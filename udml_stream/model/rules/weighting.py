@@ -89,25 +89,34 @@ def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
     return 1.0 - (1.0 - g) * best_other
 
 
-def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor,
-                      mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The fused logits ``[B, C]``, but where two present streams' unimodal heads name different
-    classes, the gated product of their posteriors: Σ_m health_m · log softmax(unimodal_m);
-    and ``[B]`` bool, the rows answered that way.
+def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor, mask: Tensor,
+                      on: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The fused logits ``[B, C]``, but where present streams' unimodal heads name different
+    classes, the gated product of their posteriors, Σ_m (health_m / max_k health_k) ·
+    log softmax(unimodal_m); and ``[B]`` bool, the rows answered that way.
 
     The fused head learnt from streams that agree, up to noise; on a conflict each stream's
     own posterior, as far as the gates keep the stream open (``health`` ``[B, M]`` in [0, 1]),
-    is the better witness (independent experts). Rows without a conflict, or whose conflicting
-    streams are all closed, keep the fused logits. ``where``s, not branches: no host sync."""
+    is the better witness (independent experts). Dividing by the row's largest openness changes
+    no answer, and keeps the probabilities those of the open streams: two nearly closed streams
+    do not flatten them to uniform. A stream the gates close has no say, even when it is the
+    one that dissents. Rows without a conflict, rows whose present streams are all closed (as
+    ``apply_gate``: ≤ 1e-6), and every row while ``on`` (a bool tensor, e.g. "the gates are
+    calibrated") is False keep the fused logits. The answer is fp32 whatever ``logits``' dtype
+    (a bf16 product would turn near-ties into ties). ``where``s, not branches: no host sync."""
     present = mask.bool()
     logp = torch.stack([torch.log_softmax(u.float(), dim=1) for u in unimodal], dim=1)  # [B,M,C]
     top = logp.argmax(dim=2)  # [B, M]
     first = torch.where(present, top, -1).amax(dim=1, keepdim=True)  # any present stream's class
     conflict = (present & (top != first)).any(dim=1)
-    h = health.float() * present.float()
-    joint = (h[:, :, None] * logp).sum(dim=1)
-    use = conflict & (h.sum(dim=1) > 0)
-    return torch.where(use[:, None], joint.to(logits.dtype), logits), use
+    # where(), not a product: an absent stream's openness may be NaN.
+    h = torch.where(present, health.float(), torch.zeros_like(health, dtype=torch.float32))
+    top_h = h.amax(dim=1, keepdim=True)
+    joint = (h[:, :, None] / top_h.clamp(min=1e-6)[:, :, None] * logp).sum(dim=1)
+    use = conflict & (top_h[:, 0] > 1e-6)
+    if on is not None:
+        use = use & on
+    return torch.where(use[:, None], joint, logits.float()), use
 
 
 def dependency_statistic(unimodal_logits: list[Tensor], mask: Tensor) -> Tensor:
