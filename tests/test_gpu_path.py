@@ -212,3 +212,20 @@ def test_bf16_training_refuses_a_cpu(cache_dir: Path, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="bf16"):
         train(_train_cfg(cache_dir, tmp_path / "r", "udml", precision="bf16"), progress=False)
+
+
+def test_staging_rows_in_parallel_copies_every_row_exactly() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from udml_stream.serve.accel import fill_rows
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(37)]
+    with ThreadPoolExecutor(4) as pool:
+        for chunks in (1, 4, 64):
+            out = np.zeros((40, 48, 64, 3), np.uint8)
+            fill_rows(out, frames, pool, chunks)
+            np.testing.assert_array_equal(out[:37], np.stack(frames))
+            assert not out[37:].any()
+        with pytest.raises(ValueError):  # a row of the wrong shape fails loudly, not silently
+            fill_rows(np.zeros((2, 4), np.uint8), [np.zeros(4), np.zeros(5)], pool, 2)

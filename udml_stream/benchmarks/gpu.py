@@ -133,9 +133,19 @@ def batch1_latency(model: FusionNet, device: torch.device, n: int = 500) -> dict
     return res
 
 
-def robots_sustained(model: FusionNet, device: torch.device, iters: int = 60) -> dict[str, Any]:
+def robots_sustained(model: FusionNet, device: torch.device, iters: int = 60,
+                     staging_threads: int | None = None) -> dict[str, Any]:
     """Per bucket, the batched latency p99 from raw host arrays and from a preprocessed device
-    batch; robots = the largest bucket under the 30 fps frame period."""
+    batch; robots = the largest bucket under the 30 fps frame period. ``staging_threads``
+    overrides the threads that copy large batches into pinned memory (1: the baseline)."""
+    from udml_stream.serve import accel
+
+    if staging_threads is not None:
+        saved, accel.STAGING_THREADS = accel.STAGING_THREADS, staging_threads
+        try:
+            return robots_sustained(model, device, iters)
+        finally:
+            accel.STAGING_THREADS = saved
     engine = Engine(model, device, graphs=True)
     engine.warm_up()
     curve: dict[str, Any] = {}
@@ -264,6 +274,8 @@ def run(ckpt: Path, eval_set: Path | None = None) -> dict[str, Any]:
                            "machine": platform.machine(), "checkpoint": str(ckpt)}
     res["batch1_default"] = batch1_latency(shipped, device)
     res["batch1_paper_resnet18"] = batch1_latency(paper, device)
+    # Side by side in one process: one staging thread (the baseline) against the default.
+    res["robots_one_staging_thread"] = robots_sustained(shipped, device, staging_threads=1)
     res["robots"] = robots_sustained(shipped, device)
     res["training_paper_resnet18"] = training_rate(device)
     if eval_set is not None and eval_set.is_file():
@@ -308,6 +320,11 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
         f"{ref['resnet18_batch1_ms']['graph']} (one ResNet-18) |",
         f"| robots at 30 fps (raw frames → results, p99 < 33 ms) | "
         f"{res['robots']['robots_30fps']} | goal ≥ {GOALS['robots_30fps']} |",
+        f"| same, one thread staging frames into pinned memory (baseline) | "
+        f"{res['robots_one_staging_thread']['robots_30fps']} | |",
+        f"| raw p99 at bucket 256, default / one staging thread, ms | "
+        f"{res['robots']['curve']['256']['raw_to_result_ms']['p99']:.1f} / "
+        f"{res['robots_one_staging_thread']['curve']['256']['raw_to_result_ms']['p99']:.1f} | |",
         f"| robots at 30 fps (preprocessed batch on the device) | "
         f"{res['robots']['robots_30fps_preprocessed']} | |",
     ]

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +47,30 @@ from udml_stream.errors import CheckpointError
 from udml_stream.model.fusion import FusionNet, FusionOutput
 
 log = logging.getLogger(__name__)
+
+#: Staging a batch into pinned memory above this many bytes copies with several threads (numpy
+#: releases the GIL while copying): 256 robots' 640×480 frames are 236 MB, which one thread
+#: copies in most of a frame period (H200 machine, docs/gpu.md).
+PARALLEL_STAGING_BYTES = 8 << 20
+STAGING_THREADS = min(8, os.cpu_count() or 1)
+
+
+def fill_rows(out: np.ndarray, arrays: Sequence[np.ndarray],
+              pool: ThreadPoolExecutor | None = None, chunks: int = 1) -> None:
+    """``out[i] = arrays[i]`` for every row; with a ``pool``, in ``chunks`` contiguous runs of
+    rows on its threads (the caller decides when a batch is large enough to be worth it)."""
+    if pool is None or chunks < 2 or len(arrays) < 2:
+        for i, a in enumerate(arrays):
+            out[i] = a
+        return
+
+    def copy(rows: np.ndarray) -> None:
+        for i in rows:
+            out[i] = arrays[i]
+
+    runs = np.array_split(np.arange(len(arrays)), min(chunks, len(arrays)))
+    for f in [pool.submit(copy, r) for r in runs]:
+        f.result()  # re-raises a failed copy here
 
 #: Batch sizes a graph is captured for; a batch runs in the smallest bucket that holds it.
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -135,6 +161,7 @@ class Engine:
         self._host_out: Tensor | None = None  # pinned [max bucket, width] for the copy-out
         self._staging: dict[tuple[str, tuple[int, ...], str], Tensor] = {}  # pinned raw inputs
         self._staged = torch.cuda.Event() if cuda else None  # last upload left the pinned bufs
+        self._stager: ThreadPoolExecutor | None = None  # copies large batches into pinned bufs
         # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M |
         # conflict 1 (the answer came from the switch rule's conflict rule).
         self.width = 2 * self.num_classes + 3 * len(self.modalities) + 1
@@ -295,9 +322,13 @@ class Engine:
             log.info("pinned staging for %s %s %s: %.1f MB", m, shape, dt,
                      buf.numel() * buf.element_size() / 1e6)
         host = buf[: len(arrays)]
-        view = host.numpy()
-        for i, a in enumerate(arrays):
-            view[i] = a  # one copy: sensor array → pinned buffer
+        # One copy: sensor arrays → pinned buffer, with several threads for a large batch.
+        pool = None
+        if host.numel() * host.element_size() >= PARALLEL_STAGING_BYTES and STAGING_THREADS > 1:
+            if self._stager is None:
+                self._stager = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="staging")
+            pool = self._stager
+        fill_rows(host.numpy(), arrays, pool, STAGING_THREADS)
         return host.to(self.device, non_blocking=True)
 
     def _padded(self, tensors: Mapping[str, Tensor], present: Mapping[str, Tensor] | None,
