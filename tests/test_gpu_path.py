@@ -160,6 +160,17 @@ def test_cuda_graph_matches_eager_on_gpu(n: int, monkeypatch: pytest.MonkeyPatch
 
 
 @cuda
+def test_a_large_batch_is_staged_in_chunks_bit_for_bit_on_gpu() -> None:
+    m, _ = checkpoint.load(CKPT, "cuda")
+    engine = Engine(m, "cuda", graphs=False)
+    frames = [s["image"] for s in _samples(37, seed=5)]  # 34 MB: threads and chunks
+    up = engine._upload("image", frames, frames[0].shape, "uint8")
+    np.testing.assert_array_equal(up.cpu().numpy(), np.stack(frames))
+    small = engine._upload("image", frames[:2], frames[0].shape, "uint8")  # one copy
+    np.testing.assert_array_equal(small.cpu().numpy(), np.stack(frames[:2]))
+
+
+@cuda
 def test_bf16_graph_agrees_with_fp32_on_gpu() -> None:
     m, _ = checkpoint.load(CKPT, "cuda")
     samples = _samples(16, seed=3)

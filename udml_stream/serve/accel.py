@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 #: copies in most of a frame period (H200 machine, docs/gpu.md).
 PARALLEL_STAGING_BYTES = 8 << 20
 STAGING_THREADS = min(8, os.cpu_count() or 1)
+STAGING_CHUNKS = 4
 
 
 def fill_rows(out: np.ndarray, arrays: Sequence[np.ndarray],
@@ -322,14 +323,20 @@ class Engine:
             log.info("pinned staging for %s %s %s: %.1f MB", m, shape, dt,
                      buf.numel() * buf.element_size() / 1e6)
         host = buf[: len(arrays)]
-        # One copy: sensor arrays → pinned buffer, with several threads for a large batch.
-        pool = None
-        if host.numel() * host.element_size() >= PARALLEL_STAGING_BYTES and STAGING_THREADS > 1:
-            if self._stager is None:
-                self._stager = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="staging")
-            pool = self._stager
-        fill_rows(host.numpy(), arrays, pool, STAGING_THREADS)
-        return host.to(self.device, non_blocking=True)
+        view = host.numpy()
+        if host.numel() * host.element_size() < PARALLEL_STAGING_BYTES or STAGING_THREADS < 2:
+            fill_rows(view, arrays)  # one copy: sensor arrays → pinned buffer
+            return host.to(self.device, non_blocking=True)
+        # A large batch: several threads copy, in STAGING_CHUNKS runs of rows, each uploaded
+        # (asynchronously) while the next is copied.
+        if self._stager is None:
+            self._stager = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="staging")
+        out = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+        for run in np.array_split(np.arange(len(arrays)), min(STAGING_CHUNKS, len(arrays))):
+            a, b = int(run[0]), int(run[-1]) + 1
+            fill_rows(view[a:b], arrays[a:b], self._stager, STAGING_THREADS)
+            out[a:b].copy_(host[a:b], non_blocking=True)
+        return out
 
     def _padded(self, tensors: Mapping[str, Tensor], present: Mapping[str, Tensor] | None,
                 valid: Mapping[str, Tensor] | None, n: int, bucket: int
