@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from udml_stream import corrupt
 from udml_stream.data.avdigits import Split
+from udml_stream.data.batching import make_batch
 from udml_stream.evaluate import unseen
 from udml_stream.evaluate.field import _batch, _natural_rng
 from udml_stream.model import checkpoint
@@ -63,23 +64,14 @@ def outputs(model: FusionNet, split: Split, seed: int, tag: str = "",
     for start in range(0, len(split), 250):
         rows = np.arange(start, min(start + 250, len(split)))
         cond = np.random.default_rng([seed, start, zlib.crc32(tag.encode())])
-        lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
-              for m in mods}
-        b = _batch(split, rows, lv, _natural_rng(seed, start), cond,
-                   None if mixture else kinds, (), None)
-        if mixture:
-            for m in mods:
-                fams = corrupt.FAMILIES[m]
-                lvm = cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
-                fam = cond.integers(0, len(fams), len(rows))
-                x = b.inputs[m].copy()
-                for i, name in enumerate(fams):
-                    sel = fam == i
-                    if sel.any():
-                        ref = b.ref_power.get(m)
-                        x[sel] = corrupt.apply(m, name, b.inputs[m][sel], lvm[sel], cond,
-                                               ref_power=None if ref is None else ref[sel])
-                b.inputs[m] = x
+        if mixture:  # both streams at once: a family and a level 1..11 per sample and stream
+            lv = {m: cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
+                  for m in mods}
+            b = make_batch(split, rows, lv, cond, {m: corrupt.FAMILIES[m] for m in mods})
+        else:
+            lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
+                  for m in mods}
+            b = _batch(split, rows, lv, _natural_rng(seed, start), cond, kinds, (), None)
         if edit is not None:
             edit(b, cond)
         inputs, present, lvt, y = to_torch(b, "cpu")

@@ -28,20 +28,16 @@ from udml_stream import corrupt
 from udml_stream.evaluate import unseen
 from udml_stream.evaluate.field import run_pass
 from udml_stream.model import checkpoint
-from udml_stream.train.typgate import SHRINKAGE
+from udml_stream.train.typgate import fit_centres
 
 log = logging.getLogger(__name__)
 
 
 def gaussian(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and precision of ``x`` ``[N, d]`` under a shrunk covariance (as ``typgate``)."""
-    x = x.double()
-    mu = x.mean(0)
-    r = x - mu
-    d = x.shape[1]
-    cov = r.T @ r / len(x)
-    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * cov.trace() / d * torch.eye(d, dtype=cov.dtype)
-    return mu, torch.linalg.inv(cov)
+    """Mean and precision of ``x`` ``[N, d]`` under the typicality gate's shrunk covariance
+    (``typgate.fit_centres`` with one class)."""
+    means, prec = fit_centres(x, torch.zeros(len(x), dtype=torch.long), 1)
+    return means[0].double(), prec.double()
 
 
 def distance(x: torch.Tensor, g: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

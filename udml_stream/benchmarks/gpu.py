@@ -34,7 +34,12 @@ from udml_stream.errors import UdmlError
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep
-from udml_stream.serve.accel import Engine, bf16_keeps_accuracy, precision_report
+from udml_stream.serve.accel import (
+    STAGING_THREADS,
+    Engine,
+    bf16_keeps_accuracy,
+    precision_report,
+)
 from udml_stream.train.trainer import train_step
 
 log = logging.getLogger(__name__)
@@ -134,19 +139,11 @@ def batch1_latency(model: FusionNet, device: torch.device, n: int = 500) -> dict
 
 
 def robots_sustained(model: FusionNet, device: torch.device, iters: int = 60,
-                     staging_threads: int | None = None) -> dict[str, Any]:
+                     staging_threads: int = STAGING_THREADS) -> dict[str, Any]:
     """Per bucket, the batched latency p99 from raw host arrays and from a preprocessed device
-    batch; robots = the largest bucket under the 30 fps frame period. ``staging_threads``
-    overrides the threads that copy large batches into pinned memory (1: the baseline)."""
-    from udml_stream.serve import accel
-
-    if staging_threads is not None:
-        saved, accel.STAGING_THREADS = accel.STAGING_THREADS, staging_threads
-        try:
-            return robots_sustained(model, device, iters)
-        finally:
-            accel.STAGING_THREADS = saved
-    engine = Engine(model, device, graphs=True)
+    batch; robots = the largest bucket under the 30 fps frame period. ``staging_threads``: the
+    threads that copy large batches into pinned memory (1: the baseline)."""
+    engine = Engine(model, device, graphs=True, staging_threads=staging_threads)
     engine.warm_up()
     curve: dict[str, Any] = {}
     best_raw = best_dev = 0

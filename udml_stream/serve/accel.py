@@ -135,7 +135,8 @@ class Engine:
 
     def __init__(self, model: FusionNet, device: torch.device | str,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, graphs: bool | None = None,
-                 dtype: Precision = "fp32", pad: bool | None = None) -> None:
+                 dtype: Precision = "fp32", pad: bool | None = None,
+                 staging_threads: int = STAGING_THREADS) -> None:
         self.device = torch.device(device)
         if model.training:
             raise ValueError("Engine needs a model in eval mode (checkpoint.load returns one)")
@@ -162,7 +163,9 @@ class Engine:
         self._host_out: Tensor | None = None  # pinned [max bucket, width] for the copy-out
         self._staging: dict[tuple[str, tuple[int, ...], str], Tensor] = {}  # pinned raw inputs
         self._staged = torch.cuda.Event() if cuda else None  # last upload left the pinned bufs
-        self._stager: ThreadPoolExecutor | None = None  # copies large batches into pinned bufs
+        # Threads that copy a large batch into the pinned buffers (1: one copy, one upload).
+        self.staging_threads = staging_threads
+        self._stager: ThreadPoolExecutor | None = None
         # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M |
         # conflict 1 (the answer came from the switch rule's conflict rule).
         self.width = 2 * self.num_classes + 3 * len(self.modalities) + 1
@@ -324,17 +327,17 @@ class Engine:
                      buf.numel() * buf.element_size() / 1e6)
         host = buf[: len(arrays)]
         view = host.numpy()
-        if host.numel() * host.element_size() < PARALLEL_STAGING_BYTES or STAGING_THREADS < 2:
+        if host.numel() * host.element_size() < PARALLEL_STAGING_BYTES or self.staging_threads < 2:
             fill_rows(view, arrays)  # one copy: sensor arrays → pinned buffer
             return host.to(self.device, non_blocking=True)
         # A large batch: several threads copy, in STAGING_CHUNKS runs of rows, each uploaded
         # (asynchronously) while the next is copied.
         if self._stager is None:
-            self._stager = ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="staging")
+            self._stager = ThreadPoolExecutor(self.staging_threads, thread_name_prefix="staging")
         out = torch.empty(host.shape, dtype=host.dtype, device=self.device)
         for run in np.array_split(np.arange(len(arrays)), min(STAGING_CHUNKS, len(arrays))):
             a, b = int(run[0]), int(run[-1]) + 1
-            fill_rows(view[a:b], arrays[a:b], self._stager, STAGING_THREADS)
+            fill_rows(view[a:b], arrays[a:b], self._stager, self.staging_threads)
             out[a:b].copy_(host[a:b], non_blocking=True)
         return out
 
