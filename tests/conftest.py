@@ -28,6 +28,12 @@ def small_data(cache_dir: Path) -> avdigits.AVDigits:
     return avdigits.load("balanced", cache_dir, **SMALL)
 
 
+@pytest.fixture(scope="session")
+def field_data(cache_dir: Path) -> avdigits.AVDigits:
+    """The field preset (natural input) over the small raw-track build."""
+    return avdigits.load("field", cache_dir, **SMALL)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

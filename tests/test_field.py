@@ -26,8 +26,6 @@ from udml_stream.model.preprocess import ImagePrep, LogMelPrep
 from udml_stream.sync import AudioRing
 from udml_stream.train.trainer import FRONTENDS, to_torch
 
-from .conftest import SMALL
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -160,11 +158,6 @@ def test_gap_from_the_ring_reaches_the_model_as_missing() -> None:
     mostly = np.where(np.arange(16000) < 12000, 0.1, np.nan).astype(np.float32)  # 25% missing
     out = model({"image": frame, "audio": torch.from_numpy(mostly)[None]})
     assert bool(out.present["audio"][0])
-
-
-@pytest.fixture(scope="module")
-def field_data(cache_dir: Path) -> avdigits.AVDigits:
-    return avdigits.load("field", cache_dir, **SMALL)
 
 
 def test_field_batches_are_natural(field_data: avdigits.AVDigits) -> None:

@@ -56,7 +56,12 @@ RULE_KEYS = {
                 for p in ("weight", "bias")}),
     "udml_no_estimator": {"head.weight", "head.bias"},
     "udml_switch": ({"head.weight", "head.bias", "gate_clean", "gate_broken", "conf_clean",
-                     "conf_broken", "typ_means", "typ_prec", "typ_clean", "typ_broken"}
+                     "conf_broken", "typ_means", "typ_prec", "typ_clean", "typ_broken",
+                     "pre_clean", "pre_broken"}
+                    | {f"pretext.{m}.{p}" for m in ("image", "audio")
+                       for p in ("norm.running_mean", "norm.running_var",
+                                 "norm.num_batches_tracked", "head.0.weight", "head.0.bias",
+                                 "head.2.weight", "head.2.bias")}
                     | {f"estimator.{m}.{i}.{p}" for m in ("image", "audio") for i in (0, 3)
                        for p in ("weight", "bias")}),
 }

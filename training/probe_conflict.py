@@ -9,7 +9,7 @@ label-free answers for those samples only, against the fused head:
   validation distribution (a percentile) wins;
 * ``product``: the product of the two unimodal posteriors (independent experts) decides;
 * ``gated product`` (the shipped rule): as ``product``, each posterior raised to the power of
-  its stream's openness under the switch rule's three gates, so a stream they close has no say.
+  its stream's openness under the switch rule's gates, so a stream they close has no say.
 
 Conditions: clean input; a mixture with both streams degraded at once (random family and level
 1..11 per sample and stream); every training family at levels 5, 7 and 9 in one stream; every

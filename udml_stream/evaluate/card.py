@@ -57,7 +57,8 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The switch rule's serving gates as the checkpoint's JSON names them (docs/method.md).
-GATES = {"gate": "σ̂", "confidence_gate": "confidence", "typicality_gate": "typicality"}
+GATES = {"gate": "σ̂", "confidence_gate": "confidence", "typicality_gate": "typicality",
+         "pretext_gate": "pretext"}
 
 
 def gates_on(meta: dict[str, Any]) -> dict[str, list[str]]:

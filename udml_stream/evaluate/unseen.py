@@ -63,9 +63,10 @@ class Degradation:
     params: tuple[Any, ...]
     fn: _Fn
     needs_donor: bool = False
-    # The trained family (``corrupt.FAMILIES``) whose kind of damage this one shares, when one
-    # does: those no longer measure generalisation to a new kind of damage, and the report
-    # says so. Empty for a degradation unlike every trained family.
+    # What in training shares this one's kind of damage, when anything does: trained families
+    # (``corrupt.FAMILIES``) or ``PRETEXT`` (the pretext head's transforms), comma-separated.
+    # Those no longer measure generalisation to a new kind of damage, and the report says so.
+    # Empty for a degradation unlike everything the model was fitted on.
     near: str = ""
 
     @property
@@ -438,6 +439,10 @@ def _zero_fill(x: np.ndarray, share: float, rng: np.random.Generator, ctx: Conte
     return out
 
 
+#: ``Degradation.near`` for the transforms the pretext gate's head was fitted to tell apart
+#: (``train.pregate.TRANSFORMS``: quarter turns of a clean frame, flips of a spectrogram).
+PRETEXT = "pretext"
+
 #: The held-out set, in report order. None of these is a family of ``corrupt.FAMILIES``; those
 #: marked ``near`` share a kind of damage with one (the families were widened after this set
 #: was written; ``offcentre``, ``streaks``, ``echo`` and ``zero_fill`` were added with them,
@@ -449,8 +454,10 @@ DEGRADATIONS: tuple[Degradation, ...] = (
                 (30, 15, 8, 4, 1), _jpeg, near="lowres"),
     Degradation("image", "pixelate", "down-up sampling (a low-resolution mode)", "{} px blocks",
                 (2, 3, 5, 7, 10), _pixelate, near="lowres"),
+    # 90° and 180° are quarter turns, which the pretext gate's head was fitted to tell apart
+    # (on clean training digits, session 9): near it as well.
     Degradation("image", "rotate", "a tilted camera (random sign)", "{}°", (20, 40, 70, 110, 180),
-                _rotate, near="warp"),
+                _rotate, near=f"warp, {PRETEXT}"),
     Degradation("image", "invert", "solarised up to a full negative", "top {:.0%} mirrored",
                 (0.25, 0.5, 0.7, 0.85, 1.0), _invert),
     Degradation("image", "stale_frame", "a torn / frozen frame buffer holding another digit",
@@ -686,8 +693,9 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
              f"seed {result['seed']}), every one degraded in one stream in every condition and "
              "paired with its own clean pass. None of these degradations is among the families "
              "the model was trained on (`corrupt.FAMILIES`); those marked *near* share a kind "
-             "of damage with a trained family (named), the others resemble none. Definitions: "
-             "`udml_stream/evaluate/unseen.py`.", "",
+             "of damage with a trained family (named) or with the transforms the pretext "
+             "gate's head was fitted on (`pretext`: quarter turns of a clean frame), the others "
+             "resemble none. Definitions: `udml_stream/evaluate/unseen.py`.", "",
              "## Summary", "",
              f"- clean fused accuracy: {_pct(result['clean'])}%",
              f"- worst fused − dropped: {100 * s['worst_vs_dropped']:+.1f} pt ({s['worst']}); "

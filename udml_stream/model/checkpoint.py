@@ -20,7 +20,9 @@ from udml_stream.model.fusion import FusionNet, ModelConfig
 FORMAT = "udml-checkpoint/1"
 #: State that a checkpoint may lack (the model's defaults stand in).
 OPTIONAL_BUFFERS = ("gate_clean", "gate_broken", "conf_clean", "conf_broken", "typ_means",
-                    "typ_prec", "typ_clean", "typ_broken")
+                    "typ_prec", "typ_clean", "typ_broken", "pre_clean", "pre_broken")
+#: Modules a checkpoint may lack (fitted after training; left unfitted, their gate stays open).
+OPTIONAL_PREFIXES = ("pretext.",)
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
@@ -68,7 +70,8 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[FusionNet, dic
     state = load_file(str(weights), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     # A switch-rule checkpoint saved before its gate was calibrated keeps the gate open.
-    missing = [k for k in missing if k not in OPTIONAL_BUFFERS]
+    missing = [k for k in missing
+               if k not in OPTIONAL_BUFFERS and not k.startswith(OPTIONAL_PREFIXES)]
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match its config: missing {missing}, "
                               f"unexpected {unexpected}")

@@ -20,7 +20,7 @@ from udml_stream.errors import ConfigError
 from udml_stream.model import encoders
 from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION, build_prep, valid_fraction
 from udml_stream.model.rules import METHODS, FusionOutput, FusionRule, MethodSpec
-from udml_stream.model.rules.udml import ESTIMATORS
+from udml_stream.model.rules.udml import ESTIMATORS, PretextHead
 from udml_stream.model.rules.weighting import (
     dependency_statistic,
     effective_multipliers,
@@ -105,7 +105,7 @@ class FusionNet(nn.Module):
 
     The rule (``self.rule``, from ``udml_stream.model.rules``) adds its own parameters and
     buffers here (``head`` or ``heads``, ``estimator``, ``confidence``, the switch rule's
-    ``gate_*`` / ``conf_*``), runs the fusion and owns the loss."""
+    gate buffers and ``pretext`` heads), runs the fusion and owns the loss."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -138,19 +138,19 @@ class FusionNet(nn.Module):
     # ---- helpers -------------------------------------------------------------------------
 
     def _embed(self, m: str, x: Tensor, preprocessed: bool
-               ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+               ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
         fmap = self.enc[m](x if preprocessed else self.prep[m](x))
         head = self.embed[m]
         mu = head.mu(fmap)
         if head.logvar is None:
-            return mu.mean(dim=(2, 3)), None, None
+            return mu.mean(dim=(2, 3)), None, None, fmap
         logvar = head.logvar(fmap)
         sigma = torch.exp(0.5 * logvar)
         # torch.randn, not randn_like: on a channels-last map randn_like is ~7x slower on CPU.
         eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device) if self.training else None
         z = mu + eps * sigma if eps is not None else mu
         # KL(N(μ, σ²) ‖ N(0, L)) is computed by the loss from these maps.
-        return z.mean(dim=(2, 3)), sigma.mean(dim=(2, 3)), torch.stack([mu, logvar])
+        return z.mean(dim=(2, 3)), sigma.mean(dim=(2, 3)), torch.stack([mu, logvar]), fmap
 
     def input_valid(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per modality, ``[B]`` share of a sensor-domain input that holds measurements.
@@ -195,6 +195,9 @@ class FusionNet(nn.Module):
         z: dict[str, Tensor] = {}
         sig: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
+        # The pretext gate's input (serving only): each stream's encoder map on a small grid.
+        pooled: dict[str, Tensor] | None = (
+            {} if not self.training and rule.reads_pooled else None)
         for m in cfg.modalities:
             p = torch.zeros(b, dtype=torch.bool, device=dev) if m not in inputs else (
                 present[m].to(dev).bool() if present is not None and m in present
@@ -203,16 +206,25 @@ class FusionNet(nn.Module):
                 p = p & (valid[m] >= 1.0 - MISSING_ABSENT_FRACTION)
             pres[m] = p
             if m in inputs:
-                zm, sm, mp = self._embed(m, inputs[m], preprocessed)
+                zm, sm, mp, fmap = self._embed(m, inputs[m], preprocessed)
                 # where() not a product: an all-missing window may embed to non-finite values.
                 z[m] = torch.where(p[:, None], zm, torch.zeros_like(zm))
                 if sm is not None:
                     sig[m], maps[m] = sm, mp
+                if pooled is not None:
+                    g = PretextHead.pool(fmap)
+                    pooled[m] = torch.where(p[:, None], g, torch.zeros_like(g))
             else:
                 z[m] = torch.zeros(b, cfg.embed_dim, device=dev)
                 if rule.probabilistic:
                     sig[m] = torch.ones(b, cfg.embed_dim, device=dev)
-        out = rule.fuse(self, z, sig, pres, levels, quality_on, valid)
+                if pooled is not None:
+                    n_feat = PretextHead.n_features(self.enc[m].out_channels)
+                    pooled[m] = torch.zeros(b, n_feat, device=dev)
+        if pooled is None:
+            out = rule.fuse(self, z, sig, pres, levels, quality_on, valid)
+        else:
+            out = rule.fuse(self, z, sig, pres, levels, quality_on, valid, pooled=pooled)
         if maps:
             out.aux["embedding_maps"] = maps  # type: ignore[assignment]
         return out

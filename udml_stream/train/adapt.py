@@ -4,10 +4,11 @@ The estimator's target is the level of a synthetic degradation, not a class, so 
 new robot's "clean" from recordings nobody labelled: each step takes windows of the user's logs,
 degrades each stream with a training family at a uniformly drawn level (1 = as recorded) and
 fits σ̂ to that level. Everything else stays frozen (encoders, heads, batch-norm statistics), so
-the classifier is the one that was validated; only the estimator and the two gates, recalibrated
-on the same logs, change. A robot whose camera is dimmer or whose room is louder than the
-training data no longer reads as degraded at its normal best, and its really degraded input
-still does.
+the classifier is the one that was validated; only the estimator and the σ̂ and confidence
+gates, recalibrated on the same logs, change (the typicality and pretext gates keep their
+training-time fit: they read the frozen encoder, not σ̂). A robot whose camera is dimmer or whose
+room is louder than the training data no longer reads as degraded at its normal best, and its
+really degraded input still does.
 """
 
 from __future__ import annotations

@@ -335,10 +335,13 @@ def set_gate_ends(model: FusionNet, probes: dict[str, tuple[torch.Tensor, list[t
 
 def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avdigits.Split,
                      val_batches: list[Batch], kinds: dict[str, tuple[str, ...]] | None,
-                     seed: int, device: torch.device, class_names: list[str]) -> None:
-    """Calibrate the switch rule's two gates (σ̂, then confidence) on validation data and
+                     seed: int, device: torch.device, class_names: list[str],
+                     train: avdigits.Split, natural: NaturalInput) -> None:
+    """Calibrate the switch rule's gates (σ̂, confidence, typicality on validation data; the
+    pretext head on clean ``train`` input drawn with ``natural``, its ends on validation) and
     rewrite the checkpoint at ``path`` with them and its gated validation score."""
     from udml_stream.train.confgate import calibrate_confidence_gate
+    from udml_stream.train.pregate import calibrate_pretext_gate
     from udml_stream.train.typgate import calibrate_typicality_gate
 
     gate = calibrate_gate(best, val, kinds, seed, device)
@@ -350,6 +353,9 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
     typ = calibrate_typicality_gate(best, val, kinds, seed, device)
     log.info("typicality gate calibrated on validation: clean %s, information-free %s",
              typ.get("clean"), typ.get("broken"))
+    pre = calibrate_pretext_gate(best, train, val, kinds, natural, seed, device)
+    log.info("pretext gate calibrated: clean %s, information-free %s",
+             pre.get("clean"), pre.get("broken"))
     extra = {k: v for k, v in meta.items()
              if k not in ("format", "model", "class_names", "dependency")}
     ungated = extra.get("val_acc_ungated", extra.get("val_acc"))
@@ -358,7 +364,7 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
     log.info("validation with the gates: %.4f (without: %s)", gated, ungated)
     checkpoint.save(best, path, class_names,
                     {**extra, "gate": gate, "confidence_gate": conf, "typicality_gate": typ,
-                     "val_acc_ungated": ungated,
+                     "pretext_gate": pre, "val_acc_ungated": ungated,
                      "val_acc": gated})
 
 
@@ -379,11 +385,16 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
         val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
     kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
     val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
+    train_split = data.splits["train"]
+    if cfg.data.train_subset:
+        train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)
     _calibrate_gates(model, meta, ckpt, val_split, val_batches, kinds, tc.seed,
-                     torch.device("cpu"), list(data.class_names))
+                     torch.device("cpu"), list(data.class_names), train_split,
+                     NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter))
     _, new = checkpoint.load(ckpt, torch.device("cpu"))
     return {"gate": new.get("gate"), "confidence_gate": new.get("confidence_gate"),
             "typicality_gate": new.get("typicality_gate"),
+            "pretext_gate": new.get("pretext_gate"),
             "val_acc": new.get("val_acc"), "val_acc_ungated": new.get("val_acc_ungated")}
 
 
@@ -517,7 +528,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         dist.shard(tc.batch_size)  # a batch that does not split evenly fails here, on every rank
         net = wrap(model, dist)
     main = dist is None or dist.is_main
-    params = model.parameters()
+    # Only what training updates: the switch rule's pretext heads are fitted after it, frozen
+    # here (and a run saved before they existed resumes with the same parameter list).
+    params = [p for p in model.parameters() if p.requires_grad]
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay) if tc.optimizer == "adam"
         else torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
@@ -654,7 +667,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if spec.fusion.has_gates and best_epoch >= 0:
         best, best_meta = checkpoint.load(out_dir / "best", device)
         _calibrate_gates(best, best_meta, out_dir / "best", val_split, val_batches, kinds,
-                         tc.seed, device, list(data.class_names))
+                         tc.seed, device, list(data.class_names), train_split, train_nat)
     return TrainResult(out_dir / "best", best_epoch, best_score, history,
                        time.perf_counter() - t0)
 

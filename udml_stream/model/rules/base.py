@@ -100,7 +100,8 @@ class FusionRule(ABC):
         loop keeps on the device only for rules that declare it.
       * ``needs_levels``: ``forward`` needs the true noise levels, so the model cannot serve.
       * ``has_estimator``: a σ̂ health estimator (``net.estimator``) that ``udml adapt`` can fit.
-      * ``has_gates``: calibrated gates (buffers ``gate_*`` / ``conf_*``) set after training.
+      * ``has_gates``: calibrated gates (buffers ``gate_*``, ``conf_*``, ``typ_*``, ``pre_*``
+        and the ``pretext`` heads) set after training.
       * ``tracks_dependency``: training forward passes update ``net.dependency_ema``.
     """
 
@@ -131,14 +132,23 @@ class FusionRule(ABC):
     def build(self, net: FusionNet) -> None:
         """Create the rule's parameters and buffers as attributes of ``net``."""
 
+    @property
+    def reads_pooled(self) -> bool:
+        """Whether ``fuse`` takes the serving-time ``pooled`` maps (the switch rule's pretext
+        gate); rules that do not keep the plain signature."""
+        return False
+
     @abstractmethod
     def fuse(self, net: FusionNet, z: TensorMap, sig: TensorMap, pres: TensorMap,
-             levels: Mapping[str, Tensor] | None, quality_on: bool, valid: TensorMap) -> FusionOutput:
+             levels: Mapping[str, Tensor] | None, quality_on: bool, valid: TensorMap
+             ) -> FusionOutput:
         """Fuse embeddings ``z`` (``[B, D]`` per modality, zero where absent) into an output.
 
         ``sig``: σ ``[B, D]`` per modality (probabilistic rules only); ``pres``: bool ``[B]``;
         ``levels``: the injected noise levels, when known; ``quality_on``: the loop's switch for
         quality weighting; ``valid``: the share of each window that holds measurements ``[B]``.
+        A rule whose ``reads_pooled`` is true also gets, when serving, ``pooled=``: each
+        stream's encoder map pooled to a small grid ``[B, F]`` (zeros where absent).
         """
 
     def modality_terms(self, net: FusionNet, out: FusionOutput, m: str, ce: Tensor,

@@ -53,6 +53,48 @@ def kl_to_level_prior(maps: Tensor, level: Tensor) -> Tensor:
     return kl.sum(dim=(1, 2, 3))
 
 
+#: Side of the grid an encoder map is average-pooled to for the pretext head (the map's layout
+#: is what tells which way up an input is; pooled to one cell it is gone).
+PRETEXT_GRID = 3
+#: Transforms the pretext head tells apart (index 0: the input as it came).
+PRETEXT_CLASSES = 4
+
+
+class PretextHead(nn.Module):
+    """Which of ``PRETEXT_CLASSES`` known transforms (rotations of a frame, time and frequency
+    flips of a spectrogram: ``train.pregate``) an input went through, from the encoder's map
+    pooled to a ``PRETEXT_GRID``² grid. Fitted after training on clean input with the encoder
+    frozen (self-supervised: the labels are the transforms). At serving it reads the input as
+    it came: −log p(untransformed) grows as the input stops looking like natural input the
+    right way up (a tilted or mirrored camera, a shaking shutter), with no model of the
+    damage."""
+
+    def __init__(self, n_features: int, hidden: int = 128) -> None:
+        super().__init__()
+        # A fixed standardiser: its running statistics are set from the fitting data.
+        self.norm = nn.BatchNorm1d(n_features, affine=False)
+        self.head = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, PRETEXT_CLASSES))
+
+    @staticmethod
+    def pool(fmap: Tensor) -> Tensor:
+        """An encoder map ``[B, C, H, W]`` as the head reads it: ``[B, C·PRETEXT_GRID²]``."""
+        return F.adaptive_avg_pool2d(fmap.float(), PRETEXT_GRID).flatten(1)
+
+    @staticmethod
+    def n_features(channels: int) -> int:
+        """The head's input width for an encoder with ``channels`` output channels."""
+        return channels * PRETEXT_GRID**2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled maps ``[B, n_features]`` → transform logits ``[B, PRETEXT_CLASSES]``."""
+        return self.head(self.norm(x))
+
+    def surprise(self, x: Tensor) -> Tensor:
+        """``[B]``: −log p(the input is untransformed)."""
+        return -F.log_softmax(self(x).float(), dim=1)[:, 0]
+
+
 class LinearEstimator(nn.Module):
     """The reference's estimator head (Linear → Dropout → Linear, no activation) on log σ (and
     μ) standardised by running statistics (σ spans orders of magnitude across degradations; raw,
@@ -105,6 +147,11 @@ class Udml(FusionRule):
         return self.switch and self.quality == "estimator"
 
     @property
+    def reads_pooled(self) -> bool:
+        """The switch rule's pretext gate reads each stream's pooled encoder map."""
+        return self.has_gates
+
+    @property
     def tracks_dependency(self) -> bool:
         """Every UDML variant updates the dependency EMA in training."""
         return True
@@ -147,6 +194,22 @@ class Udml(FusionRule):
             net.register_buffer("typ_prec", torch.zeros(n, d, d))
             net.register_buffer("typ_clean", torch.zeros(n))
             net.register_buffer("typ_broken", torch.zeros(n))
+            # Its fourth, on the pretext head's surprise at the input as it came (``PretextHead``,
+            # fitted with its thresholds by ``train.pregate``): closes, relative like the
+            # typicality gate, a stream whose input no longer looks the right way up. Open
+            # while the thresholds are 0.
+            # Built on a forked generator: ``fit_head`` draws their weights afresh, and a model
+            # built with them must train exactly as one built before they existed (same seed).
+            with torch.random.fork_rng(devices=[]):
+                net.pretext = nn.ModuleDict({
+                    m: PretextHead(PretextHead.n_features(net.enc[m].out_channels))
+                    for m in cfg.modalities
+                })
+            # Fitted after training only: frozen in it (no gradient, so distributed training
+            # finds no unused parameter and the optimiser has nothing to decay).
+            net.pretext.requires_grad_(False)
+            net.register_buffer("pre_clean", torch.zeros(n))
+            net.register_buffer("pre_broken", torch.zeros(n))
 
     # ---- fusion --------------------------------------------------------------------------
 
@@ -184,7 +247,7 @@ class Udml(FusionRule):
 
     def fuse(self, net: FusionNet, z: TensorMap, sig: TensorMap, pres: TensorMap,
              levels: Mapping[str, Tensor] | None, quality_on: bool,
-             valid: TensorMap) -> FusionOutput:
+             valid: TensorMap, pooled: TensorMap | None = None) -> FusionOutput:
         """Weights from σ̂ and D, the gates when serving, then the shared head."""
         cfg, ms = net.cfg, net.cfg.modalities
         ref = z[ms[0]]
@@ -234,13 +297,22 @@ class Udml(FusionRule):
             g_conf = gate_openness(-conf, -net.conf_clean, -net.conf_broken)
             w = apply_gate(w, g_conf, mask)
             # The typicality gate closes a stream only as far as another is healthy under all
-            # three gates: atypical is a relative cue (validation, both streams degraded at
+            # the gates: atypical is a relative cue (validation, both streams degraded at
             # once: an absolute gate cost 0.6 pt there).
             typ = self.typicality(net, z)
-            g_typ = gate_openness(typ, net.typ_clean, net.typ_broken)
-            g_rel = relative_openness(g_typ, g_sig * g_conf * g_typ, mask)
+            g_atyp = gate_openness(typ, net.typ_clean, net.typ_broken)
+            if pooled is not None:
+                # The pretext gate joins the typicality gate: both say "unlike clean input",
+                # neither says how badly, so both close only as far as another stream is healthy.
+                # fp32 even under a bf16 autocast, as the typicality gate (a ramp of ~1 nat).
+                with torch.autocast(device_type=ref.device.type, enabled=False):
+                    pre = torch.stack([net.pretext[m].surprise(pooled[m].float()) for m in ms],
+                                      dim=1)
+                g_atyp = g_atyp * gate_openness(pre, net.pre_clean, net.pre_broken)
+                aux.update({f"pretext/{m}": pre[:, i] for i, m in enumerate(ms)})
+            g_rel = relative_openness(g_atyp, g_sig * g_conf * g_atyp, mask)
             w = apply_gate(w, g_rel, mask)
-            health = g_sig * g_conf * g_rel  # each stream's openness under all three gates
+            health = g_sig * g_conf * g_rel  # each stream's openness under all the gates
             aux.update({f"gate/{m}": health[:, i] for i, m in enumerate(ms)})
             aux.update({f"typicality/{m}": typ[:, i] for i, m in enumerate(ms)})
             aux.update({f"embedding/{m}": z[m] for m in ms})  # what the centres are fitted on
@@ -255,7 +327,8 @@ class Udml(FusionRule):
             # decided on the device: no host sync.
             calibrated = torch.cat([net.gate_broken > net.gate_clean,
                                     net.conf_clean > net.conf_broken,
-                                    net.typ_broken > net.typ_clean]).any()
+                                    net.typ_broken > net.typ_clean,
+                                    net.pre_broken > net.pre_clean]).any()
             aux["head_logits"] = logits
             logits, aux["conflict"] = resolve_conflicts(logits, [uni[m] for m in ms], health,
                                                         mask, on=calibrated)

@@ -1,0 +1,140 @@
+"""The switch rule's pretext gate: a self-supervised head tells which known transform an input
+went through; at serving, a stream whose input it finds transformed (not the right way up)
+loses its weight, as far as another stream is healthy; an unfitted gate changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from udml_stream.data import avdigits
+from udml_stream.data.batching import NaturalInput, make_batch
+from udml_stream.model import checkpoint
+from udml_stream.model.rules.udml import PRETEXT_CLASSES
+from udml_stream.train.pregate import TRANSFORMS, calibrate_pretext_gate, fit_head
+from udml_stream.train.trainer import to_torch
+
+from .test_confgate import _inputs, _switch_model
+
+CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+
+
+@pytest.mark.parametrize("kind,shape", [("image", (2, 1, 6, 6)), ("logmel", (2, 1, 5, 7)),
+                                        ("mfcc", (2, 4, 7, 1))])
+def test_the_transforms_are_distinct_and_the_first_is_the_identity(
+        kind: str, shape: tuple[int, ...]) -> None:
+    x = torch.arange(float(np.prod(shape))).reshape(shape)  # no symmetry at all
+    out = [TRANSFORMS[kind](x, k) for k in range(PRETEXT_CLASSES)]
+    assert torch.equal(out[0], x)
+    for i in range(PRETEXT_CLASSES):
+        assert out[i].shape == x.shape
+        for j in range(i):
+            assert not torch.equal(out[i], out[j]), (kind, i, j)
+
+
+def test_fit_head_learns_separable_transforms_and_is_deterministic(small_data) -> None:
+    model = _switch_model(small_data)
+    n_feat = model.pretext["image"].norm.num_features
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(800) % PRETEXT_CLASSES
+    centres = 3.0 * torch.randn(PRETEXT_CLASSES, n_feat, generator=g) + 5.0
+    x = centres[y] + torch.randn(800, n_feat, generator=g)
+    threads = torch.get_num_threads()
+    acc = fit_head(model, "image", x, y, seed=1)
+    assert acc > 0.99
+    # Frozen again after the fit (training never updates it), the caller's threads restored.
+    assert not any(p.requires_grad for p in model.pretext.parameters())
+    assert torch.get_num_threads() == threads
+    first = [p.clone() for p in model.pretext["image"].parameters()]
+    fit_head(model, "image", x, y, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, model.pretext["image"].parameters(),
+                                                 strict=True))
+    # Its surprise at an untransformed input is small, at a transformed one large.
+    with torch.no_grad():
+        s = model.pretext["image"].surprise(x)
+    assert float(s[y == 0].mean()) < 0.1 < 2.0 < float(s[y != 0].mean())
+
+
+@torch.no_grad()
+def test_a_surprising_stream_loses_its_weight_and_an_unfitted_gate_changes_nothing(
+        small_data) -> None:
+    model = _switch_model(small_data)
+    inputs, present, levels, _ = _inputs(small_data)
+    open_out = model(inputs, present, levels)
+    i_img, i_aud = model.cfg.modalities.index("image"), model.cfg.modalities.index("audio")
+    # The image head sure that every input was turned, the audio head sure that none was.
+    for m, cls in (("image", 2), ("audio", 0)):
+        last = model.pretext[m].head[-1]
+        last.weight.zero_()
+        last.bias.fill_(-20.0)
+        last.bias[cls] = 20.0
+    for i in (i_img, i_aud):
+        model.pre_clean[i], model.pre_broken[i] = 1.0, 2.0
+    gated = model(inputs, present, levels)
+    assert torch.all(gated.aux["pretext/image"] > 30) and torch.all(gated.aux["pretext/audio"] < 1e-6)
+    assert torch.all(gated.multipliers["image"] == 0)
+    assert torch.all(gated.multipliers["audio"] > 0)
+    # Back to zeros (a checkpoint without the calibration): the ungated answer, bit for bit.
+    model.pre_clean.zero_()
+    model.pre_broken.zero_()
+    again = model(inputs, present, levels)
+    assert torch.equal(again.logits, open_out.logits)
+
+
+def test_calibration_fits_the_heads_and_sets_the_ends(small_data) -> None:
+    model = _switch_model(small_data)
+    before = {k: v.clone() for k, v in model.pretext.state_dict().items()}
+    got = calibrate_pretext_gate(model, small_data.splits["train"].subset(64, seed=0),
+                                 small_data.splits["val"], None, NaturalInput(), 0,
+                                 torch.device("cpu"), n=64)
+    # Even an untrained encoder's map tells quarter turns and flips apart better than chance.
+    assert all(a > 1.0 / PRETEXT_CLASSES + 0.1 for a in got["fit_accuracy"])
+    for clean, broken in zip(got["clean"], got["broken"], strict=True):
+        assert (clean == broken == 0.0) or broken > clean >= 0
+    assert model.pre_clean.tolist() == pytest.approx(got["clean"])
+    assert model.pre_broken.tolist() == pytest.approx(got["broken"])
+    after = model.pretext.state_dict()
+    for m in model.cfg.modalities:  # weights and standardiser fitted
+        for k in (f"{m}.head.0.weight", f"{m}.norm.running_mean"):
+            assert not torch.equal(before[k], after[k]), k
+
+
+@torch.no_grad()
+def test_a_checkpoint_saved_before_the_pretext_gate_loads_and_answers_as_before(
+        small_data, tmp_path: Path) -> None:
+    model = _switch_model(small_data)
+    inputs, present, levels, _ = _inputs(small_data)
+    want = model(inputs, present, levels).logits
+    checkpoint.save(model, tmp_path, [str(c) for c in range(10)], {})
+    weights = tmp_path / checkpoint.WEIGHTS
+    state = {k: v for k, v in load_file(str(weights)).items()
+             if not k.startswith("pretext.") and k not in ("pre_clean", "pre_broken")}
+    save_file(state, str(weights), metadata={"format": checkpoint.FORMAT})
+    old, _ = checkpoint.load(tmp_path)
+    assert not old.pre_clean.any() and not old.pre_broken.any()
+    assert torch.equal(old(inputs, present, levels).logits, want)
+
+
+@torch.no_grad()
+def test_the_shipped_checkpoint_closes_a_camera_turned_on_its_side(
+        field_data: avdigits.AVDigits) -> None:
+    model, meta = checkpoint.load(CKPT, torch.device("cpu"))
+    assert meta["pretext_gate"]["clean"] == pytest.approx(model.pre_clean.tolist())
+    assert meta["pretext_gate"]["broken"] == pytest.approx(model.pre_broken.tolist())
+    i_img = model.cfg.modalities.index("image")
+    assert model.pre_broken[i_img] > model.pre_clean[i_img] > 0
+    split = field_data.splits["test"].subset(64, seed=2)
+    ones = {m: np.ones(len(split), np.int64) for m in field_data.modalities}
+    b = make_batch(split, np.arange(len(split)), ones, np.random.default_rng(0))
+    inputs, present, _, _ = to_torch(b, torch.device("cpu"))
+    upright = model(inputs, present)
+    turned = model({**inputs, "image": torch.rot90(inputs["image"], 1, dims=(1, 2))}, present)
+    # Upright frames: the camera's pretext gate open on most; turned a quarter: closed on most.
+    lo, hi = float(model.pre_clean[i_img]), float(model.pre_broken[i_img])
+    assert float((upright.aux["pretext/image"] <= lo).float().mean()) > 0.8
+    assert float((turned.aux["pretext/image"] >= hi).float().mean()) > 0.7
+    assert float(turned.aux["gate/image"].mean()) < float(upright.aux["gate/image"].mean()) - 0.5
