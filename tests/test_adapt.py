@@ -1,5 +1,5 @@
 """Adapting the health estimator on unlabelled logs: no label topic needed, only the estimator
-(and the gates) change, and its loss on the robot's own data falls."""
+(and the gates, the pretext head with them) change, and its loss on the robot's own data falls."""
 
 from __future__ import annotations
 
@@ -63,7 +63,12 @@ def test_adapting_moves_only_the_estimator_and_lowers_its_loss(small_data, tmp_p
     after, meta = checkpoint.load(out, torch.device("cpu"))
     b, a = before.state_dict(), after.state_dict()
     moved = {k for k in b if not torch.equal(b[k], a[k])}
-    assert moved and all(k.startswith(("estimator.", "gate_", "conf_")) for k in moved)
+    assert moved and all(k.startswith(("estimator.", "gate_", "conf_", "pretext.", "pre_"))
+                         for k in moved)
+    # The pretext head is refitted on the robot's own (unlabelled) data; the classifier,
+    # encoders and typicality centres are the validated ones.
+    assert any(k.startswith("pretext.") for k in moved)
+    assert meta["pretext_gate"]["clean"] == pytest.approx(after.pre_clean.tolist())
     assert meta["adapted"]["samples"] == rep.samples and meta["adapted"]["steps"] == 40
 
 

@@ -237,9 +237,9 @@ def adapt(
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
     seed: int = 0,
 ) -> None:
-    """Fit the health estimator (and recalibrate the gates) to a robot's UNLABELLED logs: its
-    targets are synthetic degradation levels, so no ground truth is needed. The classifier is
-    left as validated (docs/own-robot.md)."""
+    """Fit the health estimator (recalibrate the gates, refit the pretext head) to a robot's
+    UNLABELLED logs: its targets are synthetic degradation levels, so no ground truth is
+    needed. The classifier is left as validated (docs/own-robot.md)."""
     from udml_stream.train.adapt import adapt_estimator
 
     rep = _run(lambda: adapt_estimator(checkpoint, logs, output, steps, batch_size, lr, seed))

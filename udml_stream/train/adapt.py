@@ -5,8 +5,10 @@ new robot's "clean" from recordings nobody labelled: each step takes windows of 
 degrades each stream with a training family at a uniformly drawn level (1 = as recorded) and
 fits σ̂ to that level. Everything else stays frozen (encoders, heads, batch-norm statistics), so
 the classifier is the one that was validated; only the estimator and the σ̂ and confidence
-gates, recalibrated on the same logs, change (the typicality and pretext gates keep their
-training-time fit: they read the frozen encoder, not σ̂). A robot whose camera is dimmer or whose
+gates, recalibrated on the same logs, and the pretext gate change. The pretext head is
+self-supervised, so it learns this robot's "the right way up" from the same unlabelled logs (one
+half fits it, the other sets its ends); the typicality gate keeps its training-time fit (its
+class centres need labels). A robot whose camera is dimmer or whose
 room is louder than the training data no longer reads as degraded at its normal best, and its
 really degraded input still does.
 """
@@ -22,12 +24,14 @@ import numpy as np
 import torch
 
 from udml_stream import corrupt, modalities
-from udml_stream.data.batching import make_batch
+from udml_stream.data.batching import NaturalInput, make_batch
 from udml_stream.data.logset import LogSource, read_split
 from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
 from udml_stream.train.confgate import calibrate_confidence_gate
+from udml_stream.train.pregate import calibrate_pretext_gate
 from udml_stream.train.trainer import calibrate_gate, to_torch
+from udml_stream.train.typgate import split_halves
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class AdaptReport:
     loss_last: float  # … and over the last tenth
     gate: dict[str, list[float]] = field(default_factory=dict)
     confidence_gate: dict[str, list[float]] = field(default_factory=dict)
+    pretext_gate: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _levels(n: int, mods: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -104,15 +109,21 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
     gate = calibrate_gate(model, split, kinds, seed, torch.device("cpu")) \
         if model.rule.has_gates else {}
     conf = calibrate_confidence_gate(model, split, kinds, seed, torch.device("cpu"))
+    pre: dict[str, list[float]] = {}
+    if model.rule.has_gates:
+        fit, calib = split_halves(split, seed + 20_029)
+        pre = calibrate_pretext_gate(model, fit, calib, kinds, NaturalInput(), seed,
+                                     torch.device("cpu"))
     extra = {k: v for k, v in meta.items()
              if k not in ("format", "model", "class_names", "dependency")}
     rep = AdaptReport(Path(out), len(split), steps, float(np.mean(losses[:tenth])),
-                      float(np.mean(losses[-tenth:])), gate, conf)
+                      float(np.mean(losses[-tenth:])), gate, conf, pre)
     adapted: dict[str, Any] = {"from": str(ckpt), "logs": [str(x) for x in logs],
                                "samples": rep.samples, "steps": steps, "lr": lr, "seed": seed,
                                "loss_first": rep.loss_first, "loss_last": rep.loss_last}
     checkpoint.save(model, out, list(meta["class_names"]),
                     {**extra, "gate": gate or extra.get("gate"), "confidence_gate": conf,
+                     "pretext_gate": pre or extra.get("pretext_gate"),
                      "adapted": adapted})
     log.info("estimator loss %.2f → %.2f over %d steps; written %s", rep.loss_first,
              rep.loss_last, steps, out)

@@ -37,9 +37,9 @@ DRAWS = 3
 CLEAN_QUANTILE = 0.90
 
 
-def _halves(val: avdigits.Split, seed: int) -> tuple[avdigits.Split, avdigits.Split]:
-    """Two disjoint halves of ``val``: centres are fitted on one, thresholds set on the other
-    (distances of the fitting samples themselves would read too clean)."""
+def split_halves(val: avdigits.Split, seed: int) -> tuple[avdigits.Split, avdigits.Split]:
+    """Two disjoint halves of ``val``: a gate's statistic is fitted on one, its thresholds set
+    on the other (the fitting samples themselves would read too clean)."""
     rows = np.random.default_rng(seed).permutation(len(val))
     half = len(rows) // 2
     return val.rows(rows[:half]), val.rows(rows[half:])
@@ -74,7 +74,7 @@ def calibrate_typicality_gate(model: FusionNet, val: avdigits.Split,
     if not hasattr(model, "typ_means"):
         return {}
     model.eval()
-    fit, calib = _halves(val, seed + 20_029)
+    fit, calib = split_halves(val, seed + 20_029)
     mods = model.cfg.modalities
     rng = np.random.default_rng(seed + 20_031)
     emb: dict[str, list[torch.Tensor]] = {m: [] for m in mods}
