@@ -11,6 +11,6 @@ def run(name: str, spec: CameraNode) -> int:
     """Publish frames until stopped (or until a non-looping file ends)."""
     stop = setup_process(name)
     src = CameraSource(spec.source, spec.stream, spec.fps, spec.loop, spec.start_at_unix,
-                       spec.width, spec.height)
+                       spec.width, spec.height, spec.rotate, spec.flip)
     return publish_source(name, src, spec.endpoint, spec.bind, spec.heartbeat_s, stop, 0.2,
                           lambda: {"grabbed": src.grabbed, "overwritten": src.overwritten})

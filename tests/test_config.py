@@ -56,7 +56,8 @@ def test_shipped_launch_files_validate(path: Path) -> None:
 def test_launch_file_errors_name_the_key() -> None:
     from udml_stream.launch.config import parse_launch
 
-    with pytest.raises(ConfigError, match=r"nodes\.cam\.camera\.fps = -1"):
+    # The key as the file has it (pydantic's location also holds the union tag, "camera").
+    with pytest.raises(ConfigError, match=r"nodes\.cam\.fps = -1"):
         parse_launch({"nodes": {"cam": {"program": "camera", "source": "0", "endpoint": "x",
                                         "fps": -1}}}, "l.toml")
     with pytest.raises(ConfigError, match="program"):

@@ -262,3 +262,40 @@ def test_plain_pyzmq_publisher_feeds_a_subscriber(tmp_path: Path) -> None:
     finally:
         proc.wait(10)
 
+
+
+def test_camera_source_sets_a_turned_or_mirrored_mount_right(tmp_path: Path) -> None:
+    """``rotate``/``flip`` turn each grabbed frame before it is published, and a launch file
+    with any other value is refused naming the key."""
+    from udml_stream.errors import ConfigError
+    from udml_stream.launch.config import parse_launch
+    from udml_stream.sensors import CameraSource
+
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[4:20, 6:30] = 255  # a bright block near the top-left corner: no symmetry
+    for _ in range(5):
+        w.write(img)
+    w.release()
+
+    def first(**kw) -> np.ndarray:
+        src = CameraSource(str(video), **kw)
+        src.connect()
+        try:
+            frame = src.read(5.0)
+            assert frame is not None
+            return frame.image
+        finally:
+            src.close()
+
+    plain = first()
+    assert plain.shape == (48, 64, 3)
+    np.testing.assert_array_equal(first(rotate=180), plain[::-1, ::-1])
+    turned = first(rotate=90, flip="horizontal")  # mirrored left-right, then a quarter clockwise
+    np.testing.assert_array_equal(turned, np.rot90(plain[:, ::-1], k=-1))
+    assert turned.shape == (64, 48, 3)
+    node = {"program": "camera", "source": str(video), "endpoint": "ipc:///tmp/x.sock"}
+    assert parse_launch({"nodes": {"cam": {**node, "rotate": 270}}}, "t").nodes["cam"].rotate == 270
+    with pytest.raises(ConfigError, match=r"nodes\.cam\.rotate"):
+        parse_launch({"nodes": {"cam": {**node, "rotate": 45}}}, "t")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ from pydantic import ValidationError
 from udml_stream.errors import ConfigError
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """``source: dotted.key = value: what was expected``, one line per problem."""
+def format_validation_error(err: ValidationError, source: str,
+                            key: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple) -> str:
+    """``source: dotted.key = value: what was expected``, one line per problem; ``key`` maps
+    pydantic's location to the key as the file spells it."""
     return "\n".join(
-        f"{source}: {'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}"
+        f"{source}: {'.'.join(str(p) for p in key(e['loc']))} = {e.get('input')!r}: {e['msg']}"
         for e in err.errors())
 
 

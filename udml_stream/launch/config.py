@@ -67,6 +67,12 @@ class CameraNode(_Node):
     width: int | None = Field(None, gt=0)
     height: int | None = Field(None, gt=0)
     start_at_unix: float | None = None
+    # A camera mounted on its side, upside down or seen through a mirror: the model expects
+    # frames the right way up (its pretext gate closes a stream that is not, docs/method.md).
+    rotate: Literal[0, 90, 180, 270] = Field(
+        0, description="turn each frame this many degrees clockwise (after flip)")
+    flip: Literal["none", "horizontal", "vertical"] = Field(
+        "none", description="mirror each frame: horizontal = left-right, vertical = top-bottom")
 
 
 class MicrophoneNode(_Node):
@@ -140,6 +146,8 @@ class FusionNode(_Node):
 
 
 NodeSpec = Annotated[CameraNode | MicrophoneNode | FusionNode, Field(discriminator="program")]
+#: The ``program`` values a node table may name (the union's tags).
+PROGRAMS = ("camera", "microphone", "fusion")
 
 
 _LOOPBACK_HOSTS = {"localhost", "lo", "::1", "[::1]"}
@@ -224,12 +232,20 @@ def resolve_launch_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]
     return data
 
 
+def _file_key(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A node table's error location without the union tag pydantic puts in it
+    (``nodes.cam.camera.rotate`` → ``nodes.cam.rotate``, the key the file has)."""
+    if len(loc) > 3 and loc[0] == "nodes" and loc[2] in PROGRAMS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def parse_launch(data: dict[str, Any], source: str = "<launch>") -> LaunchFile:
     """Validate a launch mapping; errors name the key, the value and the expectation."""
     try:
         launch = LaunchFile.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source, _file_key)) from None
     # Anyone who can reach a plaintext socket can read and inject every stream.
     if not (launch.security.curve or launch.security.plaintext_remote):
         for name, spec in launch.nodes.items():

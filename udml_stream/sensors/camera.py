@@ -22,6 +22,23 @@ from udml_stream.sensors.base import Source, SourceError
 log = logging.getLogger(__name__)
 
 
+#: ``cv2.rotate`` codes for a clockwise turn of the image by so many degrees.
+_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+#: ``cv2.flip`` codes: a mirror about the vertical axis (left ↔ right) or the horizontal one.
+_FLIP = {"horizontal": 1, "vertical": 0}
+
+
+def orient(img: np.ndarray, rotate: int = 0, flip: str = "none") -> np.ndarray:
+    """``img`` mirrored (``flip``: none, horizontal = left ↔ right, vertical = top ↔ bottom),
+    then turned ``rotate`` degrees clockwise (0, 90, 180, 270): a camera mounted on its side,
+    upside down or behind a mirror, set right before anything downstream sees it."""
+    if flip != "none":
+        img = cv2.flip(img, _FLIP[flip])
+    if rotate:
+        img = cv2.rotate(img, _ROTATE[rotate])
+    return img
+
+
 def list_video_devices() -> list[str]:
     """Video devices this machine exposes (``/dev/video*``)."""
     return sorted(str(p) for p in Path("/dev").glob("video*"))
@@ -39,12 +56,18 @@ class CameraSource(Source):
         start_at_unix: float | None = None,
         width: int | None = None,
         height: int | None = None,
+        rotate: int = 0,
+        flip: str = "none",
     ) -> None:
         self.source = int(source) if isinstance(source, str) and source.isdigit() else source
         self.stream = stream
         self.is_file = isinstance(self.source, str) and Path(self.source).is_file()
         self.fps, self.loop, self.start_at_unix = fps, loop, start_at_unix
         self.width, self.height = width, height
+        if rotate not in (0, *_ROTATE) or flip not in ("none", *_FLIP):
+            raise SourceError(f"camera {stream}: rotate = {rotate!r}, flip = {flip!r}; expected "
+                              "rotate 0, 90, 180 or 270 and flip none, horizontal or vertical")
+        self.rotate, self.flip = rotate, flip
         self._cap: cv2.VideoCapture | None = None
         self._lock = threading.Condition()
         self._latest: CameraFrame | None = None
@@ -120,6 +143,7 @@ class CameraSource(Source):
             seq = pos if self.is_file else self._seq
             self._seq += 1
             pos += 1
+            img = orient(img, self.rotate, self.flip)
             frame = CameraFrame(self.stream, seq, t_ns, image=np.ascontiguousarray(img),
                                 encoding="bgr8" if img.ndim == 3 else "mono8")
             with self._lock:
