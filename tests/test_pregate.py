@@ -138,3 +138,21 @@ def test_the_shipped_checkpoint_closes_a_camera_turned_on_its_side(
     assert float((upright.aux["pretext/image"] <= lo).float().mean()) > 0.8
     assert float((turned.aux["pretext/image"] >= hi).float().mean()) > 0.7
     assert float(turned.aux["gate/image"].mean()) < float(upright.aux["gate/image"].mean()) - 0.5
+
+
+def test_fitting_features_stay_within_their_memory_budget(small_data, monkeypatch) -> None:
+    import udml_stream.train.pregate as pregate
+
+    model = _switch_model(small_data)
+    split = small_data.splits["train"].subset(40, seed=0)
+    n_feat = max(model.pretext[m].norm.num_features for m in model.cfg.modalities)
+    # A budget for 10 samples of the widest stream, two draws, every transform.
+    monkeypatch.setattr(pregate, "FEATURE_BUDGET_BYTES", 4 * n_feat * PRETEXT_CLASSES * 2 * 10)
+    feats = pregate.pretext_features(model, split, None, NaturalInput(), 0, torch.device("cpu"))
+    for x, y in feats.values():
+        assert x.shape[0] == y.shape[0] <= 10 * PRETEXT_CLASSES * 2
+        assert torch.bincount(y).tolist() == [x.shape[0] // PRETEXT_CLASSES] * PRETEXT_CLASSES
+    # Within the budget every sample is used (the shipped fit: all 7,000 training samples).
+    monkeypatch.setattr(pregate, "FEATURE_BUDGET_BYTES", 1 << 30)
+    feats = pregate.pretext_features(model, split, None, NaturalInput(), 0, torch.device("cpu"))
+    assert all(x.shape[0] == len(split) * PRETEXT_CLASSES * 2 for x, _ in feats.values())

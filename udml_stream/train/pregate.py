@@ -48,6 +48,10 @@ STEPS, BATCH = 1500, 512
 LR, WEIGHT_DECAY = 3e-3, 1e-4
 #: The clean-surprise percentile up to which the gate stays fully open.
 CLEAN_QUANTILE = 0.90
+#: Memory the fitting features of the widest stream may take (float32, every draw and
+#: transform): a paper-size encoder (``resnet18``, 4,608 pooled features) over a large split
+#: would otherwise hold gigabytes. The field model's 7,000 training samples take 123 MiB.
+FEATURE_BUDGET_BYTES = 512 << 20
 
 
 def _image(x: Tensor, k: int) -> Tensor:
@@ -85,6 +89,18 @@ def pooled_map(model: FusionNet, m: str, x: Tensor) -> Tensor:
     return PretextHead.pool(model.enc[m](x.contiguous(memory_format=torch.channels_last)))
 
 
+def _fitting_rows(model: FusionNet, n: int, draws: int, seed: int) -> np.ndarray:
+    """The samples of an ``n``-sample split the head is fitted on: all of them, or a seeded
+    random subset whose features fit ``FEATURE_BUDGET_BYTES``."""
+    widest = max(PretextHead.n_features(model.enc[m].out_channels) for m in model.cfg.modalities)
+    most = max(1, FEATURE_BUDGET_BYTES // (4 * widest * PRETEXT_CLASSES * draws))
+    if n <= most:
+        return np.arange(n)
+    log.info("pretext head fitted on %d of %d samples (features capped at %d MiB)", most, n,
+             FEATURE_BUDGET_BYTES >> 20)
+    return np.sort(np.random.default_rng([seed, n]).choice(n, most, replace=False))
+
+
 @torch.no_grad()
 def pretext_features(model: FusionNet, split: avdigits.Split,
                      kinds: dict[str, tuple[str, ...]] | None, natural: NaturalInput,
@@ -94,12 +110,13 @@ def pretext_features(model: FusionNet, split: avdigits.Split,
     the transform indices ``[N]``."""
     model.eval()
     mods = model.cfg.modalities
+    rows = _fitting_rows(model, len(split), draws, seed)
     rng = np.random.default_rng(seed)
     feats: dict[str, list[Tensor]] = {m: [] for m in mods}
     labels: dict[str, list[Tensor]] = {m: [] for m in mods}
     for _ in range(draws):
-        for start in range(0, len(split), 256):
-            r = np.arange(start, min(start + 256, len(split)))
+        for start in range(0, len(rows), 256):
+            r = rows[start : start + 256]
             clean = {m: np.full(len(r), corrupt.CLEAN, np.int64) for m in mods}
             b = make_batch(split, r, clean, rng, kinds, natural=natural)
             inputs, present, _, _ = to_torch(b, device)
