@@ -273,3 +273,14 @@ def test_writer_and_microphone_variation_keep_shapes_and_vary_per_sample() -> No
     rms = np.sqrt(np.mean(y[:, 4000:] ** 2, axis=1)).reshape(3, 4)
     # Below the high-pass corner and above the low-pass corner the capsule hears little.
     assert (rms[0] < 0.1).all() and (rms[2] < 0.2).all() and (rms[1] > 0.6).all()
+
+
+def test_the_report_says_where_sigma_falls_with_the_level() -> None:
+    from udml_stream.evaluate.field_report import _largest_dip
+
+    entry = {"levels": {"1": {"sigma_hat": 3.01}, "2": {"sigma_hat": 2.98},
+                        "3": {"sigma_hat": 3.2}, "10": {"sigma_hat": 8.0},
+                        "11": {"sigma_hat": 7.9}, "4": {"present": 0.0}}}
+    # Levels in numeric order (10 after 3, not after 1); the largest fall is named.
+    assert _largest_dip(entry) == "L10→L11 -0.10"
+    assert _largest_dip({"levels": {"1": {"present": 0.0}}}) == "no σ̂ per level"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         lo = min(rhos)
         rows.append(("ρ(σ̂, level) ≥ 0.9 for every seen family (streams present)",
                      f"lowest {lo[0]:.2f} ({lo[1]})", lo[0] >= GOALS["rho"]))
-        mono = [n for _, n, ok in rhos if not ok]
+        mono = [f"{n} ({_largest_dip(sweep[n.split('/')[0]]['families'][n.split('/')[1]])})"
+                for _, n, ok in rhos if not ok]
         rows.append(("σ̂ monotone in level for every seen family",
                      "all" if not mono else f"not: {', '.join(mono)}", not mono))
     held = [(min(e["levels"][str(lv)]["above_clean"] for lv in range(6, 12)
@@ -71,6 +73,18 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
         rows.append(("a pure-noise or black stream gets < 5% of the effective multiplier",
                      ", ".join(f"{n} {_pct(s)}%" for s, n in broken), hi[0] < GOALS["broken_share"]))
     return rows
+
+
+def _largest_dip(entry: dict[str, Any]) -> str:
+    """Where a family's mean σ̂ falls most from one level to the next, e.g. ``L1→L2 −0.03``:
+    a dip at the mildest levels, where the damage is below what the stream notices, reads
+    differently from one at the top."""
+    lv = sorted((int(k), v["sigma_hat"]) for k, v in entry["levels"].items() if "sigma_hat" in v)
+    drops = [(b[1] - a[1], a[0], b[0]) for a, b in itertools.pairwise(lv) if b[1] <= a[1]]
+    if not drops:
+        return "no σ̂ per level"
+    d, lo, hi = min(drops)
+    return f"L{lo}→L{hi} {d:+.2f}"
 
 
 def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
