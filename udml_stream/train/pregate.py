@@ -58,28 +58,22 @@ def _image(x: Tensor, k: int) -> Tensor:
     return torch.rot90(x, k, dims=(2, 3))
 
 
-def _spectrogram(x: Tensor, k: int) -> Tensor:
-    # [B, 1, frequency, time]: bit 0 reverses time, bit 1 flips frequency.
-    if k & 1:
-        x = torch.flip(x, dims=(3,))
-    if k & 2:
-        x = torch.flip(x, dims=(2,))
-    return x
+def _flips(time_dim: int, other_dim: int) -> Callable[[Tensor, int], Tensor]:
+    """Transform ``k`` of a sequence: bit 0 reverses time, bit 1 the other axis."""
 
+    def flip(x: Tensor, k: int) -> Tensor:
+        dims = [d for bit, d in ((1, time_dim), (2, other_dim)) if k & bit]
+        return torch.flip(x, dims=dims) if dims else x
 
-def _coefficients(x: Tensor, k: int) -> Tensor:
-    # MFCC [B, coefficients, time, 1]: bit 0 reverses time, bit 1 the coefficient order.
-    if k & 1:
-        x = torch.flip(x, dims=(2,))
-    if k & 2:
-        x = torch.flip(x, dims=(1,))
-    return x
+    return flip
 
 
 #: Per preprocessing kind, transform ``k`` (0..PRETEXT_CLASSES-1, 0 the identity) of a
-#: preprocessed batch.
+#: preprocessed batch: a frame's quarter turns; a log-mel spectrogram [B, 1, frequency, time]
+#: reversed in time and/or flipped in frequency; MFCC [B, coefficients, time, 1] reversed in
+#: time and/or in coefficient order.
 TRANSFORMS: dict[str, Callable[[Tensor, int], Tensor]] = {
-    "image": _image, "logmel": _spectrogram, "mfcc": _coefficients,
+    "image": _image, "logmel": _flips(3, 2), "mfcc": _flips(2, 1),
 }
 
 

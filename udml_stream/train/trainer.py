@@ -30,6 +30,7 @@ from udml_stream.train.config import (
     LogsSection,
     ModelSection,
     TrainConfig,
+    TrainSection,
     absolute_config,
     parse_config,
     training_differences,
@@ -368,6 +369,22 @@ def _calibrate_gates(best: FusionNet, meta: dict[str, Any], path: Path, val: avd
                      "val_acc": gated})
 
 
+def _run_splits(cfg: TrainConfig, data: avdigits.AVDigits
+                ) -> tuple[avdigits.Split, avdigits.Split]:
+    """The training and validation splits a run uses (subsets when the config asks)."""
+    train_split, val_split = data.splits["train"], data.splits["val"]
+    if cfg.data.train_subset:
+        train_split = train_split.subset(cfg.data.train_subset, seed=cfg.train.seed)
+    if cfg.data.val_subset:
+        val_split = val_split.subset(cfg.data.val_subset, seed=cfg.train.seed)
+    return train_split, val_split
+
+
+def _training_natural(tc: TrainSection) -> NaturalInput:
+    """The natural variation training draws (and the pretext head is fitted with)."""
+    return NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter)
+
+
 def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     """Calibrate the gates of a trained switch-rule checkpoint again, in place, exactly as
     training ends (same validation data, seed and families): for a checkpoint trained before
@@ -380,17 +397,12 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"{ckpt}: method {model.cfg.method} has no gates to calibrate")
     data = load_data(cfg)
     tc = cfg.train
-    val_split = data.splits["val"]
-    if cfg.data.val_subset:
-        val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
+    train_split, val_split = _run_splits(cfg, data)
     kinds = {m: tuple(f) for m, f in tc.families.items() if m in data.modalities} or None
     val_batches = _validation_batches(val_split, tc.seed, 256, kinds)
-    train_split = data.splits["train"]
-    if cfg.data.train_subset:
-        train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)
     _calibrate_gates(model, meta, ckpt, val_split, val_batches, kinds, tc.seed,
                      torch.device("cpu"), list(data.class_names), train_split,
-                     NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter))
+                     _training_natural(tc))
     _, new = checkpoint.load(ckpt, torch.device("cpu"))
     return {"gate": new.get("gate"), "confidence_gate": new.get("confidence_gate"),
             "typicality_gate": new.get("typicality_gate"),
@@ -492,11 +504,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     if cfg.data.source == "logs":
         check_log_globs(cfg.data.logs)
     data = data if data is not None else load_data(cfg)
-    train_split, val_split = data.splits["train"], data.splits["val"]
-    if cfg.data.train_subset:
-        train_split = train_split.subset(cfg.data.train_subset, seed=tc.seed)
-    if cfg.data.val_subset:
-        val_split = val_split.subset(cfg.data.val_subset, seed=tc.seed)
+    train_split, val_split = _run_splits(cfg, data)
 
     init_meta: dict[str, Any] | None = None
     if tc.init_from is not None:
@@ -577,7 +585,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         meta["init_from"] = {"path": stored_cfg["train"]["init_from"],
                              "preset": init_meta.get("preset"), "val_acc": init_meta.get("val_acc")}
 
-    train_nat = NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter)
+    train_nat = _training_natural(tc)
     for epoch in range(start_epoch, tc.epochs):
         # One process: one generator for the schedule and the corruption, as always. Several:
         # ``rng`` (alike on every rank) draws the order and levels of the global batch, and each

@@ -306,8 +306,7 @@ class Udml(FusionRule):
                 # neither says how badly, so both close only as far as another stream is healthy.
                 # fp32 even under a bf16 autocast, as the typicality gate (a ramp of ~1 nat).
                 with torch.autocast(device_type=ref.device.type, enabled=False):
-                    pre = torch.stack([net.pretext[m].surprise(pooled[m].float()) for m in ms],
-                                      dim=1)
+                    pre = torch.stack([net.pretext[m].surprise(pooled[m]) for m in ms], dim=1)
                 g_atyp = g_atyp * gate_openness(pre, net.pre_clean, net.pre_broken)
                 aux.update({f"pretext/{m}": pre[:, i] for i, m in enumerate(ms)})
             g_rel = relative_openness(g_atyp, g_sig * g_conf * g_atyp, mask)
