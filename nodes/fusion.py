@@ -77,6 +77,6 @@ def run(name: str, spec: FusionNode) -> int:
             beat.tick({**service.counters(now), "decode_errors": sub.total_decode_errors,
                        **decode_reasons, "internal_errors": internal_errors,
                        "frames_dropped_stale": sum(st.dropped_stale for st in stats.values())},
-                      force=changed)
+                      state="check" if service.findings else "ok", force=changed)
     log.info("stopped after %d results", service.seq)
     return 0

@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -91,6 +91,11 @@ class EngineOutput:
     bucket: int  # the batch size the model actually ran (≥ B when padded)
     preprocess_ns: int  # upload + validity + preprocessing (0 for ``run``)
     inference_ns: int  # copy-in, forward (or replay) and copy-out, synchronised
+    # [B] each stream's openness under all the switch rule's gates, in [0, 1] (rules with gates)
+    health: dict[str, np.ndarray] = field(default_factory=dict)
+    # [B] int: the transform the pretext head names for the stream's input (0 as it came, k a
+    # camera's k quarter turns counter-clockwise), −1 where it names none (``rules.udml``)
+    looks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -167,8 +172,9 @@ class Engine:
         self.staging_threads = staging_threads
         self._stager: ThreadPoolExecutor | None = None
         # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M |
-        # conflict 1 (the answer came from the switch rule's conflict rule).
-        self.width = 2 * self.num_classes + 3 * len(self.modalities) + 1
+        # conflict 1 (the answer came from the switch rule's conflict rule) | health M |
+        # looks M (NaN where the rule has no gates or no pretext head).
+        self.width = 2 * self.num_classes + 5 * len(self.modalities) + 1
 
     # ---- the forward pass ------------------------------------------------------------------
 
@@ -187,6 +193,8 @@ class Engine:
         conflict = out.aux.get("conflict")
         cols.append(torch.zeros(b, device=logits.device) if conflict is None
                     else conflict.float())
+        cols += [out.aux[f"{key}/{m}"].float() if f"{key}/{m}" in out.aux else nan
+                 for key in ("gate", "looks") for m in self.modalities]
         return torch.cat([logits, torch.softmax(logits, dim=1), torch.stack(cols, dim=1)], dim=1)
 
     @torch.no_grad()
@@ -391,12 +399,17 @@ class Engine:
         cols = packed[:, 2 * k :]
         mm = len(ms)
         sig = {m: cols[:, mm + i] for i, m in enumerate(ms)}
+        health = {m: cols[:, 3 * mm + 1 + i] for i, m in enumerate(ms)}
+        looks = {m: cols[:, 4 * mm + 1 + i] for i, m in enumerate(ms)}
         return EngineOutput(
             logits=packed[:, :k], probs=packed[:, k : 2 * k],
             multipliers={m: cols[:, i] for i, m in enumerate(ms)},
             sigma_hat={m: s for m, s in sig.items() if not np.isnan(s).all()},
             present={m: cols[:, 2 * mm + i] > 0.5 for i, m in enumerate(ms)},
             conflict=cols[:, 3 * mm] > 0.5, bucket=bucket, preprocess_ns=prep_ns, inference_ns=inf_ns,
+            health={m: h for m, h in health.items() if not np.isnan(h).all()},
+            looks={m: np.nan_to_num(v, nan=-1.0).astype(np.int64) for m, v in looks.items()
+                   if not np.isnan(v).all()},
         )
 
 

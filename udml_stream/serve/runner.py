@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,11 @@ class Prediction:
     inference_ns: int
     # The streams' own heads disagreed and the switch rule's conflict rule answered.
     conflict: bool = False
+    # Each present stream's openness under all the switch rule's gates (empty for other rules).
+    health: dict[str, float] = field(default_factory=dict)
+    # The transform the pretext head names for each present stream's input (0: as it came; a
+    # camera's k: k quarter turns counter-clockwise), −1 none (``serve.diagnose`` reads both).
+    looks: dict[str, int] = field(default_factory=dict)
 
 
 class FusionRunner:
@@ -106,5 +111,7 @@ class FusionRunner:
                                if sample.get(m) is not None},
                     present={m: bool(p[i]) for m, p in o.present.items()},
                     preprocess_ns=o.preprocess_ns, inference_ns=o.inference_ns,
-                    conflict=bool(o.conflict[i])))
+                    conflict=bool(o.conflict[i]),
+                    health={m: float(h[i]) for m, h in o.health.items() if o.present[m][i]},
+                    looks={m: int(k[i]) for m, k in o.looks.items() if o.present[m][i]}))
         return out

@@ -24,6 +24,7 @@ from udml_stream import modalities
 from udml_stream.errors import CheckpointError
 from udml_stream.messages import FusionResult, Message
 from udml_stream.messages.topics import check_robot_names, namespaced
+from udml_stream.serve.diagnose import Diagnostics
 from udml_stream.serve.runner import FusionRunner
 from udml_stream.sync import Pairer, PairingConfig, SyncedSample
 from udml_stream.sync.edge import Edge
@@ -58,6 +59,8 @@ class Lane:
     conflicts: int = 0  # of them, answered by the conflict rule (the streams disagreed)
     last_audio_valid: float = 0.0  # of the newest sample fused (0 before the first)
     alive: tuple[bool, bool] | None = None
+    # Faults seen across its recent results (a turned camera, streams that keep disagreeing).
+    diag: Diagnostics = field(default_factory=lambda: Diagnostics({}, {}))
 
 
 class FusionService:
@@ -88,7 +91,9 @@ class FusionService:
             cam, mic, others = t[self.trigger], t[self.window], [t[m] for m in self.others]
             self.lanes[r] = Lane(r, cam, mic, namespaced(r, stream),
                                  Edge(cam, mic, runner.sample_rate, freeze_ns, others),
-                                 Pairer(pairing, camera=cam, audio=mic, others=others), t)
+                                 Pairer(pairing, camera=cam, audio=mic, others=others), t,
+                                 diag=Diagnostics({m: t[m] for m in (self.trigger, *self.others)},
+                                                  t))
         self._by_topic = {t: lane for lane in self.lanes.values() for t in lane.topics.values()}
         self.fleet = bool(robots)
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
@@ -157,6 +162,10 @@ class FusionService:
         for (lane, sample, since), pred in zip(batch, preds, strict=True):
             lane.last_audio_valid = sample.audio_valid
             lane.conflicts += pred.conflict
+            for change, finding in lane.diag.add(pred):
+                (log.warning if change == "begins" else log.info)(
+                    "%s%s %s: %s", f"{lane.robot}: " if lane.robot else "", finding.code,
+                    change, finding.text)
             # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
             lat = {"sync_wait": sample.wait_ns + now_ns - since,
                    "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
@@ -185,6 +194,12 @@ class FusionService:
             f = s.others.get(lane.topics[m])
             x[m] = f.image if f is not None else None
         return x
+
+    @property
+    def findings(self) -> list[str]:
+        """Active diagnostics across the robots (``serve.diagnose``), as ``[<robot>/]<code>``."""
+        return [namespaced(lane.robot, code) for lane in self.lanes.values()
+                for code in lane.diag.active]
 
     def liveness_changed(self, now_ns: int) -> bool:
         """True when a camera or audio stream of any robot came or went since the last call
@@ -225,6 +240,7 @@ class FusionService:
                 "audio_alive": int(p.audio_alive(now_ns)),
                 **lane.edge.counters(),
             }
+            c.update(lane.diag.counters())
             if self.others:  # a second camera: its liveness and the samples that lacked it
                 c["others_stale"] = p.others_stale
                 c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))

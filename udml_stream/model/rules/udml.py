@@ -58,6 +58,9 @@ def kl_to_level_prior(maps: Tensor, level: Tensor) -> Tensor:
 PRETEXT_GRID = 3
 #: Transforms the pretext head tells apart (index 0: the input as it came).
 PRETEXT_CLASSES = 4
+#: The pretext head names a transform for the diagnostics when it is at least this sure of it,
+#: on a stream the σ̂ and confidence gates keep at least this open (``aux["looks/<m>"]``).
+LOOKS_PROB, LOOKS_OPEN = 0.5, 0.5
 
 
 class PretextHead(nn.Module):
@@ -90,9 +93,13 @@ class PretextHead(nn.Module):
         """Pooled maps ``[B, n_features]`` → transform logits ``[B, PRETEXT_CLASSES]``."""
         return self.head(self.norm(x))
 
+    def log_probs(self, x: Tensor) -> Tensor:
+        """``[B, PRETEXT_CLASSES]``: log p(each transform), fp32."""
+        return F.log_softmax(self(x).float(), dim=1)
+
     def surprise(self, x: Tensor) -> Tensor:
         """``[B]``: −log p(the input is untransformed)."""
-        return -F.log_softmax(self(x).float(), dim=1)[:, 0]
+        return -self.log_probs(x)[:, 0]
 
 
 class LinearEstimator(nn.Module):
@@ -306,9 +313,20 @@ class Udml(FusionRule):
                 # neither says how badly, so both close only as far as another stream is healthy.
                 # fp32 even under a bf16 autocast, as the typicality gate (a ramp of ~1 nat).
                 with torch.autocast(device_type=ref.device.type, enabled=False):
-                    pre = torch.stack([net.pretext[m].surprise(pooled[m]) for m in ms], dim=1)
+                    logp = torch.stack([net.pretext[m].log_probs(pooled[m]) for m in ms], dim=1)
+                pre = -logp[:, :, 0]  # [B, M] surprise
                 g_atyp = g_atyp * gate_openness(pre, net.pre_clean, net.pre_broken)
                 aux.update({f"pretext/{m}": pre[:, i] for i, m in enumerate(ms)})
+                # Which transform the head says the input went through, for the node's
+                # diagnostics ("the camera looks turned", ``serve.diagnose``): only where the
+                # head is sure, its gate is calibrated, and the σ̂ and confidence gates keep the
+                # stream open, since on input with nothing in it the head's pick means nothing
+                # (a blank frame reads as a quarter turn). −1: nothing to say.
+                p_top, k_top = logp.exp().max(dim=2)
+                says = ((p_top >= LOOKS_PROB) & (g_sig * g_conf >= LOOKS_OPEN) & mask.bool()
+                        & (net.pre_broken > net.pre_clean)[None, :])
+                looks = torch.where(says, k_top.float(), torch.full_like(p_top, -1.0))
+                aux.update({f"looks/{m}": looks[:, i] for i, m in enumerate(ms)})
             g_rel = relative_openness(g_atyp, g_sig * g_conf * g_atyp, mask)
             w = apply_gate(w, g_rel, mask)
             health = g_sig * g_conf * g_rel  # each stream's openness under all the gates

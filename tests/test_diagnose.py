@@ -1,0 +1,155 @@
+"""Faults seen across time (``serve.diagnose``): the window logic on hand-made results, then
+the fusion service on the shipped checkpoint with a camera turned on its side and with a
+microphone that carries another sample's speech."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from udml_stream import corrupt
+from udml_stream.data import avdigits
+from udml_stream.data.batching import NaturalInput, make_batch
+from udml_stream.messages import AudioChunk, CameraFrame
+from udml_stream.serve import FusionRunner, FusionService
+from udml_stream.serve.diagnose import MIN_EVIDENCE, WINDOW, Diagnostics
+from udml_stream.serve.runner import Prediction
+from udml_stream.sync import PairingConfig
+
+CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+MS = 1_000_000
+T0 = 5_000_000_000
+
+
+def _pred(looks: int = 0, conflict: bool = False, health: float = 1.0,
+          audio: bool = True) -> Prediction:
+    present = {"image": True, "audio": audio}
+    on = [m for m, p in present.items() if p]
+    return Prediction(probs=[], pred=0, weights={}, sigma_hat={}, present=present,
+                      preprocess_ns=0, inference_ns=0, conflict=conflict,
+                      health={m: health for m in on}, looks={"image": looks, "audio": 0})
+
+
+def _diag() -> Diagnostics:
+    return Diagnostics({"image": "camera"}, {"image": "camera", "audio": "mic"})
+
+
+def test_a_camera_turned_one_way_is_named_with_the_rotate_that_undoes_it() -> None:
+    d = _diag()
+    # Head names a quarter turn clockwise (k = 3) on 3 of 4 frames, nothing on the rest.
+    began = []
+    for i in range(WINDOW):
+        began += d.add(_pred(looks=3 if i % 4 else -1))
+    assert [(c, f.code, f.rotate) for c, f in began] == [("begins", "turned.image", 270)]
+    assert "turned 90° clockwise" in began[0][1].text and "rotate = 270" in began[0][1].text
+    assert d.counters() == {"diag.image.rotate": 270, "diag.disagree_permille": 0,
+                            "diag.findings": 1}
+    # Set right: upright frames push the turn below the end threshold; it ends once.
+    ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=0))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
+    assert d.rotate_hint("image") == 0 and not d.active
+
+
+def test_too_little_evidence_or_scattered_turns_name_nothing() -> None:
+    d = _diag()
+    for _ in range(MIN_EVIDENCE - 1):  # every frame turned, but too few judged
+        assert d.add(_pred(looks=1)) == []
+    for _ in range(WINDOW - MIN_EVIDENCE):  # blank frames: the head names nothing
+        assert d.add(_pred(looks=-1)) == []
+    d = _diag()
+    for i in range(3 * WINDOW):  # quarter turns every way, none the majority; upright often
+        assert d.add(_pred(looks=i % 4)) == []
+    assert d.counters()["diag.findings"] == 0
+
+
+def test_streams_that_keep_disagreeing_while_open_are_flagged() -> None:
+    d = _diag()
+    changes = [ch for i in range(WINDOW) for ch in d.add(_pred(conflict=i % 3 != 0))]
+    assert [(c, f.code) for c, f in changes] == [("begins", "disagree")]
+    assert "camera and mic disagree" in changes[0][1].text
+    assert d.counters()["diag.disagree_permille"] == 660  # 66 of the last 100
+    # Agreeing open results end it, once (hysteresis: below 30%, not at 50%).
+    ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(conflict=False))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "disagree")]
+    # Conflicts where the gates close a stream (the rule knows which one is broken) carry no
+    # evidence.
+    d = _diag()
+    for _ in range(2 * WINDOW):
+        assert d.add(_pred(conflict=True, health=0.2)) == []
+
+
+def test_one_stream_or_a_rule_without_gates_gives_no_disagreement_evidence() -> None:
+    d = _diag()
+    for _ in range(WINDOW):
+        d.add(_pred(conflict=True, audio=False))
+    bare = Prediction(probs=[], pred=0, weights={}, sigma_hat={},
+                      present={"image": True, "audio": True}, preprocess_ns=0, inference_ns=0,
+                      conflict=True)
+    for _ in range(WINDOW):
+        d.add(bare)
+    assert not d.active and d.counters()["diag.disagree_permille"] == 0
+
+
+# ---- the service on the shipped checkpoint ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runner() -> FusionRunner:
+    return FusionRunner(CKPT, "cpu", 1)
+
+
+def _serve(runner: FusionRunner, frames: np.ndarray, waves: np.ndarray) -> FusionService:
+    """One robot's samples in order: a second of speech in 20 ms chunks, then the frame."""
+    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
+                                              window_samples=runner.window_samples))
+    n = 0
+    for i, (img, wave) in enumerate(zip(frames, waves, strict=True)):
+        t = T0 + i * 1000 * MS
+        for j in range(50):
+            svc.add(AudioChunk("mic", i * 50 + j, t + j * 20 * MS,
+                               samples=wave[j * 320:(j + 1) * 320]), t + j * 20 * MS)
+        svc.add(CameraFrame("camera", i, t + 1000 * MS, image=img), t + 1000 * MS)
+        n += len(svc.results(t + 1200 * MS))
+    assert n == len(frames)  # every sample fused
+    return svc
+
+
+@pytest.fixture(scope="module")
+def samples(field_data: avdigits.AVDigits) -> tuple[np.ndarray, np.ndarray]:
+    """120 test samples as sensors send them: 8-bit frames, speech at −20 dBFS peak over a
+    −60 dBFS room floor."""
+    split = field_data.splits["test"]
+    rows = np.arange(min(120, len(split)))
+    b = make_batch(split, rows, {m: np.full(len(rows), corrupt.CLEAN) for m in split.tables},
+                   np.random.default_rng(0), natural=NaturalInput(peak_dbfs=-20, floor_dbfs=-60))
+    frames = np.clip(b.inputs["image"], 0, 255).astype(np.uint8)
+    return frames, np.nan_to_num(b.inputs["audio"]).astype(np.float32)
+
+
+def test_the_service_names_a_camera_turned_on_its_side_and_nothing_when_upright(
+        runner: FusionRunner, samples, caplog: pytest.LogCaptureFixture) -> None:
+    frames, waves = samples
+    upright = _serve(runner, frames, waves)
+    assert upright.counters(0)["diag.findings"] == 0
+    with caplog.at_level(logging.WARNING, logger="udml_stream.serve.service"):
+        turned = _serve(runner, np.stack([cv2.rotate(f, cv2.ROTATE_90_COUNTERCLOCKWISE)
+                                          for f in frames]), waves)
+    c = turned.counters(0)
+    assert c["diag.image.rotate"] == 90 and c["diag.findings"] == 1
+    assert any("turned.image begins" in r.getMessage() and "set rotate = 90" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_the_service_flags_a_microphone_carrying_another_samples_speech(
+        runner: FusionRunner, samples) -> None:
+    frames, waves = samples
+    # Each frame is paired with the speech of the sample before it (a lagging or swapped
+    # stream: healthy, confident, and about another digit).
+    svc = _serve(runner, frames, np.roll(waves, 1, axis=0))
+    c = svc.counters(0)
+    assert "disagree" in svc.lanes[""].diag.active
+    assert c["diag.disagree_permille"] > 500 and c["diag.image.rotate"] == 0
