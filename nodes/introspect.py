@@ -27,6 +27,22 @@ def rejection_summary(counters: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in pairs)
 
 
+def diagnosis_summary(counters: dict[str, int]) -> str:
+    """The fusion node's active diagnostics (``serve.diagnose``) from its ``diag.*`` heartbeat
+    counters, robot by robot in a fleet; empty when none is active."""
+    out = []
+    for key, v in sorted(counters.items()):
+        robot, _, name = key.rpartition("diag.")
+        who = robot.removesuffix("/") + ": " if robot else ""
+        if name.endswith(".rotate") and v:
+            out.append(f"{who}{name.removesuffix('.rotate')} looks turned (turn it {v}° further "
+                       "clockwise)")
+        elif name == "disagree" and v:
+            share = counters.get(f"{robot}diag.disagree_permille", 0) / 10
+            out.append(f"{who}streams disagree in {share:.0f}% of recent healthy results")
+    return "; ".join(out)
+
+
 def topics(endpoints: list[str], seconds: float) -> None:
     """Listen for ``seconds`` and list every topic with its rate, then what each node that
     sends heartbeats rejected, by reason (its counters since it started)."""
@@ -50,6 +66,8 @@ def topics(endpoints: list[str], seconds: float) -> None:
         summary = rejection_summary(beats[node].counters)
         if summary:
             typer.echo(f"{node} rejected: {summary}")
+        if beats[node].state == "check":
+            typer.echo(f"{node} check: {diagnosis_summary(beats[node].counters)}")
     if not counts:
         typer.echo("no messages heard")
 

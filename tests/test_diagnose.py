@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from udml_stream_apps.nodes import introspect
 
 from udml_stream import corrupt
 from udml_stream.data import avdigits
@@ -45,13 +46,37 @@ def test_a_camera_turned_one_way_is_named_with_the_rotate_that_undoes_it() -> No
     for i in range(WINDOW):
         began += d.add(_pred(looks=3 if i % 4 else -1))
     assert [(c, f.code, f.rotate) for c, f in began] == [("begins", "turned.image", 270)]
-    assert "turned 90° clockwise" in began[0][1].text and "rotate = 270" in began[0][1].text
-    assert d.counters() == {"diag.image.rotate": 270, "diag.disagree_permille": 0,
-                            "diag.findings": 1}
+    assert "turned 90° clockwise" in began[0][1].text
+    assert "turn it 270° further clockwise" in began[0][1].text
+    assert d.counters() == {"diag.image.rotate": 270, "diag.disagree": 0,
+                            "diag.disagree_permille": 0, "diag.findings": 1}
     # Set right: upright frames push the turn below the end threshold; it ends once.
     ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=0))]
     assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
     assert d.rotate_hint("image") == 0 and not d.active
+
+
+def test_an_active_turn_holds_between_its_thresholds_and_on_little_evidence() -> None:
+    d = _diag()
+    for _ in range(WINDOW):
+        d.add(_pred(looks=1))
+    assert d.rotate_hint("image") == 90
+    # Now half the judged frames turned (between the end and begin thresholds), and only one
+    # frame in ten judged (fewer than a new finding needs): it holds, without flapping.
+    changes = [ch for i in range(5 * WINDOW)
+               for ch in d.add(_pred(looks=(1 if i % 20 == 0 else 0) if i % 10 == 0 else -1))]
+    assert changes == [] and d.rotate_hint("image") == 90
+    # Another turn edging past it (50% against its 40%) does not replace it while it keeps its
+    # share.
+    d = _diag()
+    for _ in range(WINDOW):
+        d.add(_pred(looks=1))
+    turns = (3, 1, 3, 1, 3, 1, 3, 1, 3, 0)
+    changes = [ch for i in range(WINDOW) for ch in d.add(_pred(looks=turns[i % 10]))]
+    assert changes == [] and d.rotate_hint("image") == 90
+    # No judged frame for a whole window (the camera covered or gone): it ends.
+    ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=-1))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
 
 
 def test_too_little_evidence_or_scattered_turns_name_nothing() -> None:
@@ -72,6 +97,8 @@ def test_streams_that_keep_disagreeing_while_open_are_flagged() -> None:
     assert [(c, f.code) for c, f in changes] == [("begins", "disagree")]
     assert "camera and mic disagree" in changes[0][1].text
     assert d.counters()["diag.disagree_permille"] == 660  # 66 of the last 100
+    assert introspect.diagnosis_summary(d.counters()) == (
+        "streams disagree in 66% of recent healthy results")
     # Agreeing open results end it, once (hysteresis: below 30%, not at 50%).
     ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(conflict=False))]
     assert [(c, f.code) for c, f in ended] == [("ends", "disagree")]
@@ -80,6 +107,16 @@ def test_streams_that_keep_disagreeing_while_open_are_flagged() -> None:
     d = _diag()
     for _ in range(2 * WINDOW):
         assert d.add(_pred(conflict=True, health=0.2)) == []
+
+
+def test_a_disagreement_ends_when_a_stream_goes_away() -> None:
+    d = _diag()
+    for _ in range(WINDOW):
+        d.add(_pred(conflict=True))
+    assert "disagree" in d.active
+    # The microphone unplugged for good: no result is evidence, the window ages out.
+    ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(audio=False))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "disagree")]
 
 
 def test_one_stream_or_a_rule_without_gates_gives_no_disagreement_evidence() -> None:
@@ -135,13 +172,15 @@ def test_the_service_names_a_camera_turned_on_its_side_and_nothing_when_upright(
     frames, waves = samples
     upright = _serve(runner, frames, waves)
     assert upright.counters(0)["diag.findings"] == 0
-    with caplog.at_level(logging.WARNING, logger="udml_stream.serve.service"):
+    with caplog.at_level(logging.WARNING, logger="udml_stream.serve.diagnose"):
         turned = _serve(runner, np.stack([cv2.rotate(f, cv2.ROTATE_90_COUNTERCLOCKWISE)
                                           for f in frames]), waves)
     c = turned.counters(0)
     assert c["diag.image.rotate"] == 90 and c["diag.findings"] == 1
-    assert any("turned.image begins" in r.getMessage() and "set rotate = 90" in r.getMessage()
+    assert introspect.diagnosis_summary(c) == "image looks turned (turn it 90° further clockwise)"
+    assert any("turned.image begins" in r.getMessage() and "(rotate = 90 if" in r.getMessage()
                for r in caplog.records)
+    assert turned.liveness_changed(0)  # the node sends its heartbeat (state check) at once
 
 
 def test_the_service_flags_a_microphone_carrying_another_samples_speech(

@@ -364,6 +364,8 @@ def test_running_fusion_node_survives_every_issue_input(tmp_path: Path) -> None:
                       "audio_resampled_chunks", "audio_clipped_chunks"]
             wait(lambda: all(hb().get(k, 0) > 0 for k in wanted), "per-reason counters")
             assert hb()["internal_errors"] == 0
+            # Its diagnostics travel in the same heartbeat (nothing found on this traffic).
+            assert hb()["diag.findings"] == 0 and hb()["diag.image.rotate"] == 0
             # `udml topics` shows the node's rejections by reason, from its heartbeats.
             top = subprocess.run([sys.executable, "-m", "udml_stream.cli.main", "topics", out_ep,
                                   "--seconds", "2"], capture_output=True, text=True, timeout=60)

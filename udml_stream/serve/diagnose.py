@@ -24,22 +24,29 @@ Over a window of recent results both faults are plain to see:
   this happens in 1% of such results.
 
 A finding is logged when it begins and when it ends, with hysteresis so it does not flap. The
-heartbeat carries it: ``diag.<modality>.rotate`` is the ``rotate`` to set, or 0;
-``diag.disagree_permille`` is the current share; ``diag.findings`` counts the active findings.
+heartbeat carries it: ``diag.<modality>.rotate`` is the further clockwise turn to add to the
+camera node's ``rotate`` (0: none);
+``diag.disagree`` is 1 while that finding is active and ``diag.disagree_permille`` the current
+share; ``diag.findings`` counts the active findings.
 The thresholds and how often each finding fires are measured on the validation split
 (``training/probe_diagnose.py``, docs/results/diagnose.md).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from udml_stream.serve.runner import Prediction
 
-#: Results a finding is judged over (per robot), and the fewest that must carry evidence.
-WINDOW, MIN_EVIDENCE = 100, 20
+log = logging.getLogger(__name__)
+
+#: Results a finding is judged over (per robot), the fewest that must carry evidence for it to
+#: begin, and the fewest that keep an active one (a camera judged on only a few frames
+#: must not make it flap; none at all for a window ends it).
+WINDOW, MIN_EVIDENCE, HOLD_EVIDENCE = 100, 20, 5
 #: turned: the share of named frames one quarter turn needs to begin, and below which it ends.
 TURN_BEGIN, TURN_END = 0.6, 0.4
 #: disagree: the share of all-open results with a conflict to begin, and below which it ends.
@@ -54,7 +61,9 @@ class Finding:
 
     code: str  # "turned.<modality>" or "disagree"
     text: str  # what was seen and what to check, for the log
-    rotate: int = 0  # turned: the camera node's ``rotate`` that would set the picture right
+    # turned: the further clockwise turn that sets the picture right, i.e. the camera node's
+    # ``rotate`` becomes (its current value + this) mod 360: just this from rotate = 0.
+    rotate: int = 0
 
 
 class _Window:
@@ -95,9 +104,11 @@ class Diagnostics:
             k = pred.looks.get(m, -1)
             w.add(None if k < 0 else k)
         present = [m for m, p in pred.present.items() if p]
-        if len(present) >= 2 and pred.health:
-            open_all = all(pred.health.get(m, 0.0) >= OPEN for m in present)
-            self._conflicts.add(pred.conflict if open_all else None)
+        open_all = len(present) >= 2 and bool(pred.health) and all(
+            pred.health.get(m, 0.0) >= OPEN for m in present)
+        # A result without two open streams is no evidence either way (and ages the window, so
+        # a finding ends when a stream goes away for good).
+        self._conflicts.add(pred.conflict if open_all else None)
         changes: list[tuple[str, Finding]] = []
         for code, finding in [*((f"turned.{m}", self._turned(m)) for m in self._looks),
                               ("disagree", self._disagree())]:
@@ -115,29 +126,32 @@ class Diagnostics:
     def _turned(self, m: str) -> Finding | None:
         w = self._looks[m]
         named = w.evidence()
-        if named < MIN_EVIDENCE:
-            return None
-        turns = [(w.tally[k], k) for k in (1, 2, 3)]
-        count, k = max(turns)
-        share = count / named
         was = self.active.get(f"turned.{m}")
-        holding = was is not None and was.rotate == 90 * k
-        if share < (TURN_END if holding else TURN_BEGIN):
-            return None
+        # An active finding holds while its own turn keeps TURN_END of a few judged frames
+        # (even if another turn edges past it); a new one needs TURN_BEGIN of MIN_EVIDENCE.
+        k = was.rotate // 90 if was is not None else 0
+        if not (k and named >= HOLD_EVIDENCE and w.tally[k] >= TURN_END * named):
+            if named < MIN_EVIDENCE:
+                return None
+            count, k = max((w.tally[j], j) for j in (1, 2, 3))
+            if count < TURN_BEGIN * named:
+                return None
+        share = w.tally[k] / named
         how = {1: "turned 90° counter-clockwise", 2: "upside down", 3: "turned 90° clockwise"}[k]
         return Finding(f"turned.{m}", (
             f"{self.cameras[m]} looks {how} in {share:.0%} of the last {named} frames whose "
             "orientation the model could judge, so the camera's weight is kept low; if it is "
-            f"mounted so, set rotate = {90 * k}"), rotate=90 * k)
+            f"mounted so, turn it {90 * k}° further clockwise on its camera node (rotate = "
+            f"{90 * k} if it is 0 now)"), rotate=90 * k)
 
     def _disagree(self) -> Finding | None:
         w = self._conflicts
         n = w.evidence()
-        if n < MIN_EVIDENCE:
+        holding = "disagree" in self.active
+        if n < (HOLD_EVIDENCE if holding else MIN_EVIDENCE):
             self.disagree_share = 0.0
             return None
         self.disagree_share = w.tally[True] / n
-        holding = "disagree" in self.active
         if self.disagree_share < (DISAGREE_END if holding else DISAGREE_BEGIN):
             return None
         names = " and ".join(self.topics.values())
@@ -148,14 +162,24 @@ class Diagnostics:
             "microphone), and no single sample can tell which"))
 
     def rotate_hint(self, m: str) -> int:
-        """The ``rotate`` the active finding on camera ``m`` suggests (0: none)."""
+        """The further clockwise turn the active finding on camera ``m`` suggests (0: none)."""
         f = self.active.get(f"turned.{m}")
         return f.rotate if f is not None else 0
 
     def counters(self) -> dict[str, int]:
-        """Heartbeat counters: ``diag.<camera>.rotate``, ``diag.disagree_permille`` and
-        ``diag.findings``."""
+        """Heartbeat counters: ``diag.<camera>.rotate``, ``diag.disagree`` (1 while active),
+        ``diag.disagree_permille`` and ``diag.findings``."""
         out = {f"diag.{m}.rotate": self.rotate_hint(m) for m in self.cameras}
+        out["diag.disagree"] = int("disagree" in self.active)
         out["diag.disagree_permille"] = round(1000 * self.disagree_share)
         out["diag.findings"] = len(self.active)
         return out
+
+
+def report(robot: str, changes: list[tuple[str, Finding]]) -> None:
+    """Log findings that began (a warning) or ended, on this module's own logger: they are rare
+    by construction, and a node's rate limiter, keyed by message template, must not fold one
+    robot's finding into another's."""
+    for change, f in changes:
+        (log.warning if change == "begins" else log.info)(
+            "%s%s %s: %s", f"{robot}: " if robot else "", f.code, change, f.text)

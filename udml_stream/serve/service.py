@@ -24,7 +24,7 @@ from udml_stream import modalities
 from udml_stream.errors import CheckpointError
 from udml_stream.messages import FusionResult, Message
 from udml_stream.messages.topics import check_robot_names, namespaced
-from udml_stream.serve.diagnose import Diagnostics
+from udml_stream.serve.diagnose import Diagnostics, report
 from udml_stream.serve.runner import FusionRunner
 from udml_stream.sync import Pairer, PairingConfig, SyncedSample
 from udml_stream.sync.edge import Edge
@@ -99,6 +99,7 @@ class FusionService:
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
         self.batches: Counter[int] = Counter()  # batch size → forward passes
         self._due: list[tuple[Lane, SyncedSample, int]] = []  # (lane, sample, due since)
+        self._findings_changed = False  # a diagnostic began or ended since the last heartbeat
 
     # The single robot's lane, for callers that serve one robot.
     @property
@@ -162,10 +163,10 @@ class FusionService:
         for (lane, sample, since), pred in zip(batch, preds, strict=True):
             lane.last_audio_valid = sample.audio_valid
             lane.conflicts += pred.conflict
-            for change, finding in lane.diag.add(pred):
-                (log.warning if change == "begins" else log.info)(
-                    "%s%s %s: %s", f"{lane.robot}: " if lane.robot else "", finding.code,
-                    change, finding.text)
+            changes = lane.diag.add(pred)
+            if changes:
+                report(lane.robot, changes)
+                self._findings_changed = True
             # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
             lat = {"sync_wait": sample.wait_ns + now_ns - since,
                    "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
@@ -202,9 +203,10 @@ class FusionService:
                 for code in lane.diag.active]
 
     def liveness_changed(self, now_ns: int) -> bool:
-        """True when a camera or audio stream of any robot came or went since the last call
-        (the node then sends a heartbeat at once instead of at its next period)."""
-        changed = False
+        """True when a camera or audio stream of any robot came or went, or a diagnostic
+        finding began or ended, since the last call (the node then sends a heartbeat at once
+        instead of at its next period)."""
+        changed, self._findings_changed = self._findings_changed, False
         for lane in self.lanes.values():
             alive = (lane.pairer.camera_alive(now_ns), lane.pairer.audio_alive(now_ns))
             if lane.alive is not None and alive != lane.alive:
