@@ -156,3 +156,36 @@ def test_fitting_features_stay_within_their_memory_budget(small_data, monkeypatc
     monkeypatch.setattr(pregate, "FEATURE_BUDGET_BYTES", 1 << 30)
     feats = pregate.pretext_features(model, split, None, NaturalInput(), 0, torch.device("cpu"))
     assert all(x.shape[0] == len(split) * PRETEXT_CLASSES * 2 for x, _ in feats.values())
+
+
+def test_the_joint_pretext_term_trains_encoders_and_heads_on_clean_input_only(
+        small_data) -> None:
+    from udml_stream.train.trainer import pretext_loss
+
+    model = _switch_model(small_data).train()
+    model.pretext.requires_grad_(True)  # as train() does with train.pretext_weight > 0
+    inputs, present, levels, _ = _inputs(small_data)
+    loss = pretext_loss(model, inputs, present, levels)
+    # An untrained head is near chance over the transforms.
+    assert abs(float(loss.detach()) - float(np.log(PRETEXT_CLASSES))) < 1.0
+    loss.backward()
+    for m in model.cfg.modalities:
+        assert model.pretext[m].head[0].weight.grad.abs().sum() > 0
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in model.enc[m].parameters())
+    # No clean sample in the batch: no term (and no gradient).
+    noisy = {m: torch.full_like(v, 5) for m, v in levels.items()}
+    assert float(pretext_loss(model, inputs, present, noisy)) == 0.0
+
+
+def test_the_joint_pretext_term_needs_the_switch_rule(cache_dir: Path, tmp_path: Path) -> None:
+    from udml_stream.errors import ConfigError
+    from udml_stream.train.config import parse_config
+    from udml_stream.train.trainer import train
+
+    cfg = parse_config({"data": {"preset": "balanced", "cache_dir": str(cache_dir),
+                                 "train_subset": 64},
+                        "model": {"method": "udml"},
+                        "train": {"pretext_weight": 0.5, "epochs": 1, "out_dir": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"pretext_weight = 0\.5: only the switch rule"):
+        train(cfg, progress=False)

@@ -105,6 +105,11 @@ class TrainSection(_Strict):
     sensor_jitter: bool = Field(False, description="natural presets: in training, a random pen "
                                 "width and slant per image and a random microphone response "
                                 "(high- and low-pass corners) per window")
+    pretext_weight: float = Field(0.0, ge=0, description="switch rule: weight of a "
+                                  "self-supervised term in training, the pretext heads telling "
+                                  "apart the transforms (train.pregate) of each batch's clean "
+                                  "inputs through the encoders; 0 = off (the heads are fitted "
+                                  "after training either way)")
     families: dict[str, list[str]] = Field(
         default_factory=dict, description="modality → degradation families drawn per sample "
         "once noisy (udml_stream.corrupt); a modality not named gets its reference kind")
@@ -169,7 +174,7 @@ PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.te
 
 #: Keys added after runs were made, with the value that behaves as those runs did: a stored
 #: config without the key reads it (so adding a setting does not block resuming an old run).
-ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False}
+ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False, "train.pretext_weight": 0.0}
 #: Keys that change how a run is executed or where it is written, not what it learns: a run
 #: may be resumed with different values (``train.epochs``: a finished run is extended).
 RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",

@@ -8,13 +8,15 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from udml_stream import corrupt, modalities
@@ -25,7 +27,15 @@ from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
 from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.loss import LossTerms, compute_loss
-from udml_stream.model.preprocess import ImagePrep, LogMelPrep, MfccPrep, fit_logmel_stats
+from udml_stream.model.preprocess import (
+    MISSING_ABSENT_FRACTION,
+    ImagePrep,
+    LogMelPrep,
+    MfccPrep,
+    fit_logmel_stats,
+    valid_fraction,
+)
+from udml_stream.model.rules.udml import PRETEXT_CLASSES, PretextHead
 from udml_stream.train.config import (
     LogsSection,
     ModelSection,
@@ -82,8 +92,8 @@ def sync_each_step(host_sync: str, device: torch.device) -> bool:
 
 def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, device: torch.device,
                quality_on: bool, grad_clip: float, history: dict[str, Any] | None,
-               sync: bool = True, bf16: bool = False, net: torch.nn.Module | None = None
-               ) -> LossTerms:
+               sync: bool = True, bf16: bool = False, net: torch.nn.Module | None = None,
+               pretext_weight: float = 0.0) -> LossTerms:
     """One optimisation step on ``batch``.
 
     ``history`` holds each sample's running unimodal loss (QMF's ranking target): numpy arrays
@@ -92,7 +102,8 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
     for the device: the caller reads ``terms.part_tensors`` when it logs. ``bf16`` (CUDA) runs
     the forward pass and the loss under bf16 autocast; weights, gradients and the optimizer
     stay fp32. ``net`` is the module to run forward (``model`` wrapped by DDP: the backward pass
-    then averages the gradients over processes); by default ``model``."""
+    then averages the gradients over processes); by default ``model``. ``pretext_weight`` > 0
+    adds the self-supervised term of ``pretext_loss``."""
     rows = batch.rows
     inputs, present, levels, y = to_torch(batch, device, pinned=not sync and device.type == "cuda")
     needs_history = model.rule.needs_history
@@ -108,6 +119,10 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
             idx = torch.from_numpy(rows).to(device, non_blocking=True)
             hist = {m: h[idx] for m, h in history.items()}
         terms = compute_loss(model, out, y, levels, hist)
+        if pretext_weight > 0:
+            pre = pretext_loss(model, inputs, present, levels)
+            terms.total = terms.total + pretext_weight * pre
+            terms.part_tensors["pretext"] = pre.detach()
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -119,6 +134,38 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
         for m, per in terms.unimodal_per_sample.items():
             history[m][idx] = 0.9 * history[m][idx] + 0.1 * per.float()
     return terms
+
+
+def pretext_loss(model: FusionNet, inputs: Mapping[str, Tensor], present: Mapping[str, Tensor],
+                 levels: Mapping[str, Tensor]) -> Tensor:
+    """The self-supervised term of ``train.pretext_weight``: each stream's clean inputs of the
+    batch, each through a random one of its kind's transforms (``train.pregate.TRANSFORMS``),
+    through the encoder, and its pretext head telling which (cross-entropy, mean over streams).
+    It asks the encoder to keep the input's layout (which way up a digit stands, which way a
+    word runs), which the gates read at serving; the heads themselves are fitted afresh after
+    training, as without it."""
+    from udml_stream.train.pregate import TRANSFORMS
+
+    losses = []
+    for m in model.cfg.modalities:
+        if m not in inputs:
+            continue
+        valid = valid_fraction(inputs[m])
+        keep = (present[m].bool() & (levels[m] == corrupt.CLEAN)
+                & (valid >= 1.0 - MISSING_ABSENT_FRACTION))
+        if int(keep.sum()) < 2:
+            continue
+        x = model.prep[m](inputs[m][keep])
+        k = torch.randint(0, PRETEXT_CLASSES, (x.shape[0],), device=x.device)
+        transform = TRANSFORMS[model.cfg.preprocess[m]["kind"]]
+        parts = [transform(x[k == j], j) for j in range(PRETEXT_CLASSES)]
+        labels = torch.cat([k[k == j] for j in range(PRETEXT_CLASSES)])
+        xt = torch.cat(parts).contiguous(memory_format=torch.channels_last)
+        logits = model.pretext[m](PretextHead.pool(model.enc[m](xt)))
+        losses.append(F.cross_entropy(logits.float(), labels))
+    if not losses:
+        return next(iter(inputs.values())).new_zeros(())
+    return torch.stack(losses).mean()
 
 
 #: Audio front-end settings per ``model.frontend`` (see ``LogMelPrep``).
@@ -538,6 +585,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     main = dist is None or dist.is_main
     # Only what training updates: the switch rule's pretext heads are fitted after it, frozen
     # here (and a run saved before they existed resumes with the same parameter list).
+    if tc.pretext_weight > 0:
+        if not model.rule.reads_pooled:
+            raise ConfigError(f"train.pretext_weight = {tc.pretext_weight}: only the switch rule "
+                              f"(udml_switch) has pretext heads; method {mcfg.method} has none")
+        model.pretext.requires_grad_(True)  # trained with the encoders, refitted after
     params = [p for p in model.parameters() if p.requires_grad]
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay) if tc.optimizer == "adam"
@@ -618,7 +670,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
                 touched[rows] = True
             batch = make_batch(train_split, rows, lv, aug_rng, kinds, natural=train_nat)
             terms = train_step(model, opt, batch, device, quality_on, tc.grad_clip, history_loss,
-                               sync, tc.precision == "bf16", net)
+                               sync, tc.precision == "bf16", net, tc.pretext_weight)
             if observer is not None:
                 observer.step(epoch, rows, model)
             if sync:
