@@ -139,19 +139,20 @@ def runner() -> FusionRunner:
     return FusionRunner(CKPT, "cpu", 1)
 
 
-def _serve(runner: FusionRunner, frames: np.ndarray, waves: np.ndarray) -> FusionService:
+def _serve(runner: FusionRunner, frames: np.ndarray, waves: np.ndarray,
+           results: list | None = None, **kw: object) -> FusionService:
     """One robot's samples in order: a second of speech in 20 ms chunks, then the frame."""
     svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
-                                              window_samples=runner.window_samples))
-    n = 0
+                                              window_samples=runner.window_samples), **kw)
+    out = [] if results is None else results
     for i, (img, wave) in enumerate(zip(frames, waves, strict=True)):
         t = T0 + i * 1000 * MS
         for j in range(50):
             svc.add(AudioChunk("mic", i * 50 + j, t + j * 20 * MS,
                                samples=wave[j * 320:(j + 1) * 320]), t + j * 20 * MS)
         svc.add(CameraFrame("camera", i, t + 1000 * MS, image=img), t + 1000 * MS)
-        n += len(svc.results(t + 1200 * MS))
-    assert n == len(frames)  # every sample fused
+        out += svc.results(t + 1200 * MS)
+    assert len(out) == len(frames)  # every sample fused
     return svc
 
 
@@ -192,3 +193,25 @@ def test_the_service_flags_a_microphone_carrying_another_samples_speech(
     c = svc.counters(0)
     assert "disagree" in svc.lanes[""].diag.active
     assert c["diag.disagree_permille"] > 500 and c["diag.image.rotate"] == 0
+
+
+def test_auto_orient_turns_a_turned_camera_back_and_gives_it_its_weight_again(
+        runner: FusionRunner, samples) -> None:
+    frames, waves = samples
+    turned = np.stack([cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE) for f in frames])
+    share = {}
+    for auto in (False, True):
+        res: list = []
+        svc = _serve(runner, turned, waves, res, auto_orient=auto)
+        tail = res[-30:]  # well after the finding (it begins within ~80 results)
+        share[auto] = float(np.mean([r.weights["image"] / sum(r.weights.values())
+                                     for r in tail]))
+        c = svc.counters(0)
+        if auto:
+            # Turned back 270° clockwise; the finding was dropped with the old window and the
+            # corrected frames raise none.
+            assert c["diag.image.applied"] == 270 and c["diag.image.rotate"] == 0
+            assert svc.lanes[""].turns == {"image": 3}
+        else:
+            assert "diag.image.applied" not in c and c["diag.image.rotate"] == 270
+    assert share[False] < 0.25 < 0.45 < share[True]

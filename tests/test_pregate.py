@@ -165,7 +165,12 @@ def test_the_joint_pretext_term_trains_encoders_and_heads_on_clean_input_only(
     model = _switch_model(small_data).train()
     model.pretext.requires_grad_(True)  # as train() does with train.pretext_weight > 0
     inputs, present, levels, _ = _inputs(small_data)
+    stats = {k: v.clone() for k, v in model.enc.state_dict().items() if "running" in k}
+    assert stats  # the encoders hold batch norm
     loss = pretext_loss(model, inputs, present, levels)
+    # Batch norm's running statistics (what evaluation uses) are not pulled toward transformed
+    # inputs.
+    assert all(torch.equal(v, model.enc.state_dict()[k]) for k, v in stats.items())
     # An untrained head is near chance over the transforms.
     assert abs(float(loss.detach()) - float(np.log(PRETEXT_CLASSES))) < 1.0
     loss.backward()

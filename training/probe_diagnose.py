@@ -125,6 +125,48 @@ def watch(preds: Iterator[Prediction], cameras: dict[str, str], topics: dict[str
     return out
 
 
+def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.ndarray] | None,
+           auto_orient: bool) -> dict[str, Any]:
+    """The split streamed through a ``FusionService`` as sensors send it (a second of speech in
+    20 ms chunks, then the frame, ``turn`` applied to every frame): fused accuracy and the
+    camera's share of the multipliers over the results from the ``WINDOW``-th on, and the turn
+    ``auto_orient`` ended up applying."""
+    from udml_stream.messages import AudioChunk, CameraFrame
+    from udml_stream.serve import FusionRunner, FusionService
+    from udml_stream.sync import PairingConfig
+
+    runner = FusionRunner(ckpt, "cpu", 1)
+    cam = next(m for m, k in runner.kinds.items() if k == "image")
+    mic = next(m for m, k in runner.kinds.items() if k == "audio")
+    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
+                                              window_samples=runner.window_samples),
+                        auto_orient=auto_orient)
+    ms, t0, res, labels = 1_000_000, 5_000_000_000, [], []
+    mods = tuple(split.tables)
+    for start in range(0, len(split), 250):
+        rows = np.arange(start, min(start + 250, len(split)))
+        lv = {m: np.full(len(rows), corrupt.CLEAN, np.int64) for m in mods}
+        b = _batch(split, rows, lv, _natural_rng(seed, start),
+                   np.random.default_rng([seed, start]), None, (), None)
+        for i in range(len(rows)):
+            t = t0 + int(rows[i]) * 1000 * ms
+            wave = np.nan_to_num(b.inputs[mic][i]).astype(np.float32)
+            for j in range(50):
+                svc.add(AudioChunk("mic", int(rows[i]) * 50 + j, t + j * 20 * ms,
+                                   samples=wave[j * 320:(j + 1) * 320]), t + j * 20 * ms)
+            img = np.clip(b.inputs[cam][i], 0, 255).astype(np.uint8)
+            svc.add(CameraFrame("camera", int(rows[i]), t + 1000 * ms,
+                                image=turn(img) if turn else img), t + 1000 * ms)
+            res += svc.results(t + 1200 * ms)
+            labels.append(int(b.labels[i]))
+    tail = slice(diagnose.WINDOW, None)
+    share = [r.weights[cam] / max(sum(r.weights.values()), 1e-9) for r in res[tail]]
+    return {"accuracy": float(np.mean([r.pred == y for r, y in zip(res[tail], labels[tail],
+                                                                   strict=True)])),
+            "camera_share": float(np.mean(share)),
+            "applied": 90 * svc.lanes[""].turns.get(cam, 0)}
+
+
 def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
          cache_dir: Path = Path("data_cache")) -> dict[str, Any]:
     """Every condition's findings, and the summary (JSON-ready; ``out``: .json and .md)."""
@@ -157,6 +199,14 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
     for deg in unseen.degradations():
         for s in deg.severities:
             run("held-out", f"held-out {deg.modality}/{deg.name}@{s}", edit=unseen.edit(deg, s))
+    serving = {}
+    turns: list[tuple[str, Callable[[np.ndarray], np.ndarray] | None]] = [("upright", None)]
+    turns += [(n, lambda f, c=code: cv2.rotate(f, c)) for n, (code, _) in TURNS.items()]
+    for name, fn in turns:
+        for auto in (False, True):
+            serving[f"{name}, auto_orient {'on' if auto else 'off'}"] = r = served(
+                ckpt, split, seed, fn, auto)
+            log.info("served %-40s %s", name, r)
     silent = [c for c in conds.values() if c["group"] == "silent"]
     summary = {
         "false_alarm_max": max((v for c in silent for v in c["active"].values()), default=0.0),
@@ -168,7 +218,8 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
                             if c["group"] == "held-out" and c["active"]},
     }
     result = {"checkpoint": str(ckpt), "split": split_name, "seed": seed, "n": len(split),
-              "window": diagnose.WINDOW, "summary": summary, "conditions": conds}
+              "window": diagnose.WINDOW, "summary": summary, "served": serving,
+              "conditions": conds}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))
@@ -196,6 +247,14 @@ def render(result: dict[str, Any]) -> str:
     for n, d in s["turned_detected"].items():
         lines.append(f"| {n} | {100 * d['active']:.1f}% | {d['rotate']} | "
                      f"{'yes' if d['rotate'] == d['want'] else 'no'} | {d['first']} |")
+    lines += ["", "## Served: a turned camera, with and without `auto_orient`", "",
+              "The same split through the fusion service as sensors send it (a second of speech "
+              "in 20 ms chunks, then the frame), every frame turned as named; accuracy and the "
+              f"camera's share over the results from the {result['window']}th on.", "",
+              "| camera | fused accuracy | camera share | turn applied |", "| --- | --- | --- | --- |"]
+    for n, r in result.get("served", {}).items():
+        lines.append(f"| {n} | {100 * r['accuracy']:.1f}% | {r['camera_share']:.2f} | "
+                     f"{r['applied']}° |")
     lines += ["", "## Held-out degradations where a finding fires", "",
               "| degradation | findings (share of results active) |", "| --- | --- |"]
     for n, act in s["held_out_firing"].items():

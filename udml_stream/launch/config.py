@@ -120,6 +120,9 @@ class FusionNode(_Node):
     max_batch: int = Field(64, ge=1, description="most samples fused in one forward pass")
     batch_wait_ms: float = Field(0.0, ge=0, description=(
         "how long a due sample may wait for samples of other robots to join its batch"))
+    auto_orient: bool = Field(False, description=(
+        "turn a camera's frames back before the model when the diagnostics find it turned "
+        "(serve.diagnose: logged, and diag.<camera>.applied in the heartbeat); off: only say so"))
     freeze_ms: float = Field(0.0, ge=0, description=(
         "> 0: a camera whose frames stay identical this long is frozen (its frames are "
         "rejected, the camera goes absent); 0 = off, for sources without sensor noise"))

@@ -161,6 +161,13 @@ class Diagnostics:
             "swapped or misnamed topic, a frozen or torn frame buffer, another talker at the "
             "microphone), and no single sample can tell which"))
 
+    def forget(self, m: str) -> None:
+        """Drop camera ``m``'s window and its finding, without reporting an end: its frames are
+        turned from now on (``FusionService(auto_orient=True)``), so what the window holds no
+        longer describes them."""
+        self._looks[m] = _Window(self._looks[m].items.maxlen or WINDOW)
+        self.active.pop(f"turned.{m}", None)
+
     def rotate_hint(self, m: str) -> int:
         """The further clockwise turn the active finding on camera ``m`` suggests (0: none)."""
         f = self.active.get(f"turned.{m}")

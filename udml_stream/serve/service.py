@@ -24,12 +24,17 @@ from udml_stream import modalities
 from udml_stream.errors import CheckpointError
 from udml_stream.messages import FusionResult, Message
 from udml_stream.messages.topics import check_robot_names, namespaced
-from udml_stream.serve.diagnose import Diagnostics, report
+from udml_stream.sensors.camera import orient
+from udml_stream.serve.diagnose import Diagnostics, Finding, report
 from udml_stream.serve.runner import FusionRunner
 from udml_stream.sync import Pairer, PairingConfig, SyncedSample
 from udml_stream.sync.edge import Edge
 
 log = logging.getLogger(__name__)
+
+#: auto_orient changes a robot's camera turns at most this often (a camera set right on its node
+#: while the service turns it is found turned again and undone: one more).
+MAX_CORRECTIONS = 4
 
 
 def _roles(kinds: Mapping[str, str]) -> tuple[str, str, tuple[str, ...]]:
@@ -61,6 +66,10 @@ class Lane:
     alive: tuple[bool, bool] | None = None
     # Faults seen across its recent results (a turned camera, streams that keep disagreeing).
     diag: Diagnostics = field(default_factory=lambda: Diagnostics({}, {}))
+    # auto_orient: quarter turns clockwise the service applies to each camera's frames, and
+    # how many times it changed them (capped: a scene that keeps reading turned must not spin).
+    turns: dict[str, int] = field(default_factory=dict)
+    corrections: int = 0
 
 
 class FusionService:
@@ -69,19 +78,22 @@ class FusionService:
     def __init__(self, runner: FusionRunner, pairing: PairingConfig, camera: str = "camera",
                  audio: str = "mic", stream: str = "fused", robots: Sequence[str] = (),
                  max_batch: int = 64, batch_wait_ns: int = 0, freeze_ns: int = 0,
-                 streams: Mapping[str, str] | None = None) -> None:
+                 streams: Mapping[str, str] | None = None, auto_orient: bool = False) -> None:
         """``streams``: model modality → topic (the launch file's ``streams``); a modality it
         does not name reads its registry default (``modalities.default_topic``: ``image2`` →
         ``camera2``), except the trigger camera and the audio stream, which read ``camera``
         and ``audio``. ``robots``: names of the robots served (topics ``<robot>/<topic>``);
         empty for one robot whose topics are as named. ``max_batch`` caps one forward pass;
         ``batch_wait_ns`` is how long a due sample may wait for batch mates; ``freeze_ns`` > 0
-        turns on the frozen-camera check (``sync.edge.Edge``)."""
+        turns on the frozen-camera check (``sync.edge.Edge``). ``auto_orient``: when the
+        diagnostics find a camera turned (``serve.diagnose``), turn its frames back before the
+        model from then on, instead of only saying so."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
         check_robot_names(robots)
         self.runner, self.max_batch, self.batch_wait_ns = runner, max_batch, batch_wait_ns
+        self.auto_orient = auto_orient
         self.trigger, self.window, self.others = _roles(runner.kinds)
         topics = {self.trigger: camera, self.window: audio, **(streams or {})}
         self.streams = modalities.live_streams(runner.modalities, topics, runner.kinds)
@@ -158,15 +170,20 @@ class FusionService:
         # A partly held audio window goes to the model as is: NaN marks the missing samples,
         # and the model decides from their share whether the stream is present.
         preds = self.runner.predict_batch([self._inputs(lane, s) for lane, s, _ in batch])
+        # The turns each sample was fused with: a correction made while this batch is read
+        # must not let its later, still uncorrected samples into the fresh window.
+        turned = [dict(lane.turns) for lane, _, _ in batch]
         self.batches[len(batch)] += 1
         out = []
-        for (lane, sample, since), pred in zip(batch, preds, strict=True):
+        for (lane, sample, since), pred, used in zip(batch, preds, turned, strict=True):
             lane.last_audio_valid = sample.audio_valid
             lane.conflicts += pred.conflict
-            changes = lane.diag.add(pred)
+            changes = lane.diag.add(pred) if used == lane.turns else []
             if changes:
                 report(lane.robot, changes)
                 self._findings_changed = True
+                if self.auto_orient:
+                    self._orient(lane, changes)
             # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
             lat = {"sync_wait": sample.wait_ns + now_ns - since,
                    "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
@@ -187,6 +204,24 @@ class FusionService:
             lane.seq += 1
         return out
 
+    def _orient(self, lane: Lane, changes: list[tuple[str, Finding]]) -> None:
+        """Turn a camera found turned back from its next frame on (``auto_orient``)."""
+        for change, f in changes:
+            if change != "begins" or not f.rotate:
+                continue
+            m = f.code.removeprefix("turned.")
+            if lane.corrections >= MAX_CORRECTIONS:
+                log.error("%s%s still looks turned after %d corrections: auto_orient leaves it "
+                          "as it is; check the camera", f"{lane.robot}: " if lane.robot else "",
+                          lane.topics[m], lane.corrections)
+                continue
+            lane.corrections += 1
+            lane.turns[m] = (lane.turns.get(m, 0) + f.rotate // 90) % 4
+            lane.diag.forget(m)
+            log.warning("%s%s: frames now turned %d° clockwise before the model (auto_orient)",
+                        f"{lane.robot}: " if lane.robot else "", lane.topics[m],
+                        90 * lane.turns[m])
+
     def _inputs(self, lane: Lane, s: SyncedSample) -> dict[str, np.ndarray | None]:
         """The model's inputs of one sample, by modality (None: absent in this sample)."""
         x: dict[str, np.ndarray | None] = {self.trigger: s.frame.image if s.frame else None,
@@ -194,6 +229,9 @@ class FusionService:
         for m in self.others:
             f = s.others.get(lane.topics[m])
             x[m] = f.image if f is not None else None
+        for m, k in lane.turns.items():
+            if k and x[m] is not None:
+                x[m] = orient(x[m], rotate=90 * k)
         return x
 
     @property
@@ -243,6 +281,9 @@ class FusionService:
                 **lane.edge.counters(),
             }
             c.update(lane.diag.counters())
+            if self.auto_orient:
+                c.update({f"diag.{m}.applied": 90 * lane.turns.get(m, 0)
+                          for m in (self.trigger, *self.others)})
             if self.others:  # a second camera: its liveness and the samples that lacked it
                 c["others_stale"] = p.others_stale
                 c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -136,6 +136,22 @@ def train_step(model: FusionNet, opt: torch.optim.Optimizer, batch: Batch, devic
     return terms
 
 
+@contextlib.contextmanager
+def _running_stats_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Batch norm inside ``module`` normalises with the batch as in training, but its running
+    statistics (what evaluation uses) stay as they are: an extra pass over transformed inputs
+    must not pull them away from the training mix."""
+    norms = [b for b in module.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [b.momentum for b in norms]
+    for b in norms:
+        b.momentum = 0.0
+    try:
+        yield
+    finally:
+        for b, mom in zip(norms, saved, strict=True):
+            b.momentum = mom
+
+
 def pretext_loss(model: FusionNet, inputs: Mapping[str, Tensor], present: Mapping[str, Tensor],
                  levels: Mapping[str, Tensor]) -> Tensor:
     """The self-supervised term of ``train.pretext_weight``: each stream's clean inputs of the
@@ -161,7 +177,8 @@ def pretext_loss(model: FusionNet, inputs: Mapping[str, Tensor], present: Mappin
         parts = [transform(x[k == j], j) for j in range(PRETEXT_CLASSES)]
         labels = torch.cat([k[k == j] for j in range(PRETEXT_CLASSES)])
         xt = torch.cat(parts).contiguous(memory_format=torch.channels_last)
-        logits = model.pretext[m](PretextHead.pool(model.enc[m](xt)))
+        with _running_stats_kept(model.enc[m]):
+            logits = model.pretext[m](PretextHead.pool(model.enc[m](xt)))
         losses.append(F.cross_entropy(logits.float(), labels))
     if not losses:
         return next(iter(inputs.values())).new_zeros(())
@@ -586,6 +603,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     # Only what training updates: the switch rule's pretext heads are fitted after it, frozen
     # here (and a run saved before they existed resumes with the same parameter list).
     if tc.pretext_weight > 0:
+        if dist is not None:
+            # The heads join the loss outside the wrapped forward pass: DDP would not average
+            # their gradients, and a process without a clean sample would leave them unused.
+            raise ConfigError(f"train.pretext_weight = {tc.pretext_weight}: one process only "
+                              "(not with torchrun)")
         if not model.rule.reads_pooled:
             raise ConfigError(f"train.pretext_weight = {tc.pretext_weight}: only the switch rule "
                               f"(udml_switch) has pretext heads; method {mcfg.method} has none")
