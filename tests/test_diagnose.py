@@ -139,11 +139,16 @@ def runner() -> FusionRunner:
     return FusionRunner(CKPT, "cpu", 1)
 
 
+def _service(runner: FusionRunner, **kw: object) -> FusionService:
+    return FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
+                                               window_samples=runner.window_samples), **kw)
+
+
 def _serve(runner: FusionRunner, frames: np.ndarray, waves: np.ndarray,
-           results: list | None = None, **kw: object) -> FusionService:
+           results: list | None = None, svc: FusionService | None = None,
+           **kw: object) -> FusionService:
     """One robot's samples in order: a second of speech in 20 ms chunks, then the frame."""
-    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
-                                              window_samples=runner.window_samples), **kw)
+    svc = svc or _service(runner, **kw)
     out = [] if results is None else results
     for i, (img, wave) in enumerate(zip(frames, waves, strict=True)):
         t = T0 + i * 1000 * MS
@@ -215,3 +220,17 @@ def test_auto_orient_turns_a_turned_camera_back_and_gives_it_its_weight_again(
         else:
             assert "diag.image.applied" not in c and c["diag.image.rotate"] == 270
     assert share[False] < 0.25 < 0.45 < share[True]
+
+
+def test_auto_orient_gives_up_after_its_corrections(runner: FusionRunner, samples,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from udml_stream.serve.service import MAX_CORRECTIONS
+
+    frames, waves = samples
+    svc = _service(runner, auto_orient=True)
+    svc.lanes[""].corrections = MAX_CORRECTIONS  # a scene that kept reading turned
+    with caplog.at_level(logging.ERROR, logger="udml_stream.serve.service"):
+        _serve(runner, np.stack([cv2.rotate(f, cv2.ROTATE_180) for f in frames]), waves,
+               svc=svc)
+    assert svc.lanes[""].turns == {} and svc.counters(0)["diag.image.rotate"] == 180
+    assert any("auto_orient leaves it" in r.getMessage() for r in caplog.records)
