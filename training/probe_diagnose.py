@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data.avdigits import Split
 from udml_stream.data.batching import Batch, make_batch
 from udml_stream.evaluate import unseen
@@ -58,6 +58,11 @@ def _turn(code: int) -> Callable[[Batch, np.random.Generator], None]:
     return edit
 
 
+def _families(split: Split, m: str) -> tuple[str, ...]:
+    """The degradation families of stream ``m`` (a second camera's are a camera's)."""
+    return corrupt.families(modalities.kind_of(m, split.kinds).corrupt)
+
+
 @torch.no_grad()
 def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
                 levels: dict[str, int] | None = None, kinds: dict[str, str] | None = None,
@@ -74,7 +79,7 @@ def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
         if mixture:
             lv = {m: cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
                   for m in mods}
-            b = make_batch(split, rows, lv, cond, {m: corrupt.FAMILIES[m] for m in mods})
+            b = make_batch(split, rows, lv, cond, {m: _families(split, m) for m in mods})
         else:
             lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
                   for m in mods}
@@ -190,7 +195,7 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
     run("silent", "clean")
     run("silent", "mixture", mixture=True)
     for m in mods:
-        for fam in corrupt.FAMILIES[m]:
+        for fam in _families(split, m):
             for lv in TRAINED_LEVELS:
                 run("silent", f"trained {m}/{fam}@{lv}", levels={m: lv}, kinds={m: fam})
     cam = next(iter(cameras))
@@ -218,6 +223,7 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
                             if c["group"] == "held-out" and c["active"]},
     }
     result = {"checkpoint": str(ckpt), "split": split_name, "seed": seed, "n": len(split),
+              "out": str(out),
               "window": diagnose.WINDOW, "summary": summary, "served": serving,
               "conditions": conds}
     if out is not None:
@@ -232,7 +238,7 @@ def render(result: dict[str, Any]) -> str:
     s = result["summary"]
     lines = [f"# Diagnostics across time: `{result['checkpoint']}`", "",
              f"Command: `python -m training.probe_diagnose {result['checkpoint']} --split "
-             f"{result['split']} --out docs/results/diagnose`. The {result['n']} samples of the "
+             f"{result['split']} --out {result['out']}`. The {result['n']} samples of the "
              f"{result['split']} split stream in order through the model and one "
              "`serve.diagnose.Diagnostics`, once per condition. A share is the fraction of "
              f"results, from the {result['window']}th on, during which a finding was active. "
