@@ -609,6 +609,10 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
     clean = run_pass(model, split, seed)
     out: dict[str, Any] = {"clean": float(clean.correct.mean()), "modalities": {}}
     for m in mods:
+        if not any(d.modality == m for d in degs):
+            # A second camera (``image2``): its degradations would be the camera's, but they
+            # edit the ``image`` input; it is scored as the other stream of the camera's rows.
+            continue
         others = tuple(k for k in mods if k != m)
         dropped = float(run_pass(model, split, seed, missing=(m,)).correct.mean())
         alone_clean = float(run_pass(model, split, seed, missing=others).correct.mean())
