@@ -25,7 +25,7 @@ import argparse
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udml_stream import corrupt
+from udml_stream import corrupt, modalities
 from udml_stream.data.avdigits import Split
-from udml_stream.data.batching import make_batch
+from udml_stream.data.batching import Batch, make_batch
 from udml_stream.evaluate import unseen
 from udml_stream.evaluate.field import _batch, _natural_rng
 from udml_stream.model import checkpoint
@@ -46,6 +46,35 @@ log = logging.getLogger(__name__)
 
 RULES = ("fused", "confident", "product", "gated product")
 TRAINED_LEVELS = (5, 7, 9)
+
+
+def families_of(split: Split, m: str) -> tuple[str, ...]:
+    """The degradation families of stream ``m`` (a second camera's are a camera's)."""
+    return corrupt.families(modalities.kind_of(m, split.kinds).corrupt)
+
+
+def condition_batches(split: Split, seed: int, tag: str = "",
+                      levels: dict[str, int] | None = None, kinds: dict[str, str] | None = None,
+                      edit: Callable[..., None] | None = None, mixture: bool = False
+                      ) -> Iterator[Batch]:
+    """``split`` in batches of 250 under one condition, with ``run_pass``'s natural draws and
+    corruption seeds: ``levels``/``kinds`` in one stream, ``edit`` (a held-out degradation), or
+    ``mixture`` (both streams at once: a family and a level 1..11 per sample and stream)."""
+    mods = tuple(split.tables)
+    for start in range(0, len(split), 250):
+        rows = np.arange(start, min(start + 250, len(split)))
+        cond = np.random.default_rng([seed, start, zlib.crc32(tag.encode())])
+        if mixture:
+            lv = {m: cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
+                  for m in mods}
+            b = make_batch(split, rows, lv, cond, {m: families_of(split, m) for m in mods})
+        else:
+            lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
+                  for m in mods}
+            b = _batch(split, rows, lv, _natural_rng(seed, start), cond, kinds, (), None)
+        if edit is not None:
+            edit(b, cond)
+        yield b
 
 
 @torch.no_grad()
@@ -61,19 +90,7 @@ def outputs(model: FusionNet, split: Split, seed: int, tag: str = "",
     ys, fused, shipped = [], [], []
     post: dict[str, list[np.ndarray]] = {m: [] for m in mods}
     pres: dict[str, list[np.ndarray]] = {m: [] for m in mods}
-    for start in range(0, len(split), 250):
-        rows = np.arange(start, min(start + 250, len(split)))
-        cond = np.random.default_rng([seed, start, zlib.crc32(tag.encode())])
-        if mixture:  # both streams at once: a family and a level 1..11 per sample and stream
-            lv = {m: cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
-                  for m in mods}
-            b = make_batch(split, rows, lv, cond, {m: corrupt.FAMILIES[m] for m in mods})
-        else:
-            lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
-                  for m in mods}
-            b = _batch(split, rows, lv, _natural_rng(seed, start), cond, kinds, (), None)
-        if edit is not None:
-            edit(b, cond)
+    for b in condition_batches(split, seed, tag, levels, kinds, edit, mixture):
         inputs, present, lvt, y = to_torch(b, "cpu")
         out = model(inputs, present, lvt)
         ys.append(y.numpy())

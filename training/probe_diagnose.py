@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from udml_stream_apps.training.probe_conflict import condition_batches, families_of
 
-from udml_stream import corrupt, modalities
+from udml_stream import corrupt
 from udml_stream.data.avdigits import Split
-from udml_stream.data.batching import Batch, make_batch
+from udml_stream.data.batching import Batch
 from udml_stream.evaluate import unseen
 from udml_stream.evaluate.field import _batch, _natural_rng
 from udml_stream.model import checkpoint
@@ -58,11 +58,6 @@ def _turn(code: int) -> Callable[[Batch, np.random.Generator], None]:
     return edit
 
 
-def _families(split: Split, m: str) -> tuple[str, ...]:
-    """The degradation families of stream ``m`` (a second camera's are a camera's)."""
-    return corrupt.families(modalities.kind_of(m, split.kinds).corrupt)
-
-
 @torch.no_grad()
 def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
                 levels: dict[str, int] | None = None, kinds: dict[str, str] | None = None,
@@ -73,25 +68,13 @@ def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
     head's pick), under one condition (the natural draws and corruption seeds of ``run_pass``)."""
     model.eval()
     mods = tuple(split.tables)
-    for start in range(0, len(split), 250):
-        rows = np.arange(start, min(start + 250, len(split)))
-        cond = np.random.default_rng([seed, start, zlib.crc32(tag.encode())])
-        if mixture:
-            lv = {m: cond.integers(corrupt.CLEAN, corrupt.PURE_NOISE + 1, len(rows))
-                  for m in mods}
-            b = make_batch(split, rows, lv, cond, {m: _families(split, m) for m in mods})
-        else:
-            lv = {m: np.full(len(rows), (levels or {}).get(m, corrupt.CLEAN), np.int64)
-                  for m in mods}
-            b = _batch(split, rows, lv, _natural_rng(seed, start), cond, kinds, (), None)
-        if edit is not None:
-            edit(b, cond)
+    for b in condition_batches(split, seed, tag, levels, kinds, edit, mixture):
         inputs, present, lvt, _ = to_torch(b, "cpu")
         out = model(inputs, present, lvt)
         aux = {k: v.numpy() for k, v in out.aux.items()
                if isinstance(v, torch.Tensor) and v.ndim == 1}
         pres = {m: out.present[m].numpy() for m in mods}
-        for i in range(len(rows)):
+        for i in range(len(b.labels)):
             on = [m for m in mods if pres[m][i]]
             yield Prediction(
                 probs=[], pred=-1, weights={}, sigma_hat={},
@@ -153,7 +136,7 @@ def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.
         lv = {m: np.full(len(rows), corrupt.CLEAN, np.int64) for m in mods}
         b = _batch(split, rows, lv, _natural_rng(seed, start),
                    np.random.default_rng([seed, start]), None, (), None)
-        for i in range(len(rows)):
+        for i in range(len(b.labels)):
             t = t0 + int(rows[i]) * 1000 * ms
             wave = np.nan_to_num(b.inputs[mic][i]).astype(np.float32)
             for j in range(50):
@@ -195,7 +178,7 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
     run("silent", "clean")
     run("silent", "mixture", mixture=True)
     for m in mods:
-        for fam in _families(split, m):
+        for fam in families_of(split, m):
             for lv in TRAINED_LEVELS:
                 run("silent", f"trained {m}/{fam}@{lv}", levels={m: lv}, kinds={m: fam})
     cam = next(iter(cameras))
