@@ -38,7 +38,8 @@ def run(name: str, spec: FusionNode) -> int:
         other_max_age_ns=int(spec.other_max_age_ms * 1e6),
     ), stream=spec.stream, robots=spec.robots, streams=spec.streams,
         max_batch=spec.max_batch, batch_wait_ns=int(spec.batch_wait_ms * 1e6),
-        freeze_ns=int(spec.freeze_ms * 1e6), auto_orient=spec.auto_orient)
+        freeze_ns=int(spec.freeze_ms * 1e6), auto_orient=spec.auto_orient,
+        set_aside_late=spec.set_aside_late)
     # One line per reason every few seconds, however fast bad messages come; the filter on the
     # transport's logger also tallies its decode errors by reason for the heartbeat.
     limiter = RateLimitFilter()

@@ -37,6 +37,8 @@ def diagnosis_summary(counters: dict[str, int]) -> str:
         if name.endswith(".rotate") and v:
             out.append(f"{who}{name.removesuffix('.rotate')} looks turned (turn it {v}° further "
                        "clockwise)")
+        elif name.endswith(".lag") and v:
+            out.append(f"{who}{name.removesuffix('.lag')} runs {v} result{'s' * (v > 1)} late")
         elif name == "disagree" and v:
             share = counters.get(f"{robot}diag.disagree_permille", 0) / 10
             out.append(f"{who}streams disagree in {share:.0f}% of recent healthy results")

@@ -4,6 +4,7 @@ microphone that carries another sample's speech."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -27,12 +28,17 @@ T0 = 5_000_000_000
 
 
 def _pred(looks: int = 0, conflict: bool = False, health: float = 1.0,
-          audio: bool = True) -> Prediction:
+          audio: bool = True, answers: dict[str, int] | None = None) -> Prediction:
     present = {"image": True, "audio": audio}
     on = [m for m, p in present.items() if p]
     return Prediction(probs=[], pred=0, weights={}, sigma_hat={}, present=present,
                       preprocess_ns=0, inference_ns=0, conflict=conflict,
-                      health={m: health for m in on}, looks={"image": looks, "audio": 0})
+                      health={m: health for m in on}, looks={"image": looks, "audio": 0},
+                      answers={m: v for m, v in (answers or {"image": next(_CLASS),
+                                                              "audio": 0}).items() if m in on})
+
+
+_CLASS = itertools.cycle(range(10))  # the camera's own class: a new scene every result
 
 
 def _diag() -> Diagnostics:
@@ -48,8 +54,9 @@ def test_a_camera_turned_one_way_is_named_with_the_rotate_that_undoes_it() -> No
     assert [(c, f.code, f.rotate) for c, f in began] == [("begins", "turned.image", 270)]
     assert "turned 90° clockwise" in began[0][1].text
     assert "turn it 270° further clockwise" in began[0][1].text
-    assert d.counters() == {"diag.image.rotate": 270, "diag.disagree": 0,
-                            "diag.disagree_permille": 0, "diag.findings": 1}
+    assert d.counters() == {"diag.image.rotate": 270, "diag.image.lag": 0, "diag.audio.lag": 0,
+                            "diag.disagree": 0, "diag.disagree_permille": 0,
+                            "diag.findings": 1}
     # Set right: upright frames push the turn below the end threshold; it ends once.
     ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=0))]
     assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
@@ -77,6 +84,22 @@ def test_an_active_turn_holds_between_its_thresholds_and_on_little_evidence() ->
     # No judged frame for a whole window (the camera covered or gone): it ends.
     ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=-1))]
     assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
+
+
+def test_one_scene_read_as_turned_for_long_is_no_turned_camera() -> None:
+    d = _diag()
+    # One frame sent again and again (a robot that keeps looking at one thing) read as a
+    # quarter turn: it counts once.
+    for _ in range(3 * WINDOW):
+        assert d.add(_pred(looks=1, answers={"image": 6, "audio": 6})) == []
+    # Two scenes in turn, both read so (a 1 and a 6 read alike upside down): fewer than
+    # TURN_SCENES different things seen, no finding.
+    for i in range(2 * WINDOW):
+        assert d.add(_pred(looks=2, answers={"image": (1, 6)[i % 2], "audio": 0})) == []
+    # A third one: now it is the camera.
+    began = [ch for i in range(WINDOW)
+             for ch in d.add(_pred(looks=2, answers={"image": (1, 6, 7)[i % 3], "audio": 0}))]
+    assert [(f.code, f.rotate) for _, f in began] == [("turned.image", 180)]
 
 
 def test_too_little_evidence_or_scattered_turns_name_nothing() -> None:
@@ -129,6 +152,64 @@ def test_one_stream_or_a_rule_without_gates_gives_no_disagreement_evidence() -> 
     for _ in range(WINDOW):
         d.add(bare)
     assert not d.active and d.counters()["diag.disagree_permille"] == 0
+
+
+def _scenes(n: int, hold: int, seed: int = 0) -> list[int]:
+    """A class per result: a new scene every ``hold`` results, never the same twice running."""
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    while len(out) < n:
+        c = int(rng.integers(0, 10))
+        if out and c == out[-1]:
+            continue
+        out += [c] * hold
+    return out[:n]
+
+
+@pytest.mark.parametrize(("hold", "lag"), [(1, 1), (4, 2), (10, 3)])
+def test_a_stream_that_names_what_the_other_named_earlier_is_found_late(hold: int,
+                                                                         lag: int) -> None:
+    d = _diag()
+    scene = _scenes(4 * WINDOW, hold)
+    changes = []
+    for t in range(len(scene)):
+        # The camera's answers are the scene `lag` results ago; the conflict flag as the rule
+        # sets it.
+        cam = scene[max(t - lag, 0)]
+        changes += d.add(_pred(conflict=cam != scene[t],
+                               answers={"image": cam, "audio": scene[t]}))
+    began = [f for c, f in changes if c == "begins" and f.code.startswith("lag")]
+    assert [(f.code, f.lag, f.leader) for f in began] == [("lag.image", lag, "audio")]
+    assert d.counters()["diag.image.lag"] == lag and d.counters()["diag.audio.lag"] == 0
+    assert "camera follows mic by" in began[0].text
+    if hold == 1:  # a new scene every result: they disagree all the time, and it names which
+        assert "camera runs late" in d.active["disagree"].text
+    assert f"image runs {lag} result{'s' * (lag > 1)} late" in introspect.diagnosis_summary(
+        d.counters())
+
+
+def test_streams_in_step_or_one_wrong_at_random_are_not_found_late() -> None:
+    rng = np.random.default_rng(1)
+    for hold in (1, 5):
+        d = _diag()
+        scene = _scenes(4 * WINDOW, hold, seed=hold)
+        for t in range(len(scene)):
+            # In step, each head wrong on 10% of results; then the camera on another scene at
+            # random (a swapped topic: disagreement, but no delay to name).
+            cam = int(rng.integers(0, 10)) if rng.random() < 0.1 else scene[t]
+            d.add(_pred(answers={"image": cam, "audio": scene[t]}))
+        for t in range(len(scene)):
+            d.add(_pred(answers={"image": int(rng.integers(0, 10)), "audio": scene[t]}))
+        assert not any(c.startswith("lag") for c in d.active), hold
+    # A lag finding ends once the streams are back in step.
+    d = _diag()
+    scene = _scenes(2 * WINDOW, 1)
+    for t in range(len(scene)):
+        d.add(_pred(answers={"image": scene[max(t - 1, 0)], "audio": scene[t]}))
+    assert d.lag("image") == 1
+    ended = [ch for t in range(len(scene)) for ch in
+             d.add(_pred(answers={"image": scene[t], "audio": scene[t]}))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "lag.image")]
 
 
 # ---- the service on the shipped checkpoint ------------------------------------------------
@@ -198,6 +279,30 @@ def test_the_service_flags_a_microphone_carrying_another_samples_speech(
     c = svc.counters(0)
     assert "disagree" in svc.lanes[""].diag.active
     assert c["diag.disagree_permille"] > 500 and c["diag.image.rotate"] == 0
+    # It names the microphone: its answers follow the camera's by one sample.
+    assert c["diag.audio.lag"] == 1 and c["diag.image.lag"] == 0
+    assert "mic runs late" in svc.lanes[""].diag.active["disagree"].text
+
+
+def test_a_stream_found_late_has_no_say_when_the_streams_disagree(
+        runner: FusionRunner, samples, field_data: avdigits.AVDigits) -> None:
+    frames, waves = samples
+    labels = field_data.splits["test"].labels[:len(frames)]
+    acc, counters = {}, {}
+    for on in (False, True):
+        res: list = []
+        svc = _serve(runner, frames, np.roll(waves, 1, axis=0), res, set_aside_late=on)
+        tail = slice(60, None)  # the lag is found within the first 60 samples
+        acc[on] = float(np.mean([r.pred == y for r, y in zip(res[tail], labels[tail],
+                                                                strict=True)]))
+        counters[on] = svc.counters(0)
+        if on:  # the answers after the finding: the camera's, the microphone absent
+            assert all(not r.present["audio"] for r in res[tail] if r.conflict)
+    assert "diag.audio.set_aside" not in counters[False]
+    assert counters[True]["diag.audio.set_aside"] >= 50 and counters[True]["diag.image.set_aside"] == 0
+    # Without it the stale speech wins about half the disagreements; without the microphone
+    # the camera alone is right on about 97% (the test split's camera-alone accuracy).
+    assert acc[False] < 0.5 and acc[True] > 0.95
 
 
 def test_auto_orient_turns_a_turned_camera_back_and_gives_it_its_weight_again(

@@ -65,7 +65,8 @@ def _eager(model, sample: dict) -> dict:
             "present": {m: bool(p[0]) for m, p in out.present.items()},
             "conflict": bool(out.aux["conflict"][0]),
             "health": {m: float(out.aux[f"gate/{m}"][0]) for m in out.present},
-            "looks": {m: int(out.aux[f"looks/{m}"][0]) for m in out.present}}
+            "looks": {m: int(out.aux[f"looks/{m}"][0]) for m in out.present},
+            "answers": {m: int(u[0].argmax()) for m, u in out.unimodal_logits.items()}}
 
 
 @pytest.mark.parametrize(("n", "pad"), [(1, False), (3, False), (8, False), (3, True), (8, True)])
@@ -90,6 +91,8 @@ def test_engine_matches_eager_model(model, n: int, pad: bool) -> None:
             # What the node's diagnostics read: the gates' openness, the pretext head's pick.
             assert out.health[m][i] == pytest.approx(ref["health"][m], rel=1e-4, abs=1e-5)
             assert out.looks[m][i] == ref["looks"][m], (i, m)
+            if out.present[m][i]:  # each stream's own head's class (an absent one's is noise)
+                assert out.answers[m][i] == ref["answers"][m], (i, m)
     if missing:
         assert not out.present["audio"][0] and out.multipliers["audio"][0] == 0.0
         assert not out.present["image"][2] and out.multipliers["image"][2] == 0.0
@@ -161,6 +164,7 @@ def test_cuda_graph_matches_eager_on_gpu(n: int, monkeypatch: pytest.MonkeyPatch
         np.testing.assert_allclose(b.multipliers[mod], a.multipliers[mod], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(b.health[mod], a.health[mod], rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(b.looks[mod], a.looks[mod])
+        np.testing.assert_array_equal(b.answers[mod], a.answers[mod])
     # Replaying a smaller batch after a larger one: stale rows of the static buffers are padding.
     c = graph.predict(samples[:1])
     np.testing.assert_allclose(c.probs, a.probs[:1], rtol=1e-4, atol=1e-5)

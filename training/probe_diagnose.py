@@ -9,6 +9,9 @@ active, counted from the ``WINDOW``-th result on, when a full window can be judg
 * **Must stay silent:** clean input (natural variation), both streams degraded at once (a random
   family and level per sample and stream), every training family at levels 3, 6, 9 and 11.
 * **Must fire, with the right ``rotate``:** the camera turned 90° either way or upside down.
+* **Must name the late stream, with the right delay:** the camera or the microphone carrying
+  the scene of 1 to 3 results before (scenes lasting 1, 4 or 10 results); silent on clean input
+  with such scenes.
 * **Held-out degradations** (``udml eval-unseen``), every severity. The pretext head never saw
   them (the 180° ``rotate`` aside), so this is where we learn what the findings catch.
 
@@ -51,6 +54,29 @@ TURNS = {"camera turned 90° ccw": (cv2.ROTATE_90_COUNTERCLOCKWISE, 90),
          "camera turned 90° cw": (cv2.ROTATE_90_CLOCKWISE, 270)}
 
 
+#: A stream that runs late: (results each scene lasts, the late stream's kind, by how many
+#: results). A kind of None: every stream in step (must stay silent).
+LATE = {"clean, scenes of 4 results": (4, None, 0),
+        "clean, scenes of 10 results": (10, None, 0),
+        "camera 1 result late": (1, "image", 1),
+        "microphone 1 result late": (1, "audio", 1),
+        "camera 2 results late, scenes of 4": (4, "image", 2),
+        "microphone 3 results late, scenes of 10": (10, "audio", 3)}
+
+
+def _late(hold: int, late: str | None, by: int) -> Callable[[Batch, np.random.Generator], None]:
+    """Each scene (a sample) held for ``hold`` results; stream ``late`` shows the scene of
+    ``by`` results before (within the batch: its first rows keep the batch's first scene)."""
+    def edit(b: Batch, rng: np.random.Generator) -> None:
+        n = len(b.labels)
+        now = (np.arange(n) // hold) * hold
+        then = (np.maximum(np.arange(n) - by, 0) // hold) * hold
+        for m, x in b.inputs.items():
+            b.inputs[m] = x[then if m == late else now]
+        b.labels = b.labels[now]
+    return edit
+
+
 def _turn(code: int) -> Callable[[Batch, np.random.Generator], None]:
     def edit(b: Batch, rng: np.random.Generator) -> None:
         b.inputs["image"] = np.stack([cv2.rotate(np.ascontiguousarray(f), code)
@@ -74,6 +100,7 @@ def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
         aux = {k: v.numpy() for k, v in out.aux.items()
                if isinstance(v, torch.Tensor) and v.ndim == 1}
         pres = {m: out.present[m].numpy() for m in mods}
+        ans = {m: out.unimodal_logits[m].argmax(1).numpy() for m in mods}
         for i in range(len(b.labels)):
             on = [m for m in mods if pres[m][i]]
             yield Prediction(
@@ -81,18 +108,20 @@ def predictions(model: FusionNet, split: Split, seed: int, tag: str = "",
                 present={m: bool(pres[m][i]) for m in mods}, preprocess_ns=0, inference_ns=0,
                 conflict=bool(aux["conflict"][i]),
                 health={m: float(aux[f"gate/{m}"][i]) for m in on},
-                looks={m: int(aux[f"looks/{m}"][i]) for m in on})
+                looks={m: int(aux[f"looks/{m}"][i]) for m in on},
+                answers={m: int(ans[m][i]) for m in on})
 
 
 def watch(preds: Iterator[Prediction], cameras: dict[str, str], topics: dict[str, str]
           ) -> dict[str, Any]:
     """Stream ``preds`` through one ``Diagnostics``: per finding, the share of results (from
-    the ``WINDOW``-th on) during which it was active, the result at which it first began, and
-    for a turned camera the ``rotate`` it suggested most often."""
+    the ``WINDOW``-th on) during which it was active, the result at which it first began, for a
+    turned camera the ``rotate`` it suggested most often, and for a late stream the delay."""
     d = diagnose.Diagnostics(cameras, topics)
     active: dict[str, int] = {}
     first: dict[str, int] = {}
     rotates: dict[str, list[int]] = {m: [] for m in cameras}
+    lags: dict[str, list[int]] = {m: [] for m in topics}
     judged = 0
     for i, p in enumerate(preds):
         for change, f in d.add(p):
@@ -106,19 +135,26 @@ def watch(preds: Iterator[Prediction], cameras: dict[str, str], topics: dict[str
         for m in cameras:
             if d.rotate_hint(m):
                 rotates[m].append(d.rotate_hint(m))
+        for m in topics:
+            if d.lag(m):
+                lags[m].append(d.lag(m))
     out: dict[str, Any] = {"results": judged, "active": {k: v / max(judged, 1)
                                                          for k, v in active.items()},
                            "first": first}
     out["rotate"] = {m: int(np.bincount(r).argmax()) for m, r in rotates.items() if r}
+    out["lag"] = {m: int(np.bincount(r).argmax()) for m, r in lags.items() if r}
     return out
 
 
 def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.ndarray] | None,
-           auto_orient: bool) -> dict[str, Any]:
+           auto_orient: bool, late: str | None = None, set_aside: bool = True
+           ) -> dict[str, Any]:
     """The split streamed through a ``FusionService`` as sensors send it (a second of speech in
-    20 ms chunks, then the frame, ``turn`` applied to every frame): fused accuracy and the
-    camera's share of the multipliers over the results from the ``WINDOW``-th on, and the turn
-    ``auto_orient`` ended up applying."""
+    20 ms chunks, then the frame, ``turn`` applied to every frame; ``late``: ``"camera"`` or
+    ``"mic"`` carries the sample before): fused accuracy and the camera's share of the
+    multipliers over the results from the ``WINDOW``-th on, the turn ``auto_orient`` ended up
+    applying, and with ``set_aside`` (``set_aside_late``) the results answered without a late
+    stream."""
     from udml_stream.messages import AudioChunk, CameraFrame
     from udml_stream.serve import FusionRunner, FusionService
     from udml_stream.sync import PairingConfig
@@ -128,8 +164,9 @@ def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.
     mic = next(m for m, k in runner.kinds.items() if k == "audio")
     svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
                                               window_samples=runner.window_samples),
-                        auto_orient=auto_orient)
+                        auto_orient=auto_orient, set_aside_late=set_aside)
     ms, t0, res, labels = 1_000_000, 5_000_000_000, [], []
+    prev: dict[str, np.ndarray] = {}
     mods = tuple(split.tables)
     for start in range(0, len(split), 250):
         rows = np.arange(start, min(start + 250, len(split)))
@@ -139,10 +176,14 @@ def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.
         for i in range(len(b.labels)):
             t = t0 + int(rows[i]) * 1000 * ms
             wave = np.nan_to_num(b.inputs[mic][i]).astype(np.float32)
+            img = np.clip(b.inputs[cam][i], 0, 255).astype(np.uint8)
+            now = {"mic": wave, "camera": img}
+            if late is not None:  # the late stream carries the sample before (the first: its own)
+                now[late], prev[late] = prev.get(late, now[late]), now[late]
+            wave, img = now["mic"], now["camera"]
             for j in range(50):
                 svc.add(AudioChunk("mic", int(rows[i]) * 50 + j, t + j * 20 * ms,
                                    samples=wave[j * 320:(j + 1) * 320]), t + j * 20 * ms)
-            img = np.clip(b.inputs[cam][i], 0, 255).astype(np.uint8)
             svc.add(CameraFrame("camera", int(rows[i]), t + 1000 * ms,
                                 image=turn(img) if turn else img), t + 1000 * ms)
             res += svc.results(t + 1200 * ms)
@@ -152,7 +193,8 @@ def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.
     return {"accuracy": float(np.mean([r.pred == y for r, y in zip(res[tail], labels[tail],
                                                                    strict=True)])),
             "camera_share": float(np.mean(share)),
-            "applied": 90 * svc.lanes[""].turns.get(cam, 0)}
+            "applied": 90 * svc.lanes[""].turns.get(cam, 0),
+            "set_aside": sum(svc.lanes[""].set_aside.values())}
 
 
 def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
@@ -182,8 +224,13 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
             for lv in TRAINED_LEVELS:
                 run("silent", f"trained {m}/{fam}@{lv}", levels={m: lv}, kinds={m: fam})
     cam = next(iter(cameras))
+    first_of = {k: next(m for m in mods if kinds[m] == {"image": "image", "audio": "logmel"}[k])
+                for k in ("image", "audio")}
     for name, (code, _) in TURNS.items():
         run("turned", name, edit=_turn(code))
+    for name, (hold, late, by) in LATE.items():
+        run("late" if late else "silent", name,
+            edit=_late(hold, first_of[late] if late else None, by))
     for deg in unseen.degradations():
         for s in deg.severities:
             run("held-out", f"held-out {deg.modality}/{deg.name}@{s}", edit=unseen.edit(deg, s))
@@ -195,6 +242,11 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
             serving[f"{name}, auto_orient {'on' if auto else 'off'}"] = r = served(
                 ckpt, split, seed, fn, auto)
             log.info("served %-40s %s", name, r)
+    for late in ("camera", "mic"):
+        for on in (False, True):
+            serving[f"{late} 1 sample late, set_aside_late {'on' if on else 'off'}"] = r = served(
+                ckpt, split, seed, None, False, late, on)
+            log.info("served %s late %s %s", late, on, r)
     silent = [c for c in conds.values() if c["group"] == "silent"]
     summary = {
         "false_alarm_max": max((v for c in silent for v in c["active"].values()), default=0.0),
@@ -202,6 +254,13 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
                                 "rotate": conds[n]["rotate"].get(cam), "want": r,
                                 "first": conds[n]["first"].get(f"turned.{cam}")}
                             for n, (_, r) in TURNS.items()},
+        "late_detected": {n: {"stream": first_of[late],
+                              "active": conds[n]["active"].get(f"lag.{first_of[late]}", 0.0),
+                              "lag": conds[n]["lag"].get(first_of[late]), "want": by,
+                              "first": conds[n]["first"].get(f"lag.{first_of[late]}"),
+                              "others": {k: v for k, v in conds[n]["active"].items()
+                                         if k != f"lag.{first_of[late]}"}}
+                          for n, (_, late, by) in LATE.items() if late},
         "held_out_firing": {n: c["active"] for n, c in conds.items()
                             if c["group"] == "held-out" and c["active"]},
     }
@@ -227,7 +286,8 @@ def render(result: dict[str, Any]) -> str:
              f"results, from the {result['window']}th on, during which a finding was active. "
              "The thresholds were chosen on the validation split.", "",
              "## Must stay silent", "",
-             "Clean input, both streams degraded at once, and every training family at levels "
+             "Clean input (also with each scene held for 4 and for 10 results), both streams "
+             "degraded at once, and every training family at levels "
              f"3, 6, 9 and 11: the largest share of results with any finding active is "
              f"**{100 * s['false_alarm_max']:.1f}%**.", "",
              "## A turned camera", "",
@@ -236,14 +296,26 @@ def render(result: dict[str, Any]) -> str:
     for n, d in s["turned_detected"].items():
         lines.append(f"| {n} | {100 * d['active']:.1f}% | {d['rotate']} | "
                      f"{'yes' if d['rotate'] == d['want'] else 'no'} | {d['first']} |")
-    lines += ["", "## Served: a turned camera, with and without `auto_orient`", "",
+    lines += ["", "## A stream that runs late", "",
+              "Each scene (a sample) held for a number of results, one stream carrying the "
+              "scene of a few results before (a buffer handing out old data, a clock offset).",
+              "", "| condition | lag active | delay named | right | first result flagged | "
+              "other findings |", "| --- | --- | --- | --- | --- | --- |"]
+    for n, d in s.get("late_detected", {}).items():
+        others = ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["others"].items()) or "none"
+        lines.append(f"| {n} | {100 * d['active']:.1f}% | {d['lag']} | "
+                     f"{'yes' if d['lag'] == d['want'] else 'no'} | {d['first']} | {others} |")
+    lines += ["", "## Served: a turned camera or a late stream, with and without acting on it", "",
               "The same split through the fusion service as sensors send it (a second of speech "
-              "in 20 ms chunks, then the frame), every frame turned as named; accuracy and the "
-              f"camera's share over the results from the {result['window']}th on.", "",
-              "| camera | fused accuracy | camera share | turn applied |", "| --- | --- | --- | --- |"]
+              "in 20 ms chunks, then the frame), every frame turned as named (`auto_orient`), "
+              "or one stream carrying the sample before (`set_aside_late`: a sample on which "
+              "the streams disagree is answered without the stream found late); accuracy and "
+              f"the camera's share over the results from the {result['window']}th on.", "",
+              "| condition | fused accuracy | camera share | turn applied | answered without "
+              "the late stream |", "| --- | --- | --- | --- | --- |"]
     for n, r in result.get("served", {}).items():
         lines.append(f"| {n} | {100 * r['accuracy']:.1f}% | {r['camera_share']:.2f} | "
-                     f"{r['applied']}° |")
+                     f"{r['applied']}° | {r.get('set_aside', 0)} |")
     lines += ["", "## Held-out degradations where a finding fires", "",
               "| degradation | findings (share of results active) |", "| --- | --- |"]
     for n, act in s["held_out_firing"].items():

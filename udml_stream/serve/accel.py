@@ -96,6 +96,9 @@ class EngineOutput:
     # [B] int: the transform the pretext head names for the stream's input (0 as it came, k a
     # camera's k quarter turns counter-clockwise), −1 where it names none (``rules.udml``)
     looks: dict[str, np.ndarray] = field(default_factory=dict)
+    # [B] int: the class each stream's own head names (its unimodal argmax), −1 where a rule
+    # has none; ``serve.diagnose`` follows them across time
+    answers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,8 +176,9 @@ class Engine:
         self._stager: ThreadPoolExecutor | None = None
         # The packed output row: logits K | probs K | multipliers M | σ̂ M | present M |
         # conflict 1 (the answer came from the switch rule's conflict rule) | health M |
-        # looks M (NaN where the rule has no gates or no pretext head).
-        self.width = 2 * self.num_classes + 5 * len(self.modalities) + 1
+        # looks M (NaN where the rule has no gates or no pretext head) | answers M (each
+        # stream's own head's class).
+        self.width = 2 * self.num_classes + 6 * len(self.modalities) + 1
 
     # ---- the forward pass ------------------------------------------------------------------
 
@@ -195,6 +199,8 @@ class Engine:
                     else conflict.float())
         cols += [out.aux[f"{key}/{m}"].float() if f"{key}/{m}" in out.aux else nan
                  for key in ("gate", "looks") for m in self.modalities]
+        cols += [out.unimodal_logits[m].argmax(dim=1).float() if m in out.unimodal_logits
+                 else nan for m in self.modalities]
         return torch.cat([logits, torch.softmax(logits, dim=1), torch.stack(cols, dim=1)], dim=1)
 
     @torch.no_grad()
@@ -401,6 +407,7 @@ class Engine:
         sig = {m: cols[:, mm + i] for i, m in enumerate(ms)}
         health = {m: cols[:, 3 * mm + 1 + i] for i, m in enumerate(ms)}
         looks = {m: cols[:, 4 * mm + 1 + i] for i, m in enumerate(ms)}
+        answers = {m: cols[:, 5 * mm + 1 + i] for i, m in enumerate(ms)}
         return EngineOutput(
             logits=packed[:, :k], probs=packed[:, k : 2 * k],
             multipliers={m: cols[:, i] for i, m in enumerate(ms)},
@@ -410,6 +417,8 @@ class Engine:
             health={m: h for m, h in health.items() if not np.isnan(h).all()},
             looks={m: np.nan_to_num(v, nan=-1.0).astype(np.int64) for m, v in looks.items()
                    if not np.isnan(v).all()},
+            answers={m: np.nan_to_num(v, nan=-1.0).astype(np.int64) for m, v in answers.items()
+                     if not np.isnan(v).all()},
         )
 
 

@@ -38,6 +38,8 @@ class Prediction:
     # The transform the pretext head names for each present stream's input (0: as it came; a
     # camera's k: k quarter turns counter-clockwise), −1 none (``serve.diagnose`` reads both).
     looks: dict[str, int] = field(default_factory=dict)
+    # The class each present stream's own head names (``serve.diagnose`` follows them).
+    answers: dict[str, int] = field(default_factory=dict)
 
 
 class FusionRunner:
@@ -113,5 +115,6 @@ class FusionRunner:
                     preprocess_ns=o.preprocess_ns, inference_ns=o.inference_ns,
                     conflict=bool(o.conflict[i]),
                     health={m: float(h[i]) for m, h in o.health.items() if o.present[m][i]},
-                    looks={m: int(k[i]) for m, k in o.looks.items() if o.present[m][i]}))
+                    looks={m: int(k[i]) for m, k in o.looks.items() if o.present[m][i]},
+                    answers={m: int(a[i]) for m, a in o.answers.items() if o.present[m][i]}))
         return out

@@ -70,6 +70,8 @@ class Lane:
     # how many times it changed them (capped: a scene that keeps reading turned must not spin).
     turns: dict[str, int] = field(default_factory=dict)
     corrections: int = 0
+    # set_aside_late: results answered without a stream found running late, per stream.
+    set_aside: Counter[str] = field(default_factory=Counter)
 
 
 class FusionService:
@@ -78,7 +80,8 @@ class FusionService:
     def __init__(self, runner: FusionRunner, pairing: PairingConfig, camera: str = "camera",
                  audio: str = "mic", stream: str = "fused", robots: Sequence[str] = (),
                  max_batch: int = 64, batch_wait_ns: int = 0, freeze_ns: int = 0,
-                 streams: Mapping[str, str] | None = None, auto_orient: bool = False) -> None:
+                 streams: Mapping[str, str] | None = None, auto_orient: bool = False,
+                 set_aside_late: bool = True) -> None:
         """``streams``: model modality → topic (the launch file's ``streams``); a modality it
         does not name reads its registry default (``modalities.default_topic``: ``image2`` →
         ``camera2``), except the trigger camera and the audio stream, which read ``camera``
@@ -87,13 +90,15 @@ class FusionService:
         ``batch_wait_ns`` is how long a due sample may wait for batch mates; ``freeze_ns`` > 0
         turns on the frozen-camera check (``sync.edge.Edge``). ``auto_orient``: when the
         diagnostics find a camera turned (``serve.diagnose``), turn its frames back before the
-        model from then on, instead of only saying so."""
+        model from then on, instead of only saying so. ``set_aside_late``: while the
+        diagnostics find a stream running late (``lag``: it carries an older scene), a sample
+        on which the streams disagree is answered without it."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
         check_robot_names(robots)
         self.runner, self.max_batch, self.batch_wait_ns = runner, max_batch, batch_wait_ns
-        self.auto_orient = auto_orient
+        self.auto_orient, self.set_aside_late = auto_orient, set_aside_late
         self.trigger, self.window, self.others = _roles(runner.kinds)
         topics = {self.trigger: camera, self.window: audio, **(streams or {})}
         self.streams = modalities.live_streams(runner.modalities, topics, runner.kinds)
@@ -169,21 +174,39 @@ class FusionService:
               wall_minus_mono_ns: int) -> list[FusionResult]:
         # A partly held audio window goes to the model as is: NaN marks the missing samples,
         # and the model decides from their share whether the stream is present.
-        preds = self.runner.predict_batch([self._inputs(lane, s) for lane, s, _ in batch])
+        inputs = [self._inputs(lane, s) for lane, s, _ in batch]
+        preds = self.runner.predict_batch(inputs)
         # The turns each sample was fused with: a correction made while this batch is read
         # must not let its later, still uncorrected samples into the fresh window.
         turned = [dict(lane.turns) for lane, _, _ in batch]
         self.batches[len(batch)] += 1
-        out = []
-        for (lane, sample, since), pred, used in zip(batch, preds, turned, strict=True):
-            lane.last_audio_valid = sample.audio_valid
-            lane.conflicts += pred.conflict
+        late: dict[int, list[str]] = {}  # sample → the late streams it is answered without
+        for i, ((lane, _, _), pred, used) in enumerate(zip(batch, preds, turned, strict=True)):
             changes = lane.diag.add(pred) if used == lane.turns else []
             if changes:
                 report(lane.robot, changes)
                 self._findings_changed = True
                 if self.auto_orient:
                     self._orient(lane, changes)
+            if self.set_aside_late and pred.conflict:
+                # The streams disagree and one is known to carry an older scene: its answer is
+                # the stale one (the diagnostics still read this sample as it was fused).
+                drop = [m for m, p in pred.present.items() if p and lane.diag.lag(m)]
+                if drop and len(drop) < sum(pred.present.values()):
+                    late[i] = drop
+        if late:
+            again = self.runner.predict_batch(
+                [{**inputs[i], **dict.fromkeys(ms)} for i, ms in late.items()])
+            for (i, ms), pred in zip(late.items(), again, strict=True):
+                pred.conflict = True  # it was answered on a disagreement
+                pred.preprocess_ns += preds[i].preprocess_ns  # both passes were spent on it
+                pred.inference_ns += preds[i].inference_ns
+                preds[i] = pred
+                batch[i][0].set_aside.update(ms)
+        out = []
+        for (lane, sample, since), pred in zip(batch, preds, strict=True):
+            lane.last_audio_valid = sample.audio_valid
+            lane.conflicts += pred.conflict
             # Time spent waiting for batch mates counts as sync wait: it is time before fusion.
             lat = {"sync_wait": sample.wait_ns + now_ns - since,
                    "preprocess": pred.preprocess_ns, "inference": pred.inference_ns}
@@ -284,6 +307,8 @@ class FusionService:
             if self.auto_orient:
                 c.update({f"diag.{m}.applied": 90 * lane.turns.get(m, 0)
                           for m in (self.trigger, *self.others)})
+            if self.set_aside_late:
+                c.update({f"diag.{m}.set_aside": lane.set_aside[m] for m in lane.topics})
             if self.others:  # a second camera: its liveness and the samples that lacked it
                 c["others_stale"] = p.others_stale
                 c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))
