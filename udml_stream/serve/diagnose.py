@@ -24,18 +24,20 @@ Over a window of recent results both faults are plain to see:
 * **disagree**: in the results where every present stream is open under all the gates, the
   streams' own heads name different classes at least half the time. On clean validation input
   this happens in 1% of such results.
-* **lag**: one stream's own head keeps naming what another's named a few results earlier, the
-  cross-correlation of their answers peaking at a delay of k ≥ 1 results rather than at 0. A
-  frame buffer that hands out old frames, a microphone node that buffers, a clock offset
-  between two nodes: the sync layer pairs windows by their timestamps, so a stream whose
-  timestamps run late carries an older scene. Unlike ``disagree`` this names the stream at
-  fault, and the disagree finding says so while both are active.
+* **lag**: a camera's own head keeps naming what another stream's named a few results earlier,
+  the cross-correlation of their answers peaking at a delay of k ≥ 1 results rather than at 0.
+  A frame buffer that hands out old frames, a clock offset between two nodes: the sync layer
+  pairs by timestamp, so a camera whose stamps run late carries an older scene. Unlike
+  ``disagree`` this names the stream at fault, and the disagree finding says so while both are
+  active. Cameras only: a microphone's answer comes from a window of the last second, so in
+  step it already follows the camera by about half a window (15 results at 30 frames/s), and a
+  microphone that is really late cannot be told from that here; a camera in step leads.
 
 A finding is logged when it begins and when it ends, with hysteresis so it does not flap. The
 heartbeat carries it: ``diag.<modality>.rotate`` is the further clockwise turn to add to the
 camera node's ``rotate`` (0: none);
 ``diag.disagree`` is 1 while that finding is active and ``diag.disagree_permille`` the current
-share; ``diag.<modality>.lag`` the results by which that stream follows another (0: none);
+share; ``diag.<camera>.lag`` the results by which that camera follows another stream (0: none);
 ``diag.findings`` counts the active findings.
 The thresholds and how often each finding fires are measured on the validation split
 (``training/probe_diagnose.py``, docs/results/diagnose.md).
@@ -47,6 +49,8 @@ import logging
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from udml_stream.serve.runner import Prediction
 
@@ -72,6 +76,8 @@ OPEN = 0.5
 #: answer changed within that delay, the share where the lagging one still names the old
 #: answer to begin and below which an active finding ends.
 MAX_LAG, LAG_MARGIN, LAG_BEGIN, LAG_END = 8, 0.1, 0.6, 0.4
+#: The lag findings are judged every this many results (the arithmetic spans the whole window).
+LAG_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,15 @@ class _Window:
         self.items: deque[object] = deque(maxlen=size)
         self.tally: Counter[object] = Counter()
 
-    def add(self, item: object) -> None:
+    def add(self, item: object) -> object:
+        """Take ``item``; returns the observation it pushed out (None: none, or no evidence)."""
+        out = None
         if len(self.items) == self.items.maxlen:
-            self.tally[self.items[0]] -= 1
+            out = self.items[0]
+            self.tally[out] -= 1
         self.items.append(item)
         self.tally[item] += 1
+        return out
 
     def evidence(self) -> int:
         """Observations that carry evidence (not None)."""
@@ -112,25 +122,48 @@ class _Window:
 
 
 class _Follow:
-    """Does stream ``a`` name what stream ``b`` named k results earlier (k = 0..MAX_LAG)?
+    """Does one stream name what another named k results earlier (k = 0..MAX_LAG)?
 
-    Per k, a window of "a's answer now equals b's answer k results ago" over the results where
-    both were open then and now (the cross-correlation of the answers), and for k ≥ 1 a window
-    over only those where b's answer changed in between (did a keep the old one?)."""
+    Keeps each stream's answers over the last ``size + MAX_LAG`` results (−1 where it was not
+    open) and, per ordered pair (a, b) and delay k, measures over the last ``size`` results:
+    ``agree[k]``, the share of "a's answer now equals b's k results ago" among results where
+    both were open then and now (the cross-correlation of the answers), and for k ≥ 1 the same
+    among only those where b's answer changed in between (``kept``: did a keep the old one?),
+    with the number of such results. Array arithmetic: a fleet's node runs this for every result
+    of every robot."""
 
-    def __init__(self, size: int) -> None:
-        self.agree = [_Window(size) for _ in range(MAX_LAG + 1)]
-        self.kept_old = [_Window(size) for _ in range(MAX_LAG + 1)]
+    def __init__(self, streams: list[str], size: int) -> None:
+        self.streams, self.size = streams, size
+        self.hist = np.full((len(streams), size + MAX_LAG), -1, dtype=np.int16)
+        # The same for every present stream, open or not (what a sample's check reads).
+        self.raw = np.full_like(self.hist, -1)
+        self.count = 0
+        # rows[k]: for each of the last `size` results, where the answer k results before it
+        # sits in the chronological history.
+        self.rows = MAX_LAG - np.arange(MAX_LAG + 1)[:, None] + np.arange(size)[None, :]
 
-    def add(self, a_now: int | None, b_hist: deque[int | None]) -> None:
-        """``a_now``: a's answer (None: not open); ``b_hist[-1 - k]``: b's k results ago."""
-        b_now = b_hist[-1]
-        for k in range(MAX_LAG + 1):
-            b_then = b_hist[-1 - k] if k < len(b_hist) else None
-            both = a_now is not None and b_then is not None
-            self.agree[k].add(a_now == b_then if both else None)
-            changed = both and k > 0 and b_now is not None and b_then != b_now
-            self.kept_old[k].add(a_now == b_then if changed else None)
+    def add(self, answers: list[int | None], is_open: list[bool]) -> None:
+        """One result's answers, in ``streams`` order (None: the stream was not present), and
+        whether each stream was open under the gates."""
+        col = self.count % self.hist.shape[1]
+        self.raw[:, col] = [-1 if x is None else x for x in answers]
+        self.hist[:, col] = [-1 if x is None or not o else x for x, o in zip(answers, is_open,
+                                                                              strict=True)]
+        self.count += 1
+
+    def measure(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For streams ``a`` following ``b`` (indices), per k: ``agree`` share and its
+        evidence, ``kept`` share and its evidence (shares 0 without evidence)."""
+        order = (np.arange(self.hist.shape[1]) + self.count) % self.hist.shape[1]
+        ha, hb = self.hist[a, order], self.hist[b, order]
+        now, then, b_now = ha[self.rows[0]][None, :], hb[self.rows], hb[self.rows[0]][None, :]
+        both = (now >= 0) & (then >= 0)
+        same = both & (now == then)
+        changed = both & (b_now >= 0) & (then != b_now)
+        n_both, n_changed = both.sum(axis=1), changed.sum(axis=1)
+        agree = same.sum(axis=1) / np.maximum(n_both, 1)
+        kept = (same & changed).sum(axis=1) / np.maximum(n_changed, 1)
+        return agree, n_both, kept, n_changed
 
 
 class Diagnostics:
@@ -145,13 +178,12 @@ class Diagnostics:
         # frame it judged, None for frames it did not (they age the window); and the last pair.
         self._looks = {m: _Window(window) for m in self.cameras}
         self._last_look: dict[str, tuple[int, int | None]] = {}
+        self._turn_tally: dict[str, Counter[int]] = {m: Counter() for m in self.cameras}
         self._conflicts = _Window(window)
-        # Each stream's recent answers where it was open (None otherwise), and per ordered
-        # pair (a, b) whether a follows b.
-        self._answers: dict[str, deque[int | None]] = {
-            m: deque(maxlen=MAX_LAG + 1) for m in self.topics}
-        self._follow = {(a, b): _Follow(window) for a in self.topics for b in self.topics
-                        if a != b}
+        # Each stream's recent answers where it was open, for the lag findings (judged every
+        # LAG_EVERY results: between, the last judgement stands).
+        self._follow = _Follow(list(self.topics), window)
+        self._lags: dict[str, Finding | None] = {}
         self.active: dict[str, Finding] = {}
         self.disagree_share = 0.0
 
@@ -160,10 +192,14 @@ class Diagnostics:
         (``"ends"``) with it."""
         for m, w in self._looks.items():
             look = (pred.looks.get(m, -1), pred.answers.get(m))
-            if look[0] < 0:
-                w.add(None)
-            elif look != self._last_look.get(m):  # the same frame again counts once
-                w.add(look)
+            if look[0] < 0 or look != self._last_look.get(m):  # the same frame counts once
+                new = look if look[0] >= 0 else None
+                old = w.add(new)
+                tally = self._turn_tally[m]
+                if isinstance(old, tuple):
+                    tally[old[0]] -= 1
+                if new is not None:
+                    tally[new[0]] += 1
             self._last_look[m] = look
         present = [m for m, p in pred.present.items() if p]
         open_all = len(present) >= 2 and bool(pred.health) and all(
@@ -171,13 +207,13 @@ class Diagnostics:
         # A result without two open streams is no evidence either way (and ages the window, so
         # a finding ends when a stream goes away for good).
         self._conflicts.add(pred.conflict if open_all else None)
-        for m, hist in self._answers.items():
-            ok = pred.present.get(m, False) and pred.health.get(m, 0.0) >= OPEN
-            hist.append(pred.answers.get(m) if ok else None)
-        for (a, b), f in self._follow.items():
-            f.add(self._answers[a][-1], self._answers[b])
+        self._follow.add([pred.answers.get(m) if pred.present.get(m, False) else None
+                          for m in self.topics],
+                         [pred.health.get(m, 0.0) >= OPEN for m in self.topics])
+        if self._follow.count % LAG_EVERY == 0:
+            self._lags = {m: self._lag(m) for m in self.cameras}
         changes: list[tuple[str, Finding]] = []
-        lags = [(f"lag.{m}", self._lag(m)) for m in self.topics]
+        lags = [(f"lag.{m}", self._lags.get(m)) for m in self.cameras]
         for code, finding in [*((f"turned.{m}", self._turned(m)) for m in self._looks),
                               *lags, ("disagree", self._disagree())]:
             was = self.active.get(code)
@@ -194,11 +230,7 @@ class Diagnostics:
     def _turned(self, m: str) -> Finding | None:
         w = self._looks[m]
         named = w.evidence()
-        per_turn: Counter[int] = Counter()
-        classes: dict[int, set[int | None]] = {}
-        for (k_, cls), c in ((key, c) for key, c in w.tally.items() if key is not None and c):
-            per_turn[k_] += c
-            classes.setdefault(k_, set()).add(cls)
+        per_turn = self._turn_tally[m]
         was = self.active.get(f"turned.{m}")
         # An active finding holds while its own turn keeps TURN_END of a few judged frames
         # (even if another turn edges past it); a new one needs TURN_BEGIN of MIN_EVIDENCE,
@@ -208,7 +240,11 @@ class Diagnostics:
             if named < MIN_EVIDENCE:
                 return None
             count, k = max((per_turn[j], j) for j in (1, 2, 3))
-            if count < TURN_BEGIN * named or len(classes.get(k, set()) - {None}) < TURN_SCENES:
+            if count < TURN_BEGIN * named:
+                return None
+            classes = {key[1] for key, c in w.tally.items()
+                       if c and key is not None and key[0] == k and key[1] is not None}
+            if len(classes) < TURN_SCENES:
                 return None
         share = per_turn[k] / named
         how = {1: "turned 90° counter-clockwise", 2: "upside down", 3: "turned 90° clockwise"}[k]
@@ -244,32 +280,34 @@ class Diagnostics:
         the other's k results earlier peaks at k, clearly above the agreement at no delay, and
         where the other's answer changed within k results, ``m`` mostly kept the old one."""
         was = self.active.get(f"lag.{m}")
-        best: tuple[float, int, str] | None = None
-        for (a, b), f in self._follow.items():
-            if a != m:
+        names = self._follow.streams
+        i = names.index(m)
+        best: tuple[float, int, str, float, int] | None = None
+        for j, b in enumerate(names):
+            if b == m:
                 continue
+            agree, n_agree, kept, n_kept = self._follow.measure(i, j)
             if was is not None and was.leader == b:
-                w = f.kept_old[was.lag]
-                if w.evidence() >= HOLD_EVIDENCE and w.share() >= LAG_END:
-                    return self._lag_finding(m, b, was.lag, f)
+                k = was.lag
+                if n_kept[k] >= HOLD_EVIDENCE and kept[k] >= LAG_END:
+                    return self._lag_finding(m, b, k, float(kept[k]), int(n_kept[k]))
                 continue
-            agree = [w.share() if w.evidence() >= MIN_EVIDENCE else 0.0 for w in f.agree]
-            k = max(range(MAX_LAG + 1), key=lambda j: (agree[j], -j))
-            old = f.kept_old[k]
-            if (k and agree[k] - agree[0] >= LAG_MARGIN and old.evidence() >= MIN_EVIDENCE
-                    and old.share() >= LAG_BEGIN and (best is None or agree[k] > best[0])):
-                best = (agree[k], k, b)
-        return None if best is None else self._lag_finding(m, best[2], best[1],
-                                                          self._follow[(m, best[2])])
+            agree = np.where(n_agree >= MIN_EVIDENCE, agree, 0.0)
+            k = int(np.argmax(agree))  # the first of equal peaks: the shortest delay
+            if (k and agree[k] - agree[0] >= LAG_MARGIN and n_kept[k] >= MIN_EVIDENCE
+                    and kept[k] >= LAG_BEGIN and (best is None or agree[k] > best[0])):
+                best = (float(agree[k]), k, b, float(kept[k]), int(n_kept[k]))
+        return None if best is None else self._lag_finding(m, best[2], best[1], best[3],
+                                                          best[4])
 
-    def _lag_finding(self, m: str, b: str, k: int, f: _Follow) -> Finding:
-        w, late, lead = f.kept_old[k], self.topics[m], self.topics[b]
+    def _lag_finding(self, m: str, b: str, k: int, kept: float, n: int) -> Finding:
+        late, lead = self.topics[m], self.topics[b]
         return Finding(f"lag.{m}", (
             f"{late} follows {lead} by {k} result{'s' * (k > 1)}: after {lead}'s answer "
-            f"changed, {late} still named the old one in {w.share():.0%} of the "
-            f"last {w.evidence()} such results. Check for a frame or audio buffer handing out "
-            "old data, or a clock offset between the two nodes (the sync layer pairs windows by "
-            "timestamp)"), lag=k, leader=b)
+            f"changed, {late} still named the old one in {kept:.0%} of the last {n} such "
+            "results. Check for a frame buffer handing out old frames, or a clock offset between "
+            "the two nodes (the sync layer pairs them by timestamp)"),
+            lag=k, leader=b)
 
     def forget(self, m: str) -> None:
         """Drop camera ``m``'s window and its finding, without reporting an end: its frames are
@@ -277,6 +315,7 @@ class Diagnostics:
         longer describes them."""
         self._looks[m] = _Window(self._looks[m].items.maxlen or WINDOW)
         self._last_look.pop(m, None)
+        self._turn_tally[m] = Counter()
         self.active.pop(f"turned.{m}", None)
 
     def rotate_hint(self, m: str) -> int:
@@ -284,16 +323,31 @@ class Diagnostics:
         f = self.active.get(f"turned.{m}")
         return f.rotate if f is not None else 0
 
+    def stale(self, m: str) -> bool:
+        """Whether camera ``m``'s answer in the latest result is what its lag finding predicts
+        and nothing else does: the leader's answer from ``lag`` results before, which the leader
+        has since changed. Only then does the lag explain a disagreement in that result. The
+        finding rests on open streams; this check reads what each present stream said, open or
+        not (a camera known late is stale whatever its gates say)."""
+        f = self.active.get(f"lag.{m}")
+        if f is None:
+            return False
+        names, h, n = self._follow.streams, self._follow.raw, self._follow.raw.shape[1]
+        now, then = (self._follow.count - 1) % n, (self._follow.count - 1 - f.lag) % n
+        mine, lead = h[names.index(m)], h[names.index(f.leader)]
+        return bool(mine[now] >= 0 and mine[now] == lead[then] and lead[now] >= 0
+                    and lead[now] != lead[then])
+
     def lag(self, m: str) -> int:
         """The results by which stream ``m`` follows another (0: no lag finding on it)."""
         f = self.active.get(f"lag.{m}")
         return f.lag if f is not None else 0
 
     def counters(self) -> dict[str, int]:
-        """Heartbeat counters: ``diag.<camera>.rotate``, ``diag.<stream>.lag``,
+        """Heartbeat counters: ``diag.<camera>.rotate``, ``diag.<camera>.lag``,
         ``diag.disagree`` (1 while active), ``diag.disagree_permille`` and ``diag.findings``."""
         out = {f"diag.{m}.rotate": self.rotate_hint(m) for m in self.cameras}
-        out.update({f"diag.{m}.lag": self.lag(m) for m in self.topics})
+        out.update({f"diag.{m}.lag": self.lag(m) for m in self.cameras})
         out["diag.disagree"] = int("disagree" in self.active)
         out["diag.disagree_permille"] = round(1000 * self.disagree_share)
         out["diag.findings"] = len(self.active)

@@ -25,7 +25,7 @@ from udml_stream.errors import CheckpointError
 from udml_stream.messages import FusionResult, Message
 from udml_stream.messages.topics import check_robot_names, namespaced
 from udml_stream.sensors.camera import orient
-from udml_stream.serve.diagnose import Diagnostics, Finding, report
+from udml_stream.serve.diagnose import OPEN, Diagnostics, Finding, report
 from udml_stream.serve.runner import FusionRunner
 from udml_stream.sync import Pairer, PairingConfig, SyncedSample
 from udml_stream.sync.edge import Edge
@@ -91,8 +91,8 @@ class FusionService:
         turns on the frozen-camera check (``sync.edge.Edge``). ``auto_orient``: when the
         diagnostics find a camera turned (``serve.diagnose``), turn its frames back before the
         model from then on, instead of only saying so. ``set_aside_late``: while the
-        diagnostics find a stream running late (``lag``: it carries an older scene), a sample
-        on which the streams disagree is answered without it."""
+        diagnostics find a camera running late (``lag``: it carries an older scene), a sample
+        on which its answer is the stale one is answered without it."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
@@ -189,18 +189,26 @@ class FusionService:
                 if self.auto_orient:
                     self._orient(lane, changes)
             if self.set_aside_late and pred.conflict:
-                # The streams disagree and one is known to carry an older scene: its answer is
-                # the stale one (the diagnostics still read this sample as it was fused).
-                drop = [m for m, p in pred.present.items() if p and lane.diag.lag(m)]
-                if drop and len(drop) < sum(pred.present.values()):
+                # The streams disagree, and a camera found late names what the stream it follows
+                # named `lag` results before: its answer is the stale one. It has no say in this
+                # sample, as long as another stream is open to answer it (the diagnostics still
+                # read the sample as first fused).
+                drop = [m for m, p in pred.present.items() if p and lane.diag.stale(m)]
+                rest = [m for m, p in pred.present.items() if p and m not in drop]
+                if drop and any(pred.health.get(m, 0.0) >= OPEN for m in rest):
                     late[i] = drop
         if late:
             again = self.runner.predict_batch(
                 [{**inputs[i], **dict.fromkeys(ms)} for i, ms in late.items()])
+            self.batches[len(late)] += 1
             for (i, ms), pred in zip(late.items(), again, strict=True):
+                first = preds[i]
+                # The answer and the weights of the second pass (the late stream's weight 0);
+                # what was received, and its σ̂, as first fused: the stream was there.
+                pred.present, pred.sigma_hat = first.present, first.sigma_hat
                 pred.conflict = True  # it was answered on a disagreement
-                pred.preprocess_ns += preds[i].preprocess_ns  # both passes were spent on it
-                pred.inference_ns += preds[i].inference_ns
+                pred.preprocess_ns += first.preprocess_ns  # both passes were spent on it
+                pred.inference_ns += first.inference_ns
                 preds[i] = pred
                 batch[i][0].set_aside.update(ms)
         out = []
@@ -308,7 +316,8 @@ class FusionService:
                 c.update({f"diag.{m}.applied": 90 * lane.turns.get(m, 0)
                           for m in (self.trigger, *self.others)})
             if self.set_aside_late:
-                c.update({f"diag.{m}.set_aside": lane.set_aside[m] for m in lane.topics})
+                c.update({f"diag.{m}.set_aside": lane.set_aside[m]
+                          for m in (self.trigger, *self.others)})
             if self.others:  # a second camera: its liveness and the samples that lacked it
                 c["others_stale"] = p.others_stale
                 c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))
