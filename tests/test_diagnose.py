@@ -101,6 +101,18 @@ def test_one_scene_read_as_turned_for_long_is_no_turned_camera() -> None:
     assert [(f.code, f.rotate) for _, f in began] == [("turned.image", 180)]
 
 
+def test_a_turned_finding_ends_when_one_upright_frame_keeps_coming() -> None:
+    d = _diag()
+    for _ in range(WINDOW):
+        d.add(_pred(looks=2))
+    assert d.rotate_hint("image") == 180
+    # The camera set right, then looking at one thing for long: the same upright frame again
+    # and again still ends the finding (while one is active, every frame counts).
+    ended = [ch for _ in range(WINDOW) for ch in d.add(_pred(looks=0, answers={"image": 4,
+                                                                               "audio": 4}))]
+    assert [(c, f.code) for c, f in ended] == [("ends", "turned.image")]
+
+
 def test_too_little_evidence_or_scattered_turns_name_nothing() -> None:
     d = _diag()
     for _ in range(MIN_EVIDENCE - 1):  # every frame turned, but too few judged
@@ -196,6 +208,16 @@ def test_a_microphone_following_the_camera_by_half_its_window_is_in_step() -> No
     for t in range(len(scene)):
         d.add(_pred(answers={"image": scene[t], "audio": scene[max(t - 15, 0)]}))
     assert not d.active and d.counters()["diag.image.lag"] == 0
+
+
+def test_a_camera_a_second_late_behind_a_trailing_microphone_is_found_late() -> None:
+    # 30 frames/s, scenes of 1.5 s: the microphone trails by 15 results in step; a camera whose
+    # frames are a second (30 results) late then follows the microphone by 15 results.
+    d = _diag()
+    scene = _scenes(8 * WINDOW, 45)
+    for t in range(len(scene)):
+        d.add(_pred(answers={"image": scene[max(t - 30, 0)], "audio": scene[max(t - 15, 0)]}))
+    assert d.lag("image") == 15
 
 
 def test_streams_in_step_or_one_wrong_at_random_are_not_found_late() -> None:

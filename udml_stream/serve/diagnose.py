@@ -31,7 +31,9 @@ Over a window of recent results both faults are plain to see:
   ``disagree`` this names the stream at fault, and the disagree finding says so while both are
   active. Cameras only: a microphone's answer comes from a window of the last second, so in
   step it already follows the camera by about half a window (15 results at 30 frames/s), and a
-  microphone that is really late cannot be told from that here; a camera in step leads.
+  microphone that is really late cannot be told from that here; a camera in step leads. For the
+  same reason a camera is seen late against a microphone only once it is behind by more than
+  that trail (a clock offset of a second, not a few frames); between two cameras there is none.
 
 A finding is logged when it begins and when it ends, with hysteresis so it does not flap. The
 heartbeat carries it: ``diag.<modality>.rotate`` is the further clockwise turn to add to the
@@ -71,11 +73,13 @@ TURN_BEGIN, TURN_END, TURN_SCENES = 0.6, 0.4, 3
 DISAGREE_BEGIN, DISAGREE_END = 0.5, 0.3
 #: A stream counts as open under the gates from this openness on.
 OPEN = 0.5
-#: lag: the longest delay looked for (results), how far the answers' agreement at the best
+#: lag: the longest delay looked for (results: about 2 s at 30 frames/s, so a camera a second
+#: behind a microphone that itself trails by half its window is still seen), how far the
+#: answers' agreement at the best
 #: delay must exceed their agreement at none, and, among results where the leading stream's
 #: answer changed within that delay, the share where the lagging one still names the old
 #: answer to begin and below which an active finding ends.
-MAX_LAG, LAG_MARGIN, LAG_BEGIN, LAG_END = 8, 0.1, 0.6, 0.4
+MAX_LAG, LAG_MARGIN, LAG_BEGIN, LAG_END = 64, 0.1, 0.6, 0.4
 #: The lag findings are judged every this many results (the arithmetic spans the whole window).
 LAG_EVERY = 10
 
@@ -192,7 +196,10 @@ class Diagnostics:
         (``"ends"``) with it."""
         for m, w in self._looks.items():
             look = (pred.looks.get(m, -1), pred.answers.get(m))
-            if look[0] < 0 or look != self._last_look.get(m):  # the same frame counts once
+            # The same frame again counts once, unless a finding on this camera is active: then
+            # every frame counts, so that frames set right end it however long they repeat.
+            if (look[0] < 0 or look != self._last_look.get(m)
+                    or f"turned.{m}" in self.active):
                 new = look if look[0] >= 0 else None
                 old = w.add(new)
                 tally = self._turn_tally[m]
@@ -223,6 +230,10 @@ class Diagnostics:
             elif finding is None and was is not None:
                 changes.append(("ends", was))
                 del self.active[code]
+            elif finding is not None and (finding.lag, finding.leader) != (was.lag, was.leader):
+                # A late camera now follows another stream, or by another delay: a new finding.
+                changes += [("ends", was), ("begins", finding)]
+                self.active[code] = finding
             elif finding is not None:
                 self.active[code] = finding  # the share moved: the newest text
         return changes

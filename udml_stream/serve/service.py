@@ -115,6 +115,7 @@ class FusionService:
         self.fleet = bool(robots)
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
         self.batches: Counter[int] = Counter()  # batch size → forward passes
+        self.second_passes = 0  # set_aside_late's forward passes without a late camera
         self._due: list[tuple[Lane, SyncedSample, int]] = []  # (lane, sample, due since)
         self._findings_changed = False  # a diagnostic began or ended since the last heartbeat
 
@@ -182,13 +183,14 @@ class FusionService:
         self.batches[len(batch)] += 1
         late: dict[int, list[str]] = {}  # sample → the late streams it is answered without
         for i, ((lane, _, _), pred, used) in enumerate(zip(batch, preds, turned, strict=True)):
-            changes = lane.diag.add(pred) if used == lane.turns else []
+            judged = used == lane.turns
+            changes = lane.diag.add(pred) if judged else []
             if changes:
                 report(lane.robot, changes)
                 self._findings_changed = True
                 if self.auto_orient:
                     self._orient(lane, changes)
-            if self.set_aside_late and pred.conflict:
+            if self.set_aside_late and pred.conflict and judged:
                 # The streams disagree, and a camera found late names what the stream it follows
                 # named `lag` results before: its answer is the stale one. It has no say in this
                 # sample, as long as another stream is open to answer it (the diagnostics still
@@ -200,7 +202,7 @@ class FusionService:
         if late:
             again = self.runner.predict_batch(
                 [{**inputs[i], **dict.fromkeys(ms)} for i, ms in late.items()])
-            self.batches[len(late)] += 1
+            self.second_passes += 1
             for (i, ms), pred in zip(late.items(), again, strict=True):
                 first = preds[i]
                 # The answer and the weights of the second pass (the late stream's weight 0);
@@ -327,4 +329,5 @@ class FusionService:
             out["results"] = self.seq
             out["rejected.other_topic"] = self.other_topics
             out.update({f"batches.{n}": k for n, k in sorted(self.batches.items())})
+            out["set_aside_passes"] = self.second_passes
         return out
