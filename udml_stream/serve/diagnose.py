@@ -67,18 +67,18 @@ WINDOW, MIN_EVIDENCE, HOLD_EVIDENCE = 100, 20, 5
 #: that turn. A robot looking at one scene for a long time sends the same frame again and
 #: again, so a frame counts once until the pretext head's pick or the camera's class changes
 #: (validation, each scene held for 10 results: 12% of the results flagged a turned camera
-#: when every frame counted; a run of 1s and 6s, which read alike upside down, did it).
+#: when every frame counted; a run of 1s and 6s, which read alike upside down, did it). While
+#: a finding is active every frame counts, so that frames set right end it.
 TURN_BEGIN, TURN_END, TURN_SCENES = 0.6, 0.4, 3
 #: disagree: the share of all-open results with a conflict to begin, and below which it ends.
 DISAGREE_BEGIN, DISAGREE_END = 0.5, 0.3
 #: A stream counts as open under the gates from this openness on.
 OPEN = 0.5
 #: lag: the longest delay looked for (results: about 2 s at 30 frames/s, so a camera a second
-#: behind a microphone that itself trails by half its window is still seen), how far the
-#: answers' agreement at the best
-#: delay must exceed their agreement at none, and, among results where the leading stream's
-#: answer changed within that delay, the share where the lagging one still names the old
-#: answer to begin and below which an active finding ends.
+#: behind a microphone that itself trails by half its window is still seen); how far the
+#: answers' agreement at the best delay must exceed their agreement at none; and, among results
+#: where the leading stream's answer changed within that delay, the share where the late camera
+#: still names the old answer, to begin and below which an active finding ends.
 MAX_LAG, LAG_MARGIN, LAG_BEGIN, LAG_END = 64, 0.1, 0.6, 0.4
 #: The lag findings are judged every this many results (the arithmetic spans the whole window).
 LAG_EVERY = 10
@@ -88,12 +88,12 @@ LAG_EVERY = 10
 class Finding:
     """One fault seen across recent results."""
 
-    code: str  # "turned.<modality>", "disagree" or "lag.<modality>"
+    code: str  # "turned.<camera>", "disagree" or "lag.<camera>"
     text: str  # what was seen and what to check, for the log
     # turned: the further clockwise turn that sets the picture right, i.e. the camera node's
     # ``rotate`` becomes (its current value + this) mod 360: just this from rotate = 0.
     rotate: int = 0
-    # lag: the results by which this stream's answers follow those of stream ``leader``.
+    # lag: the results by which this camera's answers follow those of stream ``leader``.
     lag: int = 0
     leader: str = ""
 
