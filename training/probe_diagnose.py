@@ -149,6 +149,20 @@ def watch(preds: Iterator[Prediction], cameras: dict[str, str], topics: dict[str
     return out
 
 
+def _service(ckpt: Path, **options: bool) -> tuple[Any, str, str]:
+    """A one-robot ``FusionService`` on ``ckpt`` (CPU, one thread) with ``options``, and its
+    camera and microphone modalities."""
+    from udml_stream.serve import FusionRunner, FusionService
+    from udml_stream.sync import PairingConfig
+
+    runner = FusionRunner(ckpt, "cpu", 1)
+    cam = next(m for m, k in runner.kinds.items() if k == "image")
+    mic = next(m for m, k in runner.kinds.items() if k == "audio")
+    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
+                                              window_samples=runner.window_samples), **options)
+    return svc, cam, mic
+
+
 def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.ndarray] | None,
            auto_orient: bool, late: str | None = None, set_aside: bool = True
            ) -> dict[str, Any]:
@@ -159,15 +173,8 @@ def served(ckpt: Path, split: Split, seed: int, turn: Callable[[np.ndarray], np.
     applying, and with ``set_aside`` (``set_aside_late``) the results answered without a late
     stream."""
     from udml_stream.messages import AudioChunk, CameraFrame
-    from udml_stream.serve import FusionRunner, FusionService
-    from udml_stream.sync import PairingConfig
 
-    runner = FusionRunner(ckpt, "cpu", 1)
-    cam = next(m for m, k in runner.kinds.items() if k == "image")
-    mic = next(m for m, k in runner.kinds.items() if k == "audio")
-    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
-                                              window_samples=runner.window_samples),
-                        auto_orient=auto_orient, set_aside_late=set_aside)
+    svc, cam, mic = _service(ckpt, auto_orient=auto_orient, set_aside_late=set_aside)
     ms, t0, res, labels = 1_000_000, 5_000_000_000, [], []
     prev: dict[str, np.ndarray] = {}
     mods = tuple(split.tables)
@@ -217,16 +224,9 @@ def served_at_rate(ckpt: Path, split: Split, seed: int, camera_delay_s: float,
     from 1 s after the scene's start) from the 20th scene on, and the share of all results
     from then on during which each finding was active."""
     from udml_stream.messages import AudioChunk, CameraFrame
-    from udml_stream.serve import FusionRunner, FusionService
-    from udml_stream.sync import PairingConfig
 
-    runner = FusionRunner(ckpt, "cpu", 1)
-    cam = next(m for m, k in runner.kinds.items() if k == "image")
-    mic = next(m for m, k in runner.kinds.items() if k == "audio")
-    svc = FusionService(runner, PairingConfig(sample_rate=runner.sample_rate,
-                                              window_samples=runner.window_samples),
-                        set_aside_late=set_aside)
-    sr, n = runner.sample_rate, min(RATE_SCENES, len(split))
+    svc, cam, mic = _service(ckpt, set_aside_late=set_aside)
+    sr, n = svc.runner.sample_rate, min(RATE_SCENES, len(split))
     rows = np.arange(n)
     b = _batch(split, rows, {m: np.full(n, corrupt.CLEAN, np.int64) for m in split.tables},
                _natural_rng(seed, 0), np.random.default_rng([seed, 0]), None, (), None)
@@ -357,6 +357,11 @@ def main(ckpt: Path, out: Path | None, split_name: str = "val", seed: int = 0,
     return result
 
 
+def _shares(active: dict[str, float], digits: int) -> str:
+    """Findings and the share of results each was active, for a table cell ("none": none)."""
+    return ", ".join(f"{k} {100 * v:.{digits}f}%" for k, v in active.items()) or "none"
+
+
 def render(result: dict[str, Any]) -> str:
     """The report: false alarms, turned cameras, and which held-out degradations fire."""
     s = result["summary"]
@@ -386,9 +391,9 @@ def render(result: dict[str, Any]) -> str:
               "", "| condition | lag active | delay named | right | first result flagged | "
               "other findings |", "| --- | --- | --- | --- | --- | --- |"]
     for n, d in s.get("late_detected", {}).items():
-        others = ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["others"].items()) or "none"
         lines.append(f"| {n} | {100 * d['active']:.1f}% | {d['lag']} | "
-                     f"{'yes' if d['lag'] == d['want'] else 'no'} | {d['first']} | {others} |")
+                     f"{'yes' if d['lag'] == d['want'] else 'no'} | {d['first']} | "
+                     f"{_shares(d['others'], 0)} |")
     lines += ["", "## Served: a turned camera or a late stream, with and without acting on it", "",
               "The same split through the fusion service as sensors send it (a second of speech "
               "in 20 ms chunks, then the frame), every frame turned as named (`auto_orient`), "
@@ -413,14 +418,12 @@ def render(result: dict[str, Any]) -> str:
               "| condition | fused accuracy | scored | findings active (share of results) | "
               "set aside |", "| --- | --- | --- | --- | --- |"]
     for n, r in result.get("served_at_rate", {}).items():
-        act = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["active"].items()) or "none"
-        lines.append(f"| {n} | {100 * r['accuracy']:.1f}% | {r['scored']} | {act} | "
-                     f"{r['set_aside']} |")
+        lines.append(f"| {n} | {100 * r['accuracy']:.1f}% | {r['scored']} | "
+                     f"{_shares(r['active'], 1)} | {r['set_aside']} |")
     lines += ["", "## Held-out degradations where a finding fires", "",
               "| degradation | findings (share of results active) |", "| --- | --- |"]
     for n, act in s["held_out_firing"].items():
-        lines.append(f"| {n.removeprefix('held-out ')} | "
-                     + ", ".join(f"{k} {100 * v:.0f}%" for k, v in act.items()) + " |")
+        lines.append(f"| {n.removeprefix('held-out ')} | {_shares(act, 0)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -119,11 +119,6 @@ class _Window:
         """Observations that carry evidence (not None)."""
         return len(self.items) - self.tally[None]
 
-    def share(self) -> float:
-        """Share of the observations with evidence that are True (0 without any)."""
-        n = self.evidence()
-        return self.tally[True] / n if n else 0.0
-
 
 class _Follow:
     """Does one stream name what another named k results earlier (k = 0..MAX_LAG)?
@@ -137,7 +132,7 @@ class _Follow:
     of every robot."""
 
     def __init__(self, streams: list[str], size: int) -> None:
-        self.streams, self.size = streams, size
+        self.streams = streams
         self.hist = np.full((len(streams), size + MAX_LAG), -1, dtype=np.int16)
         # The same for every present stream, open or not (what a sample's check reads).
         self.raw = np.full_like(self.hist, -1)

@@ -115,7 +115,7 @@ class FusionService:
         self.fleet = bool(robots)
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
         self.batches: Counter[int] = Counter()  # batch size → forward passes
-        self.second_passes = 0  # set_aside_late's forward passes without a late camera
+        self.set_aside_passes = 0  # set_aside_late's forward passes without a late camera
         self._due: list[tuple[Lane, SyncedSample, int]] = []  # (lane, sample, due since)
         self._findings_changed = False  # a diagnostic began or ended since the last heartbeat
 
@@ -202,7 +202,7 @@ class FusionService:
         if late:
             again = self.runner.predict_batch(
                 [{**inputs[i], **dict.fromkeys(ms)} for i, ms in late.items()])
-            self.second_passes += 1
+            self.set_aside_passes += 1
             for (i, ms), pred in zip(late.items(), again, strict=True):
                 first = preds[i]
                 # The answer and the weights of the second pass (the late stream's weight 0);
@@ -329,5 +329,5 @@ class FusionService:
             out["results"] = self.seq
             out["rejected.other_topic"] = self.other_topics
             out.update({f"batches.{n}": k for n, k in sorted(self.batches.items())})
-            out["set_aside_passes"] = self.second_passes
+            out["set_aside_passes"] = self.set_aside_passes
         return out

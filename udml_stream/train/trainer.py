@@ -35,7 +35,7 @@ from udml_stream.model.preprocess import (
     fit_logmel_stats,
     valid_fraction,
 )
-from udml_stream.model.rules.udml import PRETEXT_CLASSES, PretextHead
+from udml_stream.model.rules.udml import PRETEXT_CLASSES
 from udml_stream.train.config import (
     LogsSection,
     ModelSection,
@@ -160,7 +160,7 @@ def pretext_loss(model: FusionNet, inputs: Mapping[str, Tensor], present: Mappin
     It asks the encoder to keep the input's layout (which way up a digit stands, which way a
     word runs), which the gates read at serving; the heads themselves are fitted afresh after
     training, as without it."""
-    from udml_stream.train.pregate import TRANSFORMS
+    from udml_stream.train.pregate import TRANSFORMS, pooled_map
 
     losses = []
     for m in model.cfg.modalities:
@@ -176,9 +176,8 @@ def pretext_loss(model: FusionNet, inputs: Mapping[str, Tensor], present: Mappin
         transform = TRANSFORMS[model.cfg.preprocess[m]["kind"]]
         parts = [transform(x[k == j], j) for j in range(PRETEXT_CLASSES)]
         labels = torch.cat([k[k == j] for j in range(PRETEXT_CLASSES)])
-        xt = torch.cat(parts).contiguous(memory_format=torch.channels_last)
         with _running_stats_kept(model.enc[m]):
-            logits = model.pretext[m](PretextHead.pool(model.enc[m](xt)))
+            logits = model.pretext[m](pooled_map(model, m, torch.cat(parts)))
         losses.append(F.cross_entropy(logits.float(), labels))
     if not losses:
         return next(iter(inputs.values())).new_zeros(())
