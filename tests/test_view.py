@@ -140,6 +140,33 @@ def test_live_view_delivers_frames_levels_and_every_result(tmp_path: Path) -> No
     assert levels[-1]["peak_dbfs"] == pytest.approx(-6.02, abs=0.05)
 
 
+def test_client_subscribes_again_when_the_server_did_not_yet_know_the_channel(
+        tmp_path: Path) -> None:
+    """foxglove-sdk can answer a subscribe that crossed its advertise with "Unknown channel
+    ID"; the client sends that subscribe again and the channel's messages then flow."""
+    ep = f"ipc://{tmp_path}/bus"
+    with Publisher(ep, bind=True, hwm=64) as pub:
+        view = _Running(ViewConfig([ep], port=0))
+        traffic = Traffic(pub, frames=scene_frames(2, 160, 120))
+        traffic.start()
+        try:
+            with FoxgloveClient("127.0.0.1", view.port, subscribe_to=lambda t: False) as client:
+                deadline = time.monotonic() + 5
+                while "/mic/level" not in client.topics() and time.monotonic() < deadline:
+                    client.recv(0.1)
+                cid = client.topics()["/mic/level"].id
+                # The state the race leaves: a subscription the server refused as unknown.
+                client._subs[1] = cid
+                client._control(json.dumps({"op": "status", "level": 2,
+                                            "message": f"Unknown channel ID: {cid}"}))
+                seen = _until(client, {"/mic/level"}, timeout_s=5)
+        finally:
+            traffic.stop_event.set()
+            traffic.join(5)
+            view.close()
+    assert seen["/mic/level"] >= 1 and client._retries == {1: 1}
+
+
 def test_fleet_topics_each_get_channels_and_max_fps_thins_frames(tmp_path: Path) -> None:
     """``<robot>/camera`` topics get a channel each; ``max_fps`` 10 of a 30 fps camera shows
     every third frame; heartbeats are not shown; without a client nothing is encoded."""

@@ -12,6 +12,7 @@ the Foxglove app offers it and the older ``foxglove.websocket.v1``, and so does 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 from contextlib import ExitStack
@@ -21,6 +22,12 @@ from typing import Any
 SUBPROTOCOLS = ("foxglove.sdk.v1", "foxglove.websocket.v1")
 OP_MESSAGE_DATA = 1
 _HEADER = struct.Struct("<BIQ")
+# foxglove-sdk 0.30 can answer a subscribe that follows its advertise closely with a status
+# error "... Unknown channel ID: <id>" (the advertise went out before
+# the server recorded it for this client); such a subscribe is sent again after a pause.
+_UNKNOWN_CHANNEL = re.compile(r"unknown channel\D*(\d+)", re.IGNORECASE)
+RESUBSCRIBE_AFTER_S = 0.05
+MAX_RESUBSCRIBES = 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,9 @@ class FoxgloveClient:
         self.channels: dict[int, ChannelInfo] = {}  # channel id → info
         self._subs: dict[int, int] = {}  # subscription id → channel id
         self._accept = subscribe_to
+        self._retry: dict[int, float] = {}  # subscription id → when to send its subscribe again
+        self._retries: dict[int, int] = {}  # subscription id → subscribes sent again so far
+        self.status: list[dict[str, Any]] = []  # status messages from the server, in order
 
     def _control(self, text: str) -> None:
         msg = json.loads(text)
@@ -104,6 +114,28 @@ class FoxgloveClient:
         elif op == "unadvertise":
             for cid in msg.get("channelIds", []):
                 self.channels.pop(cid, None)
+        elif op == "status":
+            self.status.append(msg)
+            m = _UNKNOWN_CHANNEL.search(str(msg.get("message", "")))
+            if m:
+                cid = int(m.group(1))
+                for sub_id, c in self._subs.items():
+                    if c == cid and self._retries.get(sub_id, 0) < MAX_RESUBSCRIBES:
+                        self._retry[sub_id] = time.monotonic() + RESUBSCRIBE_AFTER_S
+
+    def _resubscribe(self) -> float:
+        """Send the subscribes that are due again; seconds until the next one (inf if none)."""
+        now = time.monotonic()
+        due = [s for s, t in self._retry.items() if t <= now]
+        if due:
+            subs = [{"id": s, "channelId": self._subs[s]} for s in due
+                    if self._subs[s] in self.channels]
+            for s in due:
+                del self._retry[s]
+                self._retries[s] = self._retries.get(s, 0) + 1
+            if subs:
+                self._ws.send(json.dumps({"op": "subscribe", "subscriptions": subs}))
+        return min(self._retry.values(), default=float("inf")) - now
 
     def recv(self, timeout_s: float) -> Received | None:
         """The next message data frame within ``timeout_s`` (control frames are handled on the
@@ -113,9 +145,12 @@ class FoxgloveClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+            retry_in = self._resubscribe()
             try:
-                frame = self._ws.recv(timeout=left)
+                frame = self._ws.recv(timeout=max(0.0, min(left, retry_in)))
             except TimeoutError:
+                if retry_in < left:
+                    continue  # a subscribe is due again: send it, then wait on
                 return None
             if isinstance(frame, str):
                 self._control(frame)
