@@ -165,6 +165,62 @@ def test_one_stream_or_a_rule_without_gates_gives_no_disagreement_evidence() -> 
     assert not d.active and d.counters()["diag.disagree_permille"] == 0
 
 
+def _at_30fps(d: Diagnostics, image: list[int], audio: list[int], timed: bool = True
+              ) -> list[tuple[str, str, int]]:
+    """Results at 30 frames/s with these answers (the conflict flag as the rule sets it, both
+    streams open); the findings that began or ended, with the result's index."""
+    return [(c, f.code, i) for i, (a, b) in enumerate(zip(image, audio, strict=True))
+            for c, f in d.add(_pred(conflict=a != b, answers={"image": a, "audio": b}),
+                              T0 + i * 1000 * MS // 30 if timed else None)]
+
+
+def _timed_diag() -> Diagnostics:
+    return Diagnostics({"image": "camera"}, {"image": "camera", "audio": "mic"},
+                       memory_s={"audio": 1.0})
+
+
+def test_a_microphone_trailing_within_its_window_is_no_disagreement() -> None:
+    """At each change of a 1.5 s scene the microphone names the old one for 25 frames (0.8 s,
+    inside its 1 s window): with capture times that is no disagreement; without them, 56% of
+    the results disagree."""
+    scene = _scenes(40 * 45, 45)
+    trail = [scene[max(i - 25, 0)] for i in range(len(scene))]
+    assert _at_30fps(_timed_diag(), scene, trail) == []
+    assert ("begins", "disagree") in [c[:2] for c in _at_30fps(_timed_diag(), scene, trail,
+                                                                timed=False)]
+
+
+def test_at_a_frame_rate_a_run_of_equal_results_is_one_observation_a_second() -> None:
+    """A camera that reads 3 and a microphone that hears 7, result after result at 30 frames/s:
+    one observation a second, so the finding begins after MIN_EVIDENCE seconds, not frames; a
+    microphone hearing another talker (its own scenes) is flagged within a minute (these two
+    random scene lists also hold a run of three scenes where one follows the other, which the
+    lag finding may name for a while)."""
+    n = 40 * 30
+    began = _at_30fps(_timed_diag(), [3] * n, [7] * n)
+    assert [c[:2] for c in began] == [("begins", "disagree")]
+    assert began[0][2] == (MIN_EVIDENCE - 1) * 30
+    scene, other = _scenes(40 * 45, 45), _scenes(40 * 45, 45, seed=1)
+    began = _at_30fps(_timed_diag(), scene, other)
+    assert any(c[:2] == ("begins", "disagree") and c[2] < 60 * 30 for c in began)
+
+
+def test_a_microphone_late_beyond_its_window_is_found_late_only_with_capture_times() -> None:
+    """A microphone that trails by 15 frames (half its window) is in step; one that trails by
+    51 (its usual 15 plus 1.2 s) is found late, with the delay measured; without capture times
+    its window is unknown and a microphone is never judged late."""
+    scene = _scenes(40 * 45, 45)
+    in_step = _at_30fps(_timed_diag(), scene, [scene[max(i - 15, 0)] for i in range(len(scene))])
+    assert not [c for c in in_step if c[1] == "lag.audio"]
+    late = [scene[max(i - 51, 0)] for i in range(len(scene))]
+    d = _timed_diag()
+    found = [c for c in _at_30fps(d, scene, late) if c[1] == "lag.audio"]
+    assert found and found[0][0] == "begins"
+    assert d.lag("audio") == 51 and d.counters()["diag.audio.lag"] == 51
+    assert not [c for c in _at_30fps(_timed_diag(), scene, late, timed=False)
+                if c[1] == "lag.audio"]
+
+
 def _scenes(n: int, hold: int, seed: int = 0) -> list[int]:
     """A class per result: a new scene every ``hold`` results, never the same twice running."""
     rng = np.random.default_rng(seed)

@@ -124,9 +124,9 @@ class FusionNode(_Node):
         "turn a camera's frames back before the model when the diagnostics find it turned "
         "(serve.diagnose: logged, and diag.<camera>.applied in the heartbeat); off: only say so"))
     set_aside_late: bool = Field(True, description=(
-        "while the diagnostics find a camera running late (it carries an older scene: "
-        "diag.<camera>.lag), answer a sample where its answer is the stale one without it "
-        "(diag.<camera>.set_aside counts them); off: the conflict rule decides as usual"))
+        "while the diagnostics find a stream running late (it carries an older scene: "
+        "diag.<stream>.lag), answer a sample where its answer is the stale one without it "
+        "(diag.<stream>.set_aside counts them); off: the conflict rule decides as usual"))
     freeze_ms: float = Field(0.0, ge=0, description=(
         "> 0: a camera whose frames stay identical this long is frozen (its frames are "
         "rejected, the camera goes absent); 0 = off, for sources without sensor noise"))

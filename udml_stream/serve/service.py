@@ -91,8 +91,9 @@ class FusionService:
         turns on the frozen-camera check (``sync.edge.Edge``). ``auto_orient``: when the
         diagnostics find a camera turned (``serve.diagnose``), turn its frames back before the
         model from then on, instead of only saying so. ``set_aside_late``: while the
-        diagnostics find a camera running late (``lag``: it carries an older scene), a sample
-        on which its answer is the stale one is answered without it."""
+        diagnostics find a stream running late (``lag``: it carries an older scene; a camera,
+        or a microphone beyond its window), a sample on which its answer is the stale one is
+        answered without it."""
         if max_batch < 1 or batch_wait_ns < 0:
             raise ValueError(f"max_batch = {max_batch} (expected ≥ 1), batch_wait_ns = "
                              f"{batch_wait_ns} (expected ≥ 0)")
@@ -103,6 +104,9 @@ class FusionService:
         topics = {self.trigger: camera, self.window: audio, **(streams or {})}
         self.streams = modalities.live_streams(runner.modalities, topics, runner.kinds)
         self.lanes: dict[str, Lane] = {}
+        # The audio stream's answer comes from its window of past input (the diagnostics allow
+        # for that when they judge a disagreement).
+        window_s = runner.window_samples / runner.sample_rate
         for r in robots or [""]:
             t = {s.name: namespaced(r, s.topic) for s in self.streams}
             cam, mic, others = t[self.trigger], t[self.window], [t[m] for m in self.others]
@@ -110,12 +114,12 @@ class FusionService:
                                  Edge(cam, mic, runner.sample_rate, freeze_ns, others),
                                  Pairer(pairing, camera=cam, audio=mic, others=others), t,
                                  diag=Diagnostics({m: t[m] for m in (self.trigger, *self.others)},
-                                                  t))
+                                                  t, memory_s={self.window: window_s}))
         self._by_topic = {t: lane for lane in self.lanes.values() for t in lane.topics.values()}
         self.fleet = bool(robots)
         self.other_topics = 0  # messages on a topic no robot of the fleet publishes
         self.batches: Counter[int] = Counter()  # batch size → forward passes
-        self.set_aside_passes = 0  # set_aside_late's forward passes without a late camera
+        self.set_aside_passes = 0  # set_aside_late's forward passes without a late stream
         self._due: list[tuple[Lane, SyncedSample, int]] = []  # (lane, sample, due since)
         self._findings_changed = False  # a diagnostic began or ended since the last heartbeat
 
@@ -182,16 +186,17 @@ class FusionService:
         turned = [dict(lane.turns) for lane, _, _ in batch]
         self.batches[len(batch)] += 1
         late: dict[int, list[str]] = {}  # sample → the late streams it is answered without
-        for i, ((lane, _, _), pred, used) in enumerate(zip(batch, preds, turned, strict=True)):
+        for i, ((lane, sample, _), pred, used) in enumerate(zip(batch, preds, turned,
+                                                                strict=True)):
             judged = used == lane.turns
-            changes = lane.diag.add(pred) if judged else []
+            changes = lane.diag.add(pred, sample.t_ns) if judged else []
             if changes:
                 report(lane.robot, changes)
                 self._findings_changed = True
                 if self.auto_orient:
                     self._orient(lane, changes)
             if self.set_aside_late and pred.conflict and judged:
-                # The streams disagree, and a camera found late names what the stream it follows
+                # The streams disagree, and a stream found late names what the stream it follows
                 # named `lag` results before: its answer is the stale one. It has no say in this
                 # sample, as long as another stream is open to answer it (the diagnostics still
                 # read the sample as first fused).
@@ -319,7 +324,7 @@ class FusionService:
                           for m in (self.trigger, *self.others)})
             if self.set_aside_late:
                 c.update({f"diag.{m}.set_aside": lane.set_aside[m]
-                          for m in (self.trigger, *self.others)})
+                          for m in (self.trigger, self.window, *self.others)})
             if self.others:  # a second camera: its liveness and the samples that lacked it
                 c["others_stale"] = p.others_stale
                 c.update({f"{m}_alive": int(p.other_alive(lane.topics[m], now_ns))
