@@ -18,7 +18,7 @@ from udml_stream.data import avdigits
 from udml_stream.data.batching import NaturalInput, make_batch
 from udml_stream.messages import AudioChunk, CameraFrame
 from udml_stream.serve import FusionRunner, FusionService
-from udml_stream.serve.diagnose import MIN_EVIDENCE, WINDOW, Diagnostics
+from udml_stream.serve.diagnose import EVIDENCE_AGE_S, MIN_EVIDENCE, WINDOW, Diagnostics
 from udml_stream.serve.runner import Prediction
 from udml_stream.sync import PairingConfig
 
@@ -185,7 +185,8 @@ def test_a_microphone_trailing_within_its_window_is_no_disagreement() -> None:
     the results disagree."""
     scene = _scenes(40 * 45, 45)
     trail = [scene[max(i - 25, 0)] for i in range(len(scene))]
-    assert _at_30fps(_timed_diag(), scene, trail) == []
+    d = _timed_diag()
+    assert _at_30fps(d, scene, trail) == [] and d.counters()["diag.disagree_permille"] == 0
     assert ("begins", "disagree") in [c[:2] for c in _at_30fps(_timed_diag(), scene, trail,
                                                                 timed=False)]
 
@@ -193,16 +194,24 @@ def test_a_microphone_trailing_within_its_window_is_no_disagreement() -> None:
 def test_at_a_frame_rate_a_run_of_equal_results_is_one_observation_a_second() -> None:
     """A camera that reads 3 and a microphone that hears 7, result after result at 30 frames/s:
     one observation a second, so the finding begins after MIN_EVIDENCE seconds, not frames; a
-    microphone hearing another talker (its own scenes) is flagged within a minute (these two
+    microphone hearing another talker (its own scenes) is flagged within 30 s (these two
     random scene lists also hold a run of three scenes where one follows the other, which the
-    lag finding may name for a while)."""
+    lag finding may name for a while); a microphone unplugged then ends the finding within
+    EVIDENCE_AGE_S, although a run without evidence counts once a second."""
     n = 40 * 30
     began = _at_30fps(_timed_diag(), [3] * n, [7] * n)
     assert [c[:2] for c in began] == [("begins", "disagree")]
     assert began[0][2] == (MIN_EVIDENCE - 1) * 30
     scene, other = _scenes(40 * 45, 45), _scenes(40 * 45, 45, seed=1)
-    began = _at_30fps(_timed_diag(), scene, other)
-    assert any(c[:2] == ("begins", "disagree") and c[2] < 60 * 30 for c in began)
+    d = _timed_diag()
+    began = _at_30fps(d, scene, other)
+    assert any(c[:2] == ("begins", "disagree") and c[2] < 30 * 30 for c in began)
+    assert "disagree" in d.active
+    t = T0 + len(scene) * 1000 * MS // 30
+    gone = [(c, f.code, i) for i in range(30 * 30)
+            for c, f in d.add(_pred(audio=False), t + i * 1000 * MS // 30)]
+    assert gone[:1] == [("ends", "disagree", gone[0][2])]
+    assert EVIDENCE_AGE_S * 30 <= gone[0][2] <= (EVIDENCE_AGE_S + 1) * 30
 
 
 def test_a_microphone_late_beyond_its_window_is_found_late_only_with_capture_times() -> None:

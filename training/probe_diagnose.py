@@ -410,8 +410,10 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", "## Served: a turned camera or a late stream, with and without acting on it", "",
               "The same split through the fusion service as sensors send it (a second of speech "
               "in 20 ms chunks, then the frame), every frame turned as named (`auto_orient`), "
-              "or one stream carrying the sample before (`set_aside_late`: while a camera is "
-              "found late, a sample where its answer is the stale one is answered without it); "
+              "or one stream carrying the sample before (`set_aside_late`: while a stream is "
+              "found late, a sample where its answer is the stale one is answered without it; "
+              "at one result per second a microphone carrying the sample before is a full "
+              "window late, so it is judged too); "
               "accuracy and "
               f"the camera's share over the results from the {result['window']}th on.", "",
               "| condition | fused accuracy | camera share | turn applied | answered without "

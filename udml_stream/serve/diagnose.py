@@ -23,11 +23,11 @@ Over a window of recent results both faults are plain to see:
   reads like them.
 * **disagree**: in the results where every present stream is open under all the gates, the
   streams' own heads name different classes at least half the time. On clean validation input
-  this happens in 1% of such results. A microphone answers from its last second of audio, so
-  at each change of scene it still names the old scene for a while, and the camera the new
-  one. Given the results' capture times, a disagreement where one stream names what the other
-  named within the first's window counts as none: it is explained by time, not by another
-  scene.
+  this happens in 1% of such results (2.7% at 30 frames/s). A microphone answers from its
+  last second of audio, so at each change of scene it still names the old scene for a while,
+  and the camera the new one. Given the results' capture times, a disagreement where one
+  stream names what the other named within the first's window counts as none: it is
+  explained by time, not by another scene.
 * **lag**: a camera's own head keeps naming what another stream's named a few results earlier,
   the cross-correlation of their answers peaking at a delay of k ≥ 1 results rather than at 0.
   A frame buffer that hands out old frames, a clock offset between two nodes: the sync layer
@@ -36,7 +36,9 @@ Over a window of recent results both faults are plain to see:
   active. A microphone's answer comes from a window of the last second, so in step it already
   follows the camera by up to that window (about half of it on average: 15 results at 30
   frames/s). It is judged late only with the results' capture times, and only by a delay beyond
-  its window; the delay named then includes that usual trail. A camera in step leads. For the
+  its window; the delay named then includes that usual trail, and it must be within MAX_LAG
+  results (at 30 frames/s a microphone up to about 1.5 s late; above 64 results/s its window
+  alone exceeds that, and a microphone is not judged late). A camera in step leads. For the
   same reason a camera is seen late against a microphone only once it is behind by more than
   that trail (a clock offset of a second, not a few frames); between two cameras there is none.
 
@@ -54,6 +56,7 @@ The thresholds and how often each finding fires are measured on the validation s
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +85,8 @@ DISAGREE_BEGIN, DISAGREE_END = 0.5, 0.3
 #: same are one observation, taken again after this many seconds (a fault that holds still
 #: still adds up: one observation a second).
 EPISODE_S = 1.0
+#: disagree, with capture times: the finding ends when no result was evidence for this long.
+EVIDENCE_AGE_S = 10.0
 #: A stream counts as open under the gates from this openness on.
 OPEN = 0.5
 #: lag: the longest delay looked for (results: about 2 s at 30 frames/s, so a camera a second
@@ -232,6 +237,9 @@ class Diagnostics:
         # The last observation taken into that window, and its capture time.
         self._seen: tuple[object, object] | None = None
         self._seen_ns = 0
+        # The newest result's capture time, and that of the newest one that was evidence.
+        self._now_ns: int | None = None
+        self._evidence_ns: int | None = None
         # Each stream's recent answers where it was open, for the lag findings (judged every
         # LAG_EVERY results: between, the last judgement stands).
         self._follow = _Follow(list(self.topics), lag_window)
@@ -280,6 +288,9 @@ class Diagnostics:
                 or t_ns - self._seen_ns >= round(EPISODE_S * 1e9)):
             self._conflicts.add(seen[0])
             self._seen, self._seen_ns = seen, t_ns if t_ns is not None else 0
+        self._now_ns = t_ns
+        if seen[0] is not None and t_ns is not None:
+            self._evidence_ns = t_ns
         if self._follow.count % LAG_EVERY == 0:
             self._lags = {m: self._lag(m) for m in self._judged_late}
         changes: list[tuple[str, Finding]] = []
@@ -311,6 +322,8 @@ class Diagnostics:
             for b in present[i + 1:]:
                 if pred.answers.get(a) == pred.answers.get(b):
                     continue
+                if a not in names or b not in names:
+                    return False  # a stream the diagnostics were not told of: no history
                 if not any(
                         m in self._memory_ns and pred.answers.get(m) in self._follow.named_since(
                             names.index(o), t_ns - self._memory_ns[m])
@@ -349,7 +362,12 @@ class Diagnostics:
         w = self._conflicts
         n = w.evidence()
         holding = "disagree" in self.active
-        if n < (HOLD_EVIDENCE if holding else MIN_EVIDENCE):
+        # A run without evidence is one observation a second, so a stream gone for good would
+        # take the whole window's seconds to age it out: past EVIDENCE_AGE_S without evidence
+        # the finding ends.
+        aged = (self._now_ns is not None and self._evidence_ns is not None
+                and self._now_ns - self._evidence_ns > round(EVIDENCE_AGE_S * 1e9))
+        if aged or n < (HOLD_EVIDENCE if holding else MIN_EVIDENCE):
             self.disagree_share = 0.0
             return None
         self.disagree_share = w.tally[True] / n
@@ -382,7 +400,9 @@ class Diagnostics:
             period = self._follow.period_ns()
             if period <= 0:
                 return None
-            inside = int(self._memory_ns[m] // period) + 1
+            # k results back lie k·period before: inside while that is under the window (as
+            # ``named_since`` reads it).
+            inside = math.ceil(self._memory_ns[m] / period)
             if inside > MAX_LAG:
                 return None
         best: tuple[float, int, str, float, int] | None = None
