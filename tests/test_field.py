@@ -13,6 +13,7 @@ import torch
 
 from udml_stream.data import avdigits
 from udml_stream.data.batching import NaturalInput, make_batch
+from udml_stream.errors import ConfigError
 from udml_stream.messages import AudioChunk
 from udml_stream.model import checkpoint
 from udml_stream.model.fusion import (
@@ -82,6 +83,31 @@ def test_frame_normalisation_holds_from_dim_to_bright_and_keeps_a_black_frame_fl
     noisy_black = prep.normalise(torch.randn(1, 1, 28, 28).mul(2).clamp(min=0))
     assert float(black.std()) < 1e-6
     assert float(noisy_black.max() - black.max()) < 0.6 / prep.std  # noise is not stretched
+
+
+def test_auto_polarity_reads_dark_ink_on_paper_as_a_light_digit_on_a_dark_ground() -> None:
+    """A digit on paper (dark strokes, light border) gives the model what the same digit as
+    MNIST draws it gives; a dark-ground frame with a bright blob over part of its border, one
+    whose digit a dark object hides, and every frame under ``as_is`` stay as they came."""
+    auto, as_is = ImagePrep(norm="frame", polarity="auto"), ImagePrep(norm="frame")
+    digit = torch.zeros(1, 1, 28, 28)
+    digit[0, 0, 6:22, 12:16] = 255.0
+    paper = 255.0 - digit * 0.8  # grey ink on white paper
+    torch.testing.assert_close(auto.normalise(paper), as_is.normalise(digit), atol=0.05, rtol=0)
+    assert not torch.allclose(as_is.normalise(paper), as_is.normalise(digit), atol=0.5)
+    glare = digit.clone()
+    glare[0, 0, :12, :12] = 255.0  # a bright corner: a third of the border's pixels
+    torch.testing.assert_close(auto.normalise(glare), as_is.normalise(glare))
+    # A dim dark ground (40 of 255) whose digit a black object mostly covers: after the stretch
+    # the ground is the brightest thing left, but it is no light ground as sent.
+    occluded = digit * 0.3 + 40.0
+    occluded[0, 0, 4:26, 2:26] = 0.0
+    torch.testing.assert_close(auto.normalise(occluded), as_is.normalise(occluded))
+    assert auto.light_ground(torch.cat([paper, digit, glare, occluded])).tolist() == [
+        True, False, False, False]
+    assert ImagePrep(**{k: v for k, v in auto.params().items() if k != "kind"}).polarity == "auto"
+    with pytest.raises(ConfigError, match="polarity"):
+        ImagePrep(polarity="invert")
 
 
 def test_switch_rule_turns_a_broken_stream_off_where_the_residual_rule_cannot() -> None:

@@ -28,7 +28,10 @@ def input_contract(meta: dict[str, Any]) -> dict[str, Any]:
                 "geometry": f"centre square crop, BT.601 grey, area resize to {p['size']}×{p['size']}",
                 "normalisation": ("per frame: 1st..99th percentile stretched to full range, "
                                   f"at least {p.get('min_contrast', 32):g} grey levels"
-                                  if p.get("norm") == "frame" else "fixed: x/255 standardised"),
+                                  if p.get("norm") == "frame" else "fixed: x/255 standardised")
+                                 + ("; a frame whose border is mostly light (dark ink on paper) "
+                                    "is turned into its negative, a light digit on a dark ground "
+                                    "as in training" if p.get("polarity") == "auto" else ""),
             }
         elif p["kind"] == "logmel":
             robust = p.get("floor_dbfs") is not None
@@ -82,6 +85,9 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
     natural = {f"{r['peak_dbfs']:g} dBFS, " + (f"{r['floor_dbfs']:g} dBFS floor"
                                                 if r["floor_dbfs"] is not None else "no floor"):
                r["fused"] for r in field_result["natural"]}
+    if "paper" in field_result:
+        natural[f"{field_result['paper']['peak_dbfs']:g} dBFS, no floor, a digit written on "
+                "paper (dark ink on a light ground)"] = field_result["paper"]["fused"]
     sweep = field_result["sweep"]["modalities"]
     return {
         "model": {"method": meta["model"]["method"], "estimator": meta["model"].get("estimator"),

@@ -104,6 +104,11 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         lines.append(f"| {r['peak_dbfs']:g} | {r['floor_dbfs'] if r['floor_dbfs'] is not None else 'none'} "
                      f"| {_pct(r['fused'])} | {_pct(r['image_only'])} | {_pct(r['audio_only'])} "
                      f"| {r['share']['image']:.2f} |")
+    if "paper" in result:
+        pp = result["paper"]
+        lines += ["", "A digit written on paper (each frame's negative: dark ink on a light ground; "
+                  f"speech at {pp['peak_dbfs']:g} dBFS, no floor): fused {_pct(pp['fused'])}, "
+                  f"image only {_pct(pp['image_only'])}, image share {pp['share']['image']:.2f}."]
     g = result["gaps"]
     lines += ["", "## Audio gaps (one contiguous run of missing samples in the 1 s window)", "",
               "| gap | fused |", "| --- | --- |", f"| none | {_pct(g['none'])} |"]

@@ -46,28 +46,59 @@ class ImagePrep(nn.Module):
     at least ``min_contrast`` pixel levels: a dim or bright frame of a digit looks like a normal
     one, while a flat frame (black, covered, uniform grey) stays flat instead of turning its
     sensor noise into a full-contrast pattern.
+
+    ``polarity = "auto"`` turns a frame whose border is bright into its negative: the model
+    learnt light digits on a dark ground (MNIST), while a digit written on paper is dark ink on
+    a light ground. The border (the outer ``BORDER`` pixels at model resolution) is the ground
+    in both; its median, not its mean, decides, so a bright blob on part of it does not; and it
+    must be light as sent, not only after the stretch (``light_ground``).
+    ``"as_is"`` (checkpoints before it) leaves every frame as it came.
     """
 
+    #: Width of the border ring read by ``polarity = "auto"`` (model-resolution pixels), and
+    #: the grey level (of 255) a light ground exceeds as sent: paper under the dimmest exposure
+    #: the field model trained with is about 89, a dark ground at most about 55.
+    BORDER, LIGHT_GROUND = 2, 64.0
+
     def __init__(self, size: int = 28, mean: float = 0.13, std: float = 0.3,
-                 norm: str = "fixed", min_contrast: float = 32.0) -> None:
+                 norm: str = "fixed", min_contrast: float = 32.0,
+                 polarity: str = "as_is") -> None:
         super().__init__()
         if norm not in ("fixed", "frame"):
             raise ConfigError(f"preprocess.image.norm = {norm!r}; expected 'fixed' or 'frame'")
+        if polarity not in ("as_is", "auto"):
+            raise ConfigError(f"preprocess.image.polarity = {polarity!r}; expected 'as_is' or "
+                              "'auto'")
         self.size, self.mean, self.std = size, mean, std
-        self.norm, self.min_contrast = norm, min_contrast
+        self.norm, self.min_contrast, self.polarity = norm, min_contrast, polarity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalise(self.pixels(x))
 
     def normalise(self, px: torch.Tensor) -> torch.Tensor:
         """Model-resolution pixels ``[B, 1, S, S]`` (0..255) → standardised encoder input."""
+        light = self.light_ground(px) if self.polarity == "auto" else None
         if self.norm == "frame":
             flat = px.flatten(1)
             q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)  # [2, B]
             lo = q[0].view(-1, 1, 1, 1)
             span = (q[1] - q[0]).clamp(min=self.min_contrast).view(-1, 1, 1, 1)
             px = ((px - lo) / span).clamp(0.0, 1.0) * 255.0
+        if light is not None:
+            px = torch.where(light[:, None, None, None], 255.0 - px, px)
         return (px / 255.0 - self.mean) / self.std
+
+    def light_ground(self, px: torch.Tensor) -> torch.Tensor:
+        """``[B]`` bool: whether each frame's border (its ground), as the camera sent it, is
+        mostly light: its median above ``LIGHT_GROUND`` and above the frame's own middle grey
+        (the midpoint of its 1st and 99th percentiles). Both, because a dark ground that a
+        dark object covers in part is the brightest thing left in its frame (occlusion)."""
+        b = self.BORDER
+        ring = torch.cat([px[:, :, :b, :].flatten(1), px[:, :, -b:, :].flatten(1),
+                          px[:, :, b:-b, :b].flatten(1), px[:, :, b:-b, -b:].flatten(1)], dim=1)
+        ground = ring.median(dim=1).values
+        q = torch.quantile(px.flatten(1), px.new_tensor([0.01, 0.99]), dim=1)
+        return (ground > self.LIGHT_GROUND) & (ground > 0.5 * (q[0] + q[1]))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The geometric part alone: crop, grey, resize → ``[B, 1, S, S]`` float pixels 0..255
@@ -88,7 +119,7 @@ class ImagePrep(nn.Module):
     def params(self) -> dict[str, Any]:
         """JSON-serialisable parameters (stored in checkpoints)."""
         return {"kind": "image", "size": self.size, "mean": self.mean, "std": self.std,
-                "norm": self.norm, "min_contrast": self.min_contrast}
+                "norm": self.norm, "min_contrast": self.min_contrast, "polarity": self.polarity}
 
 
 #: Above this share of missing (NaN) samples in its window, a waveform stream counts as absent.

@@ -200,7 +200,9 @@ def preprocess_params(data: avdigits.AVDigits, train: avdigits.Split,
     for m in data.modalities:
         prep_kind = modalities.kind_of(m, train.kinds).prep  # image2 is preprocessed as image
         if prep_kind == "image":
-            params[m] = ImagePrep(norm="fixed" if frontend == "reference" else "frame").params()
+            # The field front-ends read a digit on paper as MNIST draws it (``ImagePrep``).
+            params[m] = (ImagePrep(norm="fixed").params() if frontend == "reference" else
+                         ImagePrep(norm="frame", polarity="auto").params())
         elif prep_kind == "logmel":
             prep = LogMelPrep(sample_rate=data.sample_rate, window_samples=avdigits.WINDOW_SAMPLES,
                               **FRONTENDS[frontend])
