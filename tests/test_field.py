@@ -103,8 +103,11 @@ def test_auto_polarity_reads_dark_ink_on_paper_as_a_light_digit_on_a_dark_ground
     occluded = digit * 0.3 + 40.0
     occluded[0, 0, 4:26, 2:26] = 0.0
     torch.testing.assert_close(auto.normalise(occluded), as_is.normalise(occluded))
-    assert auto.light_ground(torch.cat([paper, digit, glare, occluded])).tolist() == [
-        True, False, False, False]
+    # The same with a camera's auto-exposure lifting the ground to 90: the ground is light as
+    # sent and the brightest thing left, but most of the frame is the dark object.
+    lifted = occluded + 50.0 * (occluded > 0)
+    assert auto.light_ground(torch.cat([paper, digit, glare, occluded, lifted])).tolist() == [
+        True, False, False, False, False]
     assert ImagePrep(**{k: v for k, v in auto.params().items() if k != "kind"}).polarity == "auto"
     with pytest.raises(ConfigError, match="polarity"):
         ImagePrep(polarity="invert")

@@ -90,15 +90,20 @@ class ImagePrep(nn.Module):
 
     def light_ground(self, px: torch.Tensor) -> torch.Tensor:
         """``[B]`` bool: whether each frame's border (its ground), as the camera sent it, is
-        mostly light: its median above ``LIGHT_GROUND`` and above the frame's own middle grey
-        (the midpoint of its 1st and 99th percentiles). Both, because a dark ground that a
-        dark object covers in part is the brightest thing left in its frame (occlusion)."""
+        light: its median above ``LIGHT_GROUND`` and above the frame's own middle grey (the
+        midpoint of its 1st and 99th percentiles), and most of the frame lighter than that
+        middle grey too (ink is thin; paper is most of the picture). All three, because a dark
+        ground that a dark object covers in part is the brightest thing left in its frame
+        (occlusion), and a camera's auto-exposure can lift a dark ground well above black."""
         b = self.BORDER
         ring = torch.cat([px[:, :, :b, :].flatten(1), px[:, :, -b:, :].flatten(1),
                           px[:, :, b:-b, :b].flatten(1), px[:, :, b:-b, -b:].flatten(1)], dim=1)
         ground = ring.median(dim=1).values
-        q = torch.quantile(px.flatten(1), px.new_tensor([0.01, 0.99]), dim=1)
-        return (ground > self.LIGHT_GROUND) & (ground > 0.5 * (q[0] + q[1]))
+        flat = px.flatten(1)
+        q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)
+        middle = 0.5 * (q[0] + q[1])
+        return ((ground > self.LIGHT_GROUND) & (ground > middle)
+                & (flat.median(dim=1).values > middle))
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The geometric part alone: crop, grey, resize → ``[B, 1, S, S]`` float pixels 0..255
