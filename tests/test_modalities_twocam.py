@@ -21,6 +21,7 @@ from udml_stream import modalities
 from udml_stream.data import avdigits
 from udml_stream.data.batching import draw_training_levels, make_batch
 from udml_stream.data.logset import LogSource, read_split
+from udml_stream.evaluate.field import paper_input
 from udml_stream.launch.config import write_launch
 from udml_stream.logs import info
 from udml_stream.logs.recorder import Recorder, RecorderConfig
@@ -75,6 +76,18 @@ def twocam_ckpt(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def _digits(n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(3)
     return [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_the_paper_condition_scores_each_camera_with_the_other_absent(
+        twocam_ckpt: Path, cache_dir: Path) -> None:
+    """``eval-field``'s digit-on-paper pass negates every camera that has an input: in one
+    camera's alone pass the other is absent (this raised a KeyError on image2 once)."""
+    model, _ = checkpoint.load(twocam_ckpt, torch.device("cpu"))
+    split = avdigits.load(TWOCAM, cache_dir, **SMALL).splits["test"]
+    out = paper_input(model, split, seed=0)
+    assert {"image_only", "image2_only"} <= set(out)
+    assert all(0.0 <= out[k] <= 1.0 for k in ("fused", "image_only", "image2_only"))
+    assert sum(out["share"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_service_fuses_two_cameras_and_audio(twocam_ckpt: Path) -> None:

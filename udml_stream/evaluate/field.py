@@ -154,7 +154,8 @@ def paper_input(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
 
     def negative(b: Batch, rng: np.random.Generator) -> None:
         for m in cams:
-            b.inputs[m] = 255.0 - np.clip(b.inputs[m], 0.0, 255.0)
+            if m in b.inputs:  # a camera marked absent (the other's alone pass) has no input
+                b.inputs[m] = 255.0 - np.clip(b.inputs[m], 0.0, 255.0)
 
     nat = NaturalInput(-6.0, -np.inf)
     fused = run_pass(model, split, seed, natural=nat, edit=negative, tag="paper")
