@@ -128,20 +128,24 @@ def insert_gap(ms: float, modality: str = "audio", sample_rate: int = 16000,
 def natural_input(model: FusionNet, split: Split, seed: int) -> list[dict[str, Any]]:
     """Fused and single-stream accuracy over the natural-input grid (clean speech at a level,
     with or without a room floor; full-quality frames under random exposure)."""
-    rows = []
+    return [{"peak_dbfs": peak, "floor_dbfs": floor,
+             **_fused_and_alone(model, split, seed, tuple(split.tables),
+                                natural=NaturalInput(peak, -np.inf if floor is None else floor))}
+            for peak, floor in NATURAL_GRID]
+
+
+def _fused_and_alone(model: FusionNet, split: Split, seed: int, alone: tuple[str, ...],
+                     **kw: Any) -> dict[str, Any]:
+    """Fused accuracy and each stream's share, and the accuracy of each stream of ``alone``
+    with every other marked absent (``kw``: ``run_pass``'s condition)."""
     mods = tuple(split.tables)
-    for peak, floor in NATURAL_GRID:
-        nat = NaturalInput(peak, -np.inf if floor is None else floor)
-        row: dict[str, Any] = {"peak_dbfs": peak, "floor_dbfs": floor}
-        fused = run_pass(model, split, seed, natural=nat)
-        row["fused"] = float(fused.correct.mean())
-        row["share"] = {m: weight_share(fused.multipliers, m) for m in mods}
-        for m in mods:
-            alone = run_pass(model, split, seed, natural=nat,
-                             missing=tuple(k for k in mods if k != m))
-            row[f"{m}_only"] = float(alone.correct.mean())
-        rows.append(row)
-    return rows
+    fused = run_pass(model, split, seed, **kw)
+    out: dict[str, Any] = {"fused": float(fused.correct.mean()),
+                           "share": {m: weight_share(fused.multipliers, m) for m in mods}}
+    for m in alone:
+        only = run_pass(model, split, seed, missing=tuple(k for k in mods if k != m), **kw)
+        out[f"{m}_only"] = float(only.correct.mean())
+    return out
 
 
 def paper_input(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
@@ -157,15 +161,9 @@ def paper_input(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
             if m in b.inputs:  # a camera marked absent (the other's alone pass) has no input
                 b.inputs[m] = 255.0 - np.clip(b.inputs[m], 0.0, 255.0)
 
-    nat = NaturalInput(-6.0, -np.inf)
-    fused = run_pass(model, split, seed, natural=nat, edit=negative, tag="paper")
-    out: dict[str, Any] = {"peak_dbfs": -6.0, "fused": float(fused.correct.mean()),
-                           "share": {m: weight_share(fused.multipliers, m) for m in mods}}
-    for m in cams:
-        alone = run_pass(model, split, seed, natural=nat, edit=negative, tag="paper",
-                         missing=tuple(k for k in mods if k != m))
-        out[f"{m}_only"] = float(alone.correct.mean())
-    return out
+    return {"peak_dbfs": -6.0,
+            **_fused_and_alone(model, split, seed, tuple(cams), natural=NaturalInput(
+                -6.0, -np.inf), edit=negative, tag="paper")}
 
 
 def gap_costs(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:

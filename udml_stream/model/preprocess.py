@@ -77,10 +77,12 @@ class ImagePrep(nn.Module):
 
     def normalise(self, px: torch.Tensor) -> torch.Tensor:
         """Model-resolution pixels ``[B, 1, S, S]`` (0..255) → standardised encoder input."""
-        light = self.light_ground(px) if self.polarity == "auto" else None
-        if self.norm == "frame":
+        q = None
+        if self.norm == "frame" or self.polarity == "auto":  # one quantile pass serves both
             flat = px.flatten(1)
             q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)  # [2, B]
+        light = self.light_ground(px, q) if self.polarity == "auto" else None
+        if self.norm == "frame":
             lo = q[0].view(-1, 1, 1, 1)
             span = (q[1] - q[0]).clamp(min=self.min_contrast).view(-1, 1, 1, 1)
             px = ((px - lo) / span).clamp(0.0, 1.0) * 255.0
@@ -88,19 +90,20 @@ class ImagePrep(nn.Module):
             px = torch.where(light[:, None, None, None], 255.0 - px, px)
         return (px / 255.0 - self.mean) / self.std
 
-    def light_ground(self, px: torch.Tensor) -> torch.Tensor:
+    def light_ground(self, px: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
         """``[B]`` bool: whether each frame's border (its ground), as the camera sent it, is
         light: its median above ``LIGHT_GROUND`` and above the frame's own middle grey (the
         midpoint of its 1st and 99th percentiles), and most of the frame lighter than that
         middle grey too (ink is thin; paper is most of the picture). All three, because a dark
         ground that a dark object covers in part is the brightest thing left in its frame
-        (occlusion), and a camera's auto-exposure can lift a dark ground well above black."""
-        b = self.BORDER
-        ring = torch.cat([px[:, :, :b, :].flatten(1), px[:, :, -b:, :].flatten(1),
-                          px[:, :, b:-b, :b].flatten(1), px[:, :, b:-b, -b:].flatten(1)], dim=1)
-        ground = ring.median(dim=1).values
+        (occlusion), and a camera's auto-exposure can lift a dark ground well above black.
+        ``q``: the frames' 1st and 99th percentiles ``[2, B]``, if already computed."""
         flat = px.flatten(1)
-        q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)
+        if q is None:
+            q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)
+        border = torch.ones(px.shape[-2:], dtype=torch.bool, device=px.device)
+        border[self.BORDER:-self.BORDER, self.BORDER:-self.BORDER] = False
+        ground = flat[:, border.flatten()].median(dim=1).values
         middle = 0.5 * (q[0] + q[1])
         return ((ground > self.LIGHT_GROUND) & (ground > middle)
                 & (flat.median(dim=1).values > middle))
