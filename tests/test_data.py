@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,33 @@ def test_build_is_deterministic_per_seed(cache_dir: Path, tmp_path: Path) -> Non
     with np.load(avdigits.build(other, tmp_path)) as c, \
             np.load(avdigits.BuildSpec(track="real").path(cache_dir)) as d:
         assert not np.array_equal(c["pairs_train"], d["pairs_train"])
+
+
+def test_concurrent_cache_writes_do_not_collide(tmp_path: Path) -> None:
+    # Two seeds started together build the same cache at once. With one shared temporary name
+    # the second rename found the file gone (FileNotFoundError, session 13); now both land.
+    target = tmp_path / "cache.npz"
+    both_writing = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def write(value: int) -> None:
+        def save(tmp: Path) -> None:
+            np.savez(tmp, x=np.full(4, value))
+            both_writing.wait()  # both temporary files exist before either is renamed
+        try:
+            avdigits.write_atomically(target, save)
+        except BaseException as e:  # the test reports whatever a writer raised
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not errors
+    with np.load(target) as z:
+        assert z["x"][0] in (1, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz"]  # no temporary left
 
 
 def test_raw_track_splits_by_voice_and_pairs_by_class(small_data: avdigits.AVDigits) -> None:

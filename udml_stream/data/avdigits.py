@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,6 +103,23 @@ def _pair(
     return pairs
 
 
+def write_atomically(path: Path, save: Callable[[Path], None]) -> None:
+    """``save`` writes to a temporary file beside ``path``, which then replaces ``path``.
+
+    A half-written cache is never mistaken for a build, and each call writes its own uniquely
+    named temporary file: two runs building the same cache at once (two training seeds started
+    together) no longer take each other's file away, and the last complete one wins (builds
+    are deterministic, so both are the same)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        save(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def build(spec: BuildSpec, cache_dir: Path, force: bool = False, workers: int = 4) -> Path:
     """Build the AV-Digits arrays for ``spec`` into ``cache_dir`` (reused unless ``force``)."""
     path = spec.path(cache_dir)
@@ -154,9 +174,7 @@ def build(spec: BuildSpec, cache_dir: Path, force: bool = False, workers: int = 
         arrays[f"pairs_{name}"] = p
     arrays["spec"] = np.array(json.dumps(asdict(spec)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)  # atomic: a half-written cache is never mistaken for a build
+    write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
     log.info("built %s in %.1f s", path, time.perf_counter() - t0)
     return path
 
@@ -304,9 +322,7 @@ def load(
             images = np.load(views)
         else:
             images = render_camera_views(arr["images"], np.random.default_rng(seed + 104_729))
-            tmp = views.with_suffix(".tmp.npy")
-            np.save(tmp, images)
-            tmp.replace(views)
+            write_atomically(views, lambda tmp: np.save(tmp, images))
         k = images.shape[1] * images.shape[2]
     else:
         images, k = _pca_weaken(arr["images"], arr["image_split"] == 0, preset.image_pca_energy)
