@@ -8,13 +8,14 @@ import itertools
 import cv2
 import numpy as np
 import pytest
+from scipy import signal
 
 from udml_stream import corrupt
 from udml_stream.corrupt import core
 from udml_stream.errors import UdmlError
 
 ALL = [(m, f) for m in ("image", "audio", "mfcc") for f in corrupt.families(m)]
-NOISE_FAMILIES = ("gaussian", "babble", "interference")
+NOISE_FAMILIES = ("gaussian", "babble", "interference", "tonal")
 SEG = 800  # the gap family's 50 ms segment
 
 
@@ -195,6 +196,27 @@ def test_audio_level_11_louder_than_level_10() -> None:
         assert p11 >= p10, family
         np.testing.assert_allclose(10 * np.log10(p11 / core.active_power(x[:1])[0]), 15.0,
                                    atol=0.5)
+
+
+def test_tonal_is_tones_across_the_speech_band() -> None:
+    # What sets `tonal` apart from the noise families: its power sits in a few narrow lines per
+    # moment (spectral flatness far below white noise's ~0.56), and over many windows those
+    # lines cover the speech band rather than one corner of it.
+    rng = np.random.default_rng(4)
+    peaks = []
+    for _ in range(60):
+        x = core._tonal_noise(16000, rng)
+        assert x.dtype == np.float32 and np.isfinite(x).all() and np.abs(x).max() < 10
+        f, _, z = signal.stft(x.astype(np.float64), fs=core.SAMPLE_RATE, nperseg=512)
+        power = np.abs(z[:, 2:-2]) ** 2 + 1e-20
+        sounding = power.sum(axis=0) > 0.01 * power.sum(axis=0).max()  # a beeper's gaps: none
+        power = power[:, sounding]
+        flatness = np.exp(np.mean(np.log(power), axis=0)) / np.mean(power, axis=0)
+        assert np.median(flatness) < 0.05
+        peaks.extend(f[np.argmax(power, axis=0)])
+    # Each octave from 250 Hz to 4 kHz holds some window's strongest line.
+    hist, _ = np.histogram(peaks, bins=[250, 500, 1000, 2000, 4000])
+    assert (hist > 0).all(), hist
 
 
 def test_gap_writes_nan_in_the_expected_fraction() -> None:
