@@ -217,6 +217,11 @@ def test_tonal_is_tones_across_the_speech_band() -> None:
     # Each octave from 250 Hz to 4 kHz holds some window's strongest line.
     hist, _ = np.histogram(peaks, bins=[250, 500, 1000, 2000, 4000])
     assert (hist > 0).all(), hist
+    # Any window length (a log set may cut other windows than 1 s): always sound, never NaN.
+    for n in (800, 80000):
+        for _ in range(40):
+            x = core._tonal_noise(n, rng)
+            assert x.shape == (n,) and np.isfinite(x).all() and np.mean(x**2) > 0.01
 
 
 def test_gap_writes_nan_in_the_expected_fraction() -> None:

@@ -52,6 +52,13 @@ def test_concurrent_cache_writes_do_not_collide(tmp_path: Path) -> None:
     with np.load(target) as z:
         assert z["x"][0] in (1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz"]  # no temporary left
+    # A save that wrote elsewhere (np.savez appends .npz to another suffix) raises, and the
+    # target is not replaced by the empty temporary file.
+    with pytest.raises(DatasetError, match="nothing was written"):
+        avdigits.write_atomically(tmp_path / "cache.bin", lambda tmp: np.savez(tmp, x=np.ones(2)))
+    assert not (tmp_path / "cache.bin").exists()
+    for p in tmp_path.glob("cache.bin.*"):
+        p.unlink()  # what np.savez wrote under its own name
 
 
 def test_raw_track_splits_by_voice_and_pairs_by_class(small_data: avdigits.AVDigits) -> None:

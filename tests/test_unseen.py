@@ -1,10 +1,12 @@
-"""The held-out degradations: deterministic, shape-keeping, really degrading, really unseen."""
+"""The held-out degradations and the probe set: deterministic, shape-keeping, really degrading,
+really unseen."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
+from udml_stream_apps.training import probe_fresh
 
 from udml_stream import corrupt
 from udml_stream.errors import UdmlError
@@ -55,7 +57,19 @@ def test_the_set_is_held_out_and_large_enough() -> None:
         assert len(near) < len(names) / 2
 
 
-@pytest.mark.parametrize("deg", unseen.DEGRADATIONS, ids=lambda d: f"{d.modality}/{d.name}")
+def test_the_probe_set_is_new_and_names_what_it_is_near() -> None:
+    # training/probe_fresh.py: a second set, in neither training nor the held-out set; the
+    # machine tones that led to the `tonal` family say so.
+    for m in ("image", "audio"):
+        names = [d.name for d in probe_fresh.DEGRADATIONS if d.modality == m]
+        assert len(set(names)) == len(names) >= 15
+        assert not set(names) & (set(corrupt.FAMILIES[m]) | {d.name for d in unseen.degradations(m)})
+    near = {d.near for d in probe_fresh.DEGRADATIONS if d.near}
+    assert near == {"tonal"} and "tonal" in corrupt.FAMILIES["audio"]
+
+
+@pytest.mark.parametrize("deg", unseen.DEGRADATIONS + probe_fresh.DEGRADATIONS,
+                         ids=lambda d: f"{d.modality}/{d.name}")
 def test_deterministic_shape_keeping_and_the_top_severity_degrades(
         deg: unseen.Degradation, inputs: dict[str, np.ndarray]) -> None:
     x = inputs[deg.modality]

@@ -314,18 +314,24 @@ def _tonal_noise(n: int, rng: np.random.Generator) -> np.ndarray:
             return tone(fa * t + (fb - fa) * t**2 / (2 * dur))
         if kind == "whine":  # a motor: a harmonic stack whose fundamental drifts
             f0, drift = loguni(80.0, 1000.0), rng.uniform(-1500.0, 1500.0)
-            drift = max(drift, (40.0 - f0) / dur)  # the fundamental stays above 40 Hz
+            # The fundamental stays within 40 Hz .. 4 kHz however long the window (at 1 s
+            # neither bound binds), so the stack always keeps its first harmonic.
+            drift = min(max(drift, (40.0 - f0) / dur), (4000.0 - f0) / dur)
             phase = f0 * t + drift * t**2 / 2
             top = f0 + max(0.0, drift * dur)
-            return sum(tone(k * phase) / k for k in range(1, int(rng.integers(2, 9)))
-                       if k * top < 7500.0)
+            stack = np.zeros(n)
+            for k in range(1, int(rng.integers(2, 9))):
+                if k * top < 7500.0:
+                    stack = stack + tone(k * phase) / k
+            return stack
         if kind == "siren":  # a slow frequency modulation about a centre
             fc, rate = loguni(400.0, 2500.0), rng.uniform(0.3, 4.0)
             depth = rng.uniform(0.1, 0.5) * fc
             return tone(fc * t - depth / (2 * np.pi * rate)
                         * np.cos(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi)))
-        # beeper: a steady tone switched on and off, 5 ms ramps so each edge is not a click
-        period, duty = rng.uniform(0.1, 1.0), rng.uniform(0.2, 0.7)
+        # beeper: a steady tone switched on and off, 5 ms ramps so each edge is not a click;
+        # a period no longer than the window, so a short window still holds a beep
+        period, duty = rng.uniform(0.1, 1.0) * min(1.0, dur), rng.uniform(0.2, 0.7)
         on = ((t + rng.uniform(0, period)) % period) < duty * period
         ramp = max(1, int(0.005 * SAMPLE_RATE))
         gate = np.convolve(on.astype(np.float64), np.ones(ramp) / ramp, mode="same")

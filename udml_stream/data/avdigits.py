@@ -109,12 +109,19 @@ def write_atomically(path: Path, save: Callable[[Path], None]) -> None:
     A half-written cache is never mistaken for a build, and each call writes its own uniquely
     named temporary file: two runs building the same cache at once (two training seeds started
     together) no longer take each other's file away, and the last complete one wins (builds
-    are deterministic, so both are the same)."""
+    are deterministic, so both are the same). The temporary name keeps ``path``'s suffix, so
+    ``np.save`` / ``np.savez`` write exactly it; a ``save`` that wrote elsewhere (another
+    suffix) leaves it empty, which raises instead of replacing ``path`` by an empty file."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)
     try:
         save(tmp)
+        if tmp.stat().st_size == 0:
+            raise DatasetError(f"writing {path}: nothing was written to {tmp}")
+        # mkstemp creates the file readable by its owner only; a cache shared between users
+        # stays readable to them, as before (0644; os.umask cannot be read thread-safely).
+        tmp.chmod(0o644)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -688,18 +688,24 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def render_markdown(result: dict[str, Any], command: str) -> str:
-    """The report of one sweep, tables like ``docs/results/field.md``'s family tables."""
+def render_markdown(result: dict[str, Any], command: str, title: str = "Held-out degradations",
+                    about: str | None = None) -> str:
+    """The report of one sweep, tables like ``docs/results/field.md``'s family tables.
+
+    ``title`` and ``about`` (what the set is, in place of the held-out set's description) let
+    another set of degradations scored by ``unseen_sweep`` share the report."""
     s = result["summary"]
-    lines = [f"# Held-out degradations: `{result['checkpoint']}`", "",
+    about = about or (
+        "None of these degradations is among the families the model was trained on "
+        "(`corrupt.FAMILIES`); those marked *near* share a kind of damage with a trained family "
+        "(named) or with the transforms the pretext gate's head was fitted on (`pretext`: "
+        "quarter turns of a clean frame), the others resemble none. Definitions: "
+        "`udml_stream/evaluate/unseen.py`.")
+    lines = [f"# {title}: `{result['checkpoint']}`", "",
              f"Command: `{command}`. {result['n_test']} {result.get('split', 'test')} samples "
              f"(the `eval-field` {result.get('split', 'test')} split, "
              f"seed {result['seed']}), every one degraded in one stream in every condition and "
-             "paired with its own clean pass. None of these degradations is among the families "
-             "the model was trained on (`corrupt.FAMILIES`); those marked *near* share a kind "
-             "of damage with a trained family (named) or with the transforms the pretext "
-             "gate's head was fitted on (`pretext`: quarter turns of a clean frame), the others "
-             "resemble none. Definitions: `udml_stream/evaluate/unseen.py`.", "",
+             f"paired with its own clean pass. {about}", "",
              "## Summary", "",
              f"- clean fused accuracy: {_pct(result['clean'])}%",
              f"- worst fused − dropped: {100 * s['worst_vs_dropped']:+.1f} pt ({s['worst']}); "
