@@ -15,7 +15,11 @@ on *validation* by default: it is for finding holes, not for reporting.
 
 Its first run found one: the session-12 checkpoint was blind to machine tones (a fast sweep left
 σ̂ below clean on every sample, fused 14.6 pt below dropping the microphone). The ``tonal``
-training family was written after that finding, so every tone here is marked *near* it.
+training family was written after that finding, so every tone here one of its sources makes,
+or of their kind (tone pairs, a warble, a whistle, a sawtooth), is marked *near* it; a melody
+(discrete notes) is not. Other entries that share a kind of damage with a trained family (a
+crowd with ``babble``, hot pixels with ``saltpepper``, ...) or with the pretext head's
+transforms (an upside-down camera) are marked *near* those, as in the held-out set.
 
     python -m training.probe_fresh checkpoints/default --out docs/results/probe_fresh_val
 """
@@ -37,6 +41,7 @@ from scipy import signal
 from udml_stream.corrupt.core import SAMPLE_RATE, _babble_noise
 from udml_stream.errors import UdmlError
 from udml_stream.evaluate.unseen import (
+    PRETEXT,
     Context,
     Degradation,
     _add_at_snr,
@@ -304,7 +309,7 @@ def _tone_noise(kind: str, n: int, rng: _Rng) -> np.ndarray:
                                      for k in range(1, 6)) * np.exp(-tt * 6)
             s += d
         return out
-    raise ValueError(kind)
+    raise UdmlError(f"unknown tone {kind!r}")
 
 
 def _tones(kind: str) -> Callable[[np.ndarray, float, _Rng, Context], np.ndarray]:
@@ -378,23 +383,24 @@ DEGRADATIONS: tuple[Degradation, ...] = (
     _D("image", "lines", "zigzag lines as bright as the ink", "{} lines", (1, 3, 6), _lines),
     _D("image", "spots", "spatter on the lens", "{} spots", (5, 15, 40), _spots),
     _D("image", "glass", "frosted glass", "±{} px", (1, 2, 3), _glass),
-    _D("image", "shear", "a sheared view", "shear {}", (0.4, 0.7, 1.0), _shear),
+    _D("image", "shear", "a sheared view", "shear {}", (0.4, 0.7, 1.0), _shear, near="warp"),
     _D("image", "stripe", "a band of columns read out inverted", "{} px", (4, 8, 14), _stripe),
-    _D("image", "far", "the digit far away", "×{}", (0.6, 0.45, 0.3), _far),
+    _D("image", "far", "the digit far away", "×{}", (0.6, 0.45, 0.3), _far, near="warp"),
     _D("image", "thin", "a thin pen", "erode {} px", (2, 3, 4), _thin),
     _D("image", "upside_down", "frames flipped top to bottom", "{:.0%} of frames",
-       (0.3, 0.6, 1.0), _upside_down),
+       (0.3, 0.6, 1.0), _upside_down, near=PRETEXT),
     _D("image", "blocks", "dead 4×4 blocks", "{} blocks", (5, 12, 25), _blocks),
     _D("image", "vignette", "dark corners", "k {}", (0.3, 0.6, 0.9), _vignette),
     _D("image", "flicker", "mains flicker bands", "±{} grey", (30, 80, 160), _flicker),
     _D("image", "interlace", "interlaced fields out of step", "{} px", (1, 2, 4), _interlace),
     _D("image", "dead_columns", "dead or stuck columns", "{} columns", (2, 5, 10), _dead_columns),
     _D("image", "moire", "a moiré pattern", "±{} grey", (40, 90, 160), _moire),
-    _D("image", "hot_pixels", "hot pixels", "{:.0%} of pixels", (0.02, 0.05, 0.12), _hot_pixels),
+    _D("image", "hot_pixels", "hot pixels", "{:.0%} of pixels", (0.02, 0.05, 0.12), _hot_pixels,
+       near="saltpepper"),
     _D("image", "light_gradient", "light from one side", "k {}", (0.5, 1.0, 1.8), _light_gradient),
     _D("image", "double_exposure", "a double exposure", "{} px apart", (2, 4, 7), _double_exposure),
     _D("image", "small_jpeg", "a small, hard-compressed stream", "quality {}", (20, 8, 2),
-       _small_jpeg),
+       _small_jpeg, near="lowres"),
     _D("image", "raindrops", "raindrops on the lens", "{} drops", (10, 30, 80), _raindrops),
     _D("audio", "compressor", "a dynamic-range compressor", "|x|^{}", (0.5, 0.25, 0.1), _compressor),
     _D("audio", "tremolo", "a gain wobbling at 3–8 Hz", "depth {}", (0.5, 0.8, 1.0), _tremolo),
@@ -420,19 +426,21 @@ DEGRADATIONS: tuple[Degradation, ...] = (
     _D("audio", "melody", "music: random notes", "SNR {:+} dB", _SNR, _tones("melody")),
     _D("audio", "rumble", "low-frequency rumble", "SNR {:+} dB", _SNR, _rumble),
     _D("audio", "slams", "door slams", "SNR {:+} dB", _SNR, _slams),
-    _D("audio", "fan", "a fan: pink noise and blade tones", "SNR {:+} dB", _SNR, _fan),
+    _D("audio", "fan", "a fan: pink noise and blade tones", "SNR {:+} dB", _SNR, _fan,
+       near="interference"),
     _D("audio", "spliced", "25 ms lost and spliced, unmarked", "{:.0%} of 100 ms",
        (0.2, 0.5, 0.9), _spliced),
     _D("audio", "bit_errors", "bit errors on the link", "{} per bit", (0.001, 0.01, 0.05),
        _bit_errors),
-    _D("audio", "crowd", "a crowd of six talkers", "SNR {:+} dB", _SNR, _crowd),
+    _D("audio", "crowd", "a crowd of six talkers", "SNR {:+} dB", _SNR, _crowd, near="babble"),
     _D("audio", "chopped", "a loose connector", "{} Hz", (2, 6, 15), _chopped),
 )
 
 _ABOUT = ("A probe set written in session 13 (`training/probe_fresh.py`), after the held-out "
           "set of `udml eval-unseen`: degradations in neither, scored the same way. For "
-          "finding holes on validation, not for reporting; those marked *near* `tonal` are "
-          "the machine tones whose finding led to that training family.")
+          "finding holes on validation, not for reporting. Those marked *near* share a kind of "
+          "damage with a trained family or the pretext head's transforms; those near `tonal` "
+          "are the machine tones whose finding led to that training family.")
 
 
 def main(ckpt: Path, out: Path | None, split: str = "val", limit: int = 500, seed: int = 0,

@@ -314,8 +314,8 @@ def _tonal_noise(n: int, rng: np.random.Generator) -> np.ndarray:
             return tone(fa * t + (fb - fa) * t**2 / (2 * dur))
         if kind == "whine":  # a motor: a harmonic stack whose fundamental drifts
             f0, drift = loguni(80.0, 1000.0), rng.uniform(-1500.0, 1500.0)
-            # The fundamental stays within 40 Hz .. 4 kHz however long the window (at 1 s
-            # neither bound binds), so the stack always keeps its first harmonic.
+            # The fundamental stays within 40 Hz .. 4 kHz however long the window (at 1 s the
+            # upper bound never binds), so the stack always keeps its first harmonic.
             drift = min(max(drift, (40.0 - f0) / dur), (4000.0 - f0) / dur)
             phase = f0 * t + drift * t**2 / 2
             top = f0 + max(0.0, drift * dur)

@@ -41,7 +41,8 @@ def goals(result: dict[str, Any]) -> list[tuple[str, str, bool]]:
             w = min(worst)
             rows.append((f"never worse than dropping the stream ({'seen' if seen else 'held-out'} "
                          f"families, every level): fused − dropped ≥ −1 pt",
-                         f"worst {w[0]:+.1f} pt ({w[1]})", w[0] >= GOALS["vs_dropped_pt"]))
+                         # exactly −1 pt may carry float noise: it meets the goal
+                         f"worst {w[0]:+.1f} pt ({w[1]})", w[0] >= GOALS["vs_dropped_pt"] - 1e-6))
     rhos = [(e["spearman"], f"{m}/{f}", e["sigma_monotone"]) for m, d in sweep.items()
             for f, e in d["families"].items() if e["seen"] and "spearman" in e]
     if rhos:
