@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import torch
 from scipy import signal
+from scipy.ndimage import uniform_filter1d
 
 from udml_stream.corrupt.core import SAMPLE_RATE, _babble_noise
 from udml_stream.errors import UdmlError
@@ -122,7 +123,8 @@ def _stripe(x: np.ndarray, width: int, rng: _Rng, ctx: Context) -> np.ndarray:
 def _far(x: np.ndarray, scale: float, rng: _Rng, ctx: Context) -> np.ndarray:
     h, w = x.shape
     m = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), 0.0, scale)
-    return cv2.warpAffine(x.astype(np.float32), m, (w, h), flags=cv2.INTER_AREA,
+    # warpAffine has no area filter (INTER_AREA acts as bilinear there): bilinear, said plainly.
+    return cv2.warpAffine(x.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
 
@@ -244,7 +246,7 @@ def _stutter(x: np.ndarray, share: float, rng: _Rng, ctx: Context) -> np.ndarray
     # A driver that re-sends its previous 20 ms buffer instead of a fresh one.
     f, miss = _filled(x)
     out = f.copy()
-    for s in range(320, f.size - 320, 320):
+    for s in range(320, f.size, 320):
         if rng.random() < share:
             out[s:s + 320] = out[s - 320:s]
     return _remark(miss, out)
@@ -320,7 +322,9 @@ def _tones(kind: str) -> Callable[[np.ndarray, float, _Rng, Context], np.ndarray
 
 def _rumble(x: np.ndarray, snr_db: float, rng: _Rng, ctx: Context) -> np.ndarray:
     walk = np.cumsum(rng.standard_normal(x.shape[0]))
-    walk -= np.convolve(walk, np.ones(801) / 801, "same")
+    # Take out the walk's drift (its 50 ms moving mean, edges reflected: a zero-padded mean
+    # would leave a step at each end that carries much of the power).
+    walk -= uniform_filter1d(walk, 801, mode="reflect")
     low = signal.sosfilt(signal.butter(2, 200, fs=_SR, output="sos"), walk)
     return _mixed(x, low, snr_db, ctx)
 
