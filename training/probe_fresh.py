@@ -39,15 +39,15 @@ import torch
 from scipy import signal
 from scipy.ndimage import uniform_filter1d
 
-from udml_stream.corrupt.core import SAMPLE_RATE, _babble_noise
+from udml_stream.corrupt.core import SAMPLE_RATE, babble_noise
 from udml_stream.errors import UdmlError
 from udml_stream.evaluate.unseen import (
     PRETEXT,
     Context,
     Degradation,
-    _add_at_snr,
-    _filled,
-    _remark,
+    add_at_snr,
+    fill_missing,
+    remark_missing,
     render_markdown,
     summary,
     unseen_sweep,
@@ -226,58 +226,58 @@ def _t(n: int) -> np.ndarray:
 
 
 def _mixed(x: np.ndarray, noise: np.ndarray, snr_db: float, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
-    return _remark(miss, _add_at_snr(f, noise, snr_db, ctx.ref_power))
+    f, miss = fill_missing(x)
+    return remark_missing(miss, add_at_snr(f, noise, snr_db, ctx.ref_power))
 
 
 def _compressor(x: np.ndarray, p: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     peak = float(np.max(np.abs(f))) or 1.0
-    return _remark(miss, np.sign(f) * peak * (np.abs(f) / peak) ** p)
+    return remark_missing(miss, np.sign(f) * peak * (np.abs(f) / peak) ** p)
 
 
 def _tremolo(x: np.ndarray, depth: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     lfo = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 8) * _t(f.size))
-    return _remark(miss, f * (1 - depth * lfo))
+    return remark_missing(miss, f * (1 - depth * lfo))
 
 
 def _stutter(x: np.ndarray, share: float, rng: _Rng, ctx: Context) -> np.ndarray:
     # A driver that re-sends its previous 20 ms buffer instead of a fresh one.
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     out = f.copy()
     for s in range(320, f.size, 320):
         if rng.random() < share:
             out[s:s + 320] = out[s - 320:s]
-    return _remark(miss, out)
+    return remark_missing(miss, out)
 
 
 def _byteswap(x: np.ndarray, share: float, rng: _Rng, ctx: Context) -> np.ndarray:
     # 16-bit samples read with the wrong byte order, on a share of 20 ms buffers.
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     q = np.clip(np.rint(f * 32767), -32768, 32767).astype(np.int16)
     swapped = q.byteswap().astype(np.float64) / 32768
     bad = np.repeat(rng.random(f.size // 320 + 1) < share, 320)[: f.size]
-    return _remark(miss, np.where(bad, swapped, f))
+    return remark_missing(miss, np.where(bad, swapped, f))
 
 
 def _ring_mod(x: np.ndarray, hz: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
-    return _remark(miss, f * np.cos(2 * np.pi * hz * _t(f.size)))
+    f, miss = fill_missing(x)
+    return remark_missing(miss, f * np.cos(2 * np.pi * hz * _t(f.size)))
 
 
 def _mulaw(x: np.ndarray, bits: int, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     mu = 255.0
     y = np.sign(f) * np.log1p(mu * np.abs(np.clip(f, -1, 1))) / np.log1p(mu)
     q = np.round(y * 2 ** (bits - 1)) / 2 ** (bits - 1)
-    return _remark(miss, np.sign(q) * ((1 + mu) ** np.abs(q) - 1) / mu)
+    return remark_missing(miss, np.sign(q) * ((1 + mu) ** np.abs(q) - 1) / mu)
 
 
 def _fade(x: np.ndarray, db: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     g = 10 ** (np.linspace(0, -db, f.size) / 20)
-    return _remark(miss, f * (g if rng.random() < 0.5 else g[::-1]))
+    return remark_missing(miss, f * (g if rng.random() < 0.5 else g[::-1]))
 
 
 def _tone_noise(kind: str, n: int, rng: _Rng) -> np.ndarray:
@@ -351,7 +351,7 @@ def _fan(x: np.ndarray, snr_db: float, rng: _Rng, ctx: Context) -> np.ndarray:
 def _spliced(x: np.ndarray, share: float, rng: _Rng, ctx: Context) -> np.ndarray:
     # 25 ms lost out of a share of 100 ms stretches and the rest spliced together, unmarked
     # (a transport that drops packets and does not say so); the window's end is left silent.
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     keep = np.ones(f.size, bool)
     for s in range(0, f.size, 1600):
         if rng.random() < share:
@@ -359,24 +359,24 @@ def _spliced(x: np.ndarray, share: float, rng: _Rng, ctx: Context) -> np.ndarray
     out = np.zeros_like(f)
     kept = f[keep]
     out[: kept.size] = kept
-    return _remark(miss, out)
+    return remark_missing(miss, out)
 
 
 def _bit_errors(x: np.ndarray, rate: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    f, miss = _filled(x)
+    f, miss = fill_missing(x)
     q = np.clip(np.rint(f * 32767), -32768, 32767).astype(np.int16)
     flips = ((rng.random((q.size, 16)) < rate) * (1 << np.arange(16))).sum(1).astype(np.uint16)
-    return _remark(miss, (q.view(np.uint16) ^ flips).view(np.int16).astype(np.float64) / 32768)
+    return remark_missing(miss, (q.view(np.uint16) ^ flips).view(np.int16).astype(np.float64) / 32768)
 
 
 def _crowd(x: np.ndarray, snr_db: float, rng: _Rng, ctx: Context) -> np.ndarray:
-    return _mixed(x, sum(_babble_noise(x.shape[0], rng) for _ in range(6)), snr_db, ctx)
+    return _mixed(x, sum(babble_noise(x.shape[0], rng) for _ in range(6)), snr_db, ctx)
 
 
 def _chopped(x: np.ndarray, hz: float, rng: _Rng, ctx: Context) -> np.ndarray:
     # A loose connector: the signal on and off at hz, unmarked.
-    f, miss = _filled(x)
-    return _remark(miss, f * (((_t(f.size) * hz + rng.random()) % 1) < 0.5))
+    f, miss = fill_missing(x)
+    return remark_missing(miss, f * (((_t(f.size) * hz + rng.random()) % 1) < 0.5))
 
 
 _D = Degradation

@@ -252,7 +252,7 @@ def _mic_floor(n: int, rng: np.random.Generator) -> np.ndarray:
     return (10.0 ** (MIC_FLOOR_DBFS / 20.0) * rng.standard_normal(n)).astype(np.float32)
 
 
-def _babble_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+def babble_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """Speech-shaped pink noise under a random syllabic envelope: one interfering talker."""
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
@@ -503,7 +503,7 @@ def _audio_gaussian(x: np.ndarray, level: int, rng: np.random.Generator, ref: fl
 
 
 def _audio_babble(x: np.ndarray, level: int, rng: np.random.Generator, ref: float) -> np.ndarray:
-    return _mix(x, _babble_noise(x.shape[0], rng), level, ref)
+    return _mix(x, babble_noise(x.shape[0], rng), level, ref)
 
 
 def _audio_interference(

@@ -246,17 +246,21 @@ def _shot(x: np.ndarray, photons: float, rng: np.random.Generator, ctx: Context)
     return np.clip(rng.poisson(lam) / photons * 255.0, 0.0, 255.0)
 
 
-def _filled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fill_missing(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The waveform with missing samples as 0 (for filters) and the missing mask."""
     miss = np.isnan(x)
     return np.where(miss, 0.0, x).astype(np.float64), miss
 
 
-def _remark(miss: np.ndarray, out: np.ndarray) -> np.ndarray:
+def remark_missing(miss: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` as float32 with the samples ``miss`` marks missing (NaN) again: a degradation
+    never invents a measurement where there was none."""
     return np.where(miss, np.nan, out).astype(np.float32)
 
 
-def _add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, ref: float) -> np.ndarray:
+def add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float, ref: float) -> np.ndarray:
+    """``x`` plus ``noise`` scaled to ``snr_db`` below ``ref`` (the clean speech's active power),
+    measured on the noise's own power over the window (silent noise is left as it is)."""
     p = float(np.mean(noise.astype(np.float64) ** 2)) or 1.0
     return (x + noise * np.sqrt(ref * 10.0 ** (-snr_db / 10.0) / p)).astype(np.float32)
 
@@ -272,8 +276,8 @@ def _reverb(x: np.ndarray, p: tuple[float, float], rng: np.random.Generator, ctx
     tail[: int(0.005 * SAMPLE_RATE)] = 0.0
     tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / max(float(np.sum(tail**2)), 1e-20))
     tail[0] = 1.0
-    filled, miss = _filled(x)
-    return _remark(miss, signal.fftconvolve(filled, tail)[:n])
+    filled, miss = fill_missing(x)
+    return remark_missing(miss, signal.fftconvolve(filled, tail)[:n])
 
 
 def _buzz(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) -> np.ndarray:
@@ -287,7 +291,7 @@ def _buzz(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) 
     period = (np.sin(2 * np.pi * k * grid + phases[:, None]) / k).sum(axis=0)
     phase = (f0 * np.arange(x.shape[0]) / SAMPLE_RATE) % 1.0
     buzz = np.interp(phase, np.append(grid, 1.0), np.append(period, period[0]))
-    return _add_at_snr(x, buzz, snr_db, ctx.ref_power)
+    return add_at_snr(x, buzz, snr_db, ctx.ref_power)
 
 
 def _dc_offset(x: np.ndarray, offset: float, rng: np.random.Generator, ctx: Context
@@ -303,12 +307,12 @@ def _rate_mismatch(x: np.ndarray, ratio: float, rng: np.random.Generator, ctx: C
     # The device samples at ratio·16 kHz but declares 16 kHz: played at 16 kHz the speech is
     # slower and lower by 1/ratio, and the 1 s window holds only the middle 1/ratio of the word.
     frac = Fraction(ratio).limit_denominator(64)
-    filled, miss = _filled(x)
+    filled, miss = fill_missing(x)
     stretched = signal.resample_poly(filled, frac.numerator, frac.denominator)
     gone = signal.resample_poly(miss.astype(np.float64), frac.numerator, frac.denominator) > 0.5
     n = x.shape[0]
     start = (stretched.shape[0] - n) // 2
-    return _remark(gone[start : start + n], stretched[start : start + n])
+    return remark_missing(gone[start : start + n], stretched[start : start + n])
 
 
 def _packet_loss(x: np.ndarray, loss: float, rng: np.random.Generator, ctx: Context
@@ -339,10 +343,10 @@ def _band(x: np.ndarray, band: tuple[float, float], rng: np.random.Generator, ct
           ) -> np.ndarray:
     # A narrowband link: 8 kHz sampling and a band-pass codec path (causal, as a codec is),
     # narrowing from the telephone band to a few hundred hertz.
-    filled, miss = _filled(x)
+    filled, miss = fill_missing(x)
     sos = signal.butter(4, band, btype="bandpass", fs=SAMPLE_RATE // 2, output="sos")
     narrow = signal.sosfilt(sos, signal.resample_poly(filled, 1, 2))
-    return _remark(miss, signal.resample_poly(narrow, 2, 1)[: x.shape[0]])
+    return remark_missing(miss, signal.resample_poly(narrow, 2, 1)[: x.shape[0]])
 
 
 def _quantise(x: np.ndarray, bits: int, rng: np.random.Generator, ctx: Context) -> np.ndarray:
@@ -362,7 +366,7 @@ def _wind(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) 
     env = signal.sosfiltfilt(signal.butter(1, 3.0, fs=SAMPLE_RATE, output="sos"),
                              rng.standard_normal(n))
     gust = rumble * np.maximum(env / (np.std(env) + 1e-12), 0.0) ** 2
-    return np.clip(_add_at_snr(x, gust, snr_db, ctx.ref_power), -1.0, 1.0)
+    return np.clip(add_at_snr(x, gust, snr_db, ctx.ref_power), -1.0, 1.0)
 
 
 def _echo(x: np.ndarray, p: tuple[float, float], rng: np.random.Generator, ctx: Context
@@ -370,7 +374,7 @@ def _echo(x: np.ndarray, p: tuple[float, float], rng: np.random.Generator, ctx: 
     # A loudspeaker coupled back into the mic, or a hard wall: discrete delayed copies of the
     # speech (delay d s, each gain g below the last), no diffuse tail.
     delay, gain = p
-    filled, miss = _filled(x)
+    filled, miss = fill_missing(x)
     n = x.shape[0]
     d = int(delay * SAMPLE_RATE)
     out = filled.copy()
@@ -378,7 +382,7 @@ def _echo(x: np.ndarray, p: tuple[float, float], rng: np.random.Generator, ctx: 
     while k * d < n and g > 1e-3:
         out[k * d :] += g * filled[: n - k * d]
         g, k = g * gain, k + 1
-    return _remark(miss, np.clip(out, -1.0, 1.0))
+    return remark_missing(miss, np.clip(out, -1.0, 1.0))
 
 
 def _shift(x: np.ndarray, seconds: float, rng: np.random.Generator, ctx: Context) -> np.ndarray:
@@ -399,9 +403,9 @@ def _highpass(x: np.ndarray, cutoff: float, rng: np.random.Generator, ctx: Conte
               ) -> np.ndarray:
     # A tiny capsule or an aggressive wind filter: everything below ``cutoff`` removed (the
     # trained ``muffle`` family removes the top of the band, this the bottom).
-    filled, miss = _filled(x)
+    filled, miss = fill_missing(x)
     sos = signal.butter(4, cutoff, btype="highpass", fs=SAMPLE_RATE, output="sos")
-    return _remark(miss, signal.sosfilt(sos, filled))
+    return remark_missing(miss, signal.sosfilt(sos, filled))
 
 
 def _pink(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) -> np.ndarray:
@@ -412,7 +416,7 @@ def _pink(x: np.ndarray, snr_db: float, rng: np.random.Generator, ctx: Context) 
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(spec.size, dtype=np.float64)
     f[0] = 1.0
-    return _add_at_snr(x, np.fft.irfft(spec / np.sqrt(f), n), snr_db, ctx.ref_power)
+    return add_at_snr(x, np.fft.irfft(spec / np.sqrt(f), n), snr_db, ctx.ref_power)
 
 
 def _clicks(x: np.ndarray, count: int, rng: np.random.Generator, ctx: Context) -> np.ndarray:
