@@ -226,8 +226,8 @@ def _t(n: int) -> np.ndarray:
 
 
 def _mixed(x: np.ndarray, noise: np.ndarray, snr_db: float, ctx: Context) -> np.ndarray:
-    f, miss = fill_missing(x)
-    return remark_missing(miss, add_at_snr(f, noise, snr_db, ctx.ref_power))
+    # A missing sample stays missing by itself (NaN + noise is NaN), as in the held-out set.
+    return add_at_snr(x, noise, snr_db, ctx.ref_power)
 
 
 def _compressor(x: np.ndarray, p: float, rng: _Rng, ctx: Context) -> np.ndarray:

@@ -71,6 +71,17 @@ class ImagePrep(nn.Module):
                               "'auto'")
         self.size, self.mean, self.std = size, mean, std
         self.norm, self.min_contrast, self.polarity = norm, min_contrast, polarity
+        # The border ring's flat indices at model resolution, once: a boolean mask built and
+        # applied per batch cost an allocation and, on CUDA, a host sync (mask indexing asks
+        # the device how many pixels it selects). Not in the state dict: derived from ``size``.
+        self.register_buffer("border_index", self._ring(size, size), persistent=False)
+
+    @classmethod
+    def _ring(cls, h: int, w: int) -> torch.Tensor:
+        """Flat indices (row-major) of the outer ``BORDER`` pixels of an ``h`` × ``w`` frame."""
+        inner = torch.zeros(h, w, dtype=torch.bool)
+        inner[cls.BORDER:-cls.BORDER, cls.BORDER:-cls.BORDER] = True
+        return torch.arange(h * w)[~inner.flatten()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalise(self.pixels(x))
@@ -101,9 +112,10 @@ class ImagePrep(nn.Module):
         flat = px.flatten(1)
         if q is None:
             q = torch.quantile(flat, flat.new_tensor([0.01, 0.99]), dim=1)
-        border = torch.ones(px.shape[-2:], dtype=torch.bool, device=px.device)
-        border[self.BORDER:-self.BORDER, self.BORDER:-self.BORDER] = False
-        ground = flat[:, border.flatten()].median(dim=1).values
+        h, w = px.shape[-2:]
+        ring = (self.border_index if (h, w) == (self.size, self.size)
+                else self._ring(h, w).to(px.device))
+        ground = flat.index_select(1, ring).median(dim=1).values
         middle = 0.5 * (q[0] + q[1])
         return ((ground > self.LIGHT_GROUND) & (ground > middle)
                 & (flat.median(dim=1).values > middle))
