@@ -154,6 +154,29 @@ def test_occlusion_area() -> None:
         np.testing.assert_allclose(hidden, core.occlusion_fraction(lv), atol=0.04)
 
 
+def test_readout_damages_whole_lines_or_blocks_in_the_level_share() -> None:
+    # `readout`: exactly a share 0.1·(L−1) of the frame's rows, columns or ~side/7 blocks reads
+    # values unrelated to the scene; every other pixel is untouched.
+    x = _image()  # 30..250: no fill value of the family coincides with a scene pixel
+    layouts = set()
+    for seed, lv in itertools.product(range(30), (3, 6, 9)):
+        changed = corrupt.apply("image", "readout", x, lv, np.random.default_rng(seed))[0] != x[0]
+        share = core.readout_share(lv)
+        rows, cols = changed.all(axis=1), changed.all(axis=0)
+        if (changed == rows[:, None]).all() and rows.any():
+            layouts.add("rows")
+            assert rows.sum() == round(share * 28)
+        elif (changed == cols[None, :]).all() and cols.any():
+            layouts.add("columns")
+            assert cols.sum() == round(share * 28)
+        else:
+            layouts.add("blocks")
+            cells = changed.reshape(7, 4, 7, 4).transpose(0, 2, 1, 3).reshape(49, 16)
+            assert (cells.all(axis=1) | ~cells.any(axis=1)).all()  # whole cells only
+            assert cells.all(axis=1).sum() == round(share * 49)
+    assert layouts == {"rows", "columns", "blocks"}
+
+
 def test_active_power() -> None:
     clean = _speech(-20.0)
     word = clean[0, 3840:12160].astype(np.float64)  # the word, on the 20 ms frame grid

@@ -19,7 +19,10 @@ training family was written after that finding, so every tone here one of its so
 or of their kind (tone pairs, a warble, a whistle, a sawtooth), is marked *near* it; a melody
 (discrete notes) is not. Other entries that share a kind of damage with a trained family (a
 crowd with ``babble``, hot pixels with ``saltpepper``, ...) or with the pretext head's
-transforms (an upside-down camera) are marked *near* those, as in the held-out set.
+transforms (an upside-down camera) are marked *near* those, as in the held-out set. The
+``readout`` camera family (session 14) was written after this set's camera holes (a stripe,
+flicker bands, frosted glass): dead blocks, flicker bands and dead columns are near it; the
+inverted stripe, the glass and the rest are not.
 
     python -m training.probe_fresh checkpoints/default --out docs/results/probe_fresh_val
 """
@@ -393,11 +396,13 @@ DEGRADATIONS: tuple[Degradation, ...] = (
     _D("image", "thin", "a thin pen", "erode {} px", (2, 3, 4), _thin),
     _D("image", "upside_down", "frames flipped top to bottom", "{:.0%} of frames",
        (0.3, 0.6, 1.0), _upside_down, near=PRETEXT),
-    _D("image", "blocks", "dead 4×4 blocks", "{} blocks", (5, 12, 25), _blocks),
+    _D("image", "blocks", "dead 4×4 blocks", "{} blocks", (5, 12, 25), _blocks, near="readout"),
     _D("image", "vignette", "dark corners", "k {}", (0.3, 0.6, 0.9), _vignette),
-    _D("image", "flicker", "mains flicker bands", "±{} grey", (30, 80, 160), _flicker),
+    _D("image", "flicker", "mains flicker bands", "±{} grey", (30, 80, 160), _flicker,
+       near="readout"),
     _D("image", "interlace", "interlaced fields out of step", "{} px", (1, 2, 4), _interlace),
-    _D("image", "dead_columns", "dead or stuck columns", "{} columns", (2, 5, 10), _dead_columns),
+    _D("image", "dead_columns", "dead or stuck columns", "{} columns", (2, 5, 10), _dead_columns,
+       near="readout"),
     _D("image", "moire", "a moiré pattern", "±{} grey", (40, 90, 160), _moire),
     _D("image", "hot_pixels", "hot pixels", "{:.0%} of pixels", (0.02, 0.05, 0.12), _hot_pixels,
        near="saltpepper"),
@@ -444,7 +449,9 @@ _ABOUT = ("A probe set written in session 13 (`training/probe_fresh.py`), after 
           "set of `udml eval-unseen`: degradations in neither, scored the same way. For "
           "finding holes on validation, not for reporting. Those marked *near* share a kind of "
           "damage with a trained family or the pretext head's transforms; those near `tonal` "
-          "are the machine tones whose finding led to that training family.")
+          "are the machine tones whose finding led to that training family, and those near "
+          "`readout` (session 14) are camera faults of the kind that family, written after "
+          "this set's camera holes, draws.")
 
 
 def main(ckpt: Path, out: Path | None, split: str = "val", limit: int = 500, seed: int = 0,

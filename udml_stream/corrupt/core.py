@@ -36,7 +36,7 @@ SAMPLE_RATE = 16000
 #: Every family per modality, in a fixed order (the order of docs/corruption.md's table).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "image": ("gaussian", "blur", "motion", "occlusion", "covered", "glare", "saltpepper",
-              "warp", "lowres"),
+              "warp", "lowres", "readout"),
     "audio": ("gaussian", "babble", "interference", "gap", "clipping", "muffle", "attenuation",
               "tonal"),
     "mfcc": ("gaussian", "dropout", "burst"),
@@ -115,6 +115,11 @@ def lowres_share(level: int) -> float:
     return 1.0 if level <= CLEAN else 0.8 ** (level - 1)
 
 
+def readout_share(level: int) -> float:
+    """Share of the frame's lines or blocks a read-out fault damages: 0.1·(L−1) (0.1 … 0.9)."""
+    return 0.0 if level <= CLEAN else min(1.0, 0.1 * (level - 1))
+
+
 def audio_snr_db(level: int) -> float:
     """SNR in dB against the clean speech's active power: 30 − 5·(L−2) (30 dB … −10 dB)."""
     return float("inf") if level <= CLEAN else 30.0 - 5.0 * (level - 2)
@@ -166,6 +171,8 @@ _DESCRIBE: dict[str, dict[str, tuple[Callable[[int], str], str]]] = {
         "warp": (lambda lv: "tilt ≤{:.0f}°, {:.1f} px @28".format(*warp_params(lv, 28)),
                  "pixels scrambled"),
         "lowres": (lambda lv: f"{round(28 * lowres_share(lv))} px @28", "frame mean everywhere"),
+        "readout": (lambda lv: f"{readout_share(lv):.1f} of lines or blocks",
+                    "random bytes at every pixel site"),
     },
     "audio": {
         "gaussian": (lambda lv: f"SNR {audio_snr_db(lv):+.0f} dB", "white noise at ref·10^1.5"),
@@ -494,6 +501,87 @@ def _image_lowres(x: np.ndarray, level: int, rng: np.random.Generator) -> np.nda
     return back.reshape(x.shape)
 
 
+#: ``readout``: the kinds of fault in a camera's read-out and link, one drawn per frame.
+READOUT_FAULTS = ("stuck_lines", "noisy_lines", "bands", "lost_blocks")
+
+
+def _exact_runs(n: int, k: int, unit: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask over ``n`` lines with exactly ``k`` set, laid as runs of 1–3 ``unit`` lines at
+    random places (a failing read-out channel takes out neighbouring lines together)."""
+    hit = np.zeros(n, bool)
+    while hit.sum() < k:
+        start = int(rng.integers(0, n))
+        hit[start : start + int(rng.integers(1, 4)) * unit] = True
+    extra = np.flatnonzero(hit)
+    if extra.size > k:  # the last run overshot: give back lines at random
+        hit[rng.choice(extra, extra.size - k, replace=False)] = False
+    return hit
+
+
+def _readout_damage(h: int, w: int, share: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Where a read-out fault hits a ``h``×``w`` frame and what it reads there instead: a mask
+    over exactly ``share`` of the rows, columns or blocks and the values it shows, with no
+    trace of the scene (the kind is one of ``READOUT_FAULTS``, drawn here)."""
+    kind = READOUT_FAULTS[int(rng.integers(0, len(READOUT_FAULTS)))]
+    fill = np.zeros((h, w), np.float64)
+    if kind == "lost_blocks":
+        # A lost packet of a compressed stream: whole macroblocks the decoder fills with a flat
+        # grey or a smeared ramp (its concealment), about a seventh of the frame's side each.
+        side = max(2, round(min(h, w) / 7.0))
+        gh, gw = -(-h // side), -(-w // side)
+        chosen = rng.permutation(gh * gw)[: round(share * gh * gw)]
+        cells = np.zeros(gh * gw, bool)
+        cells[chosen] = True
+        mask = np.kron(cells.reshape(gh, gw), np.ones((side, side), bool))[:h, :w]
+        for c in chosen:
+            r0, c0 = (c // gw) * side, (c % gw) * side
+            block = fill[r0 : r0 + side, c0 : c0 + side]
+            lo, hi = rng.uniform(0.0, 255.0, 2)
+            ramp = np.linspace(lo, hi, block.shape[1]) if rng.random() < 0.5 else np.full(
+                block.shape[1], lo)
+            block[:] = ramp[None, :]
+        return mask, fill
+    rows = bool(rng.integers(0, 2))
+    n, m = (h, w) if rows else (w, h)
+    k = round(share * n)
+    if kind == "bands":
+        # Flicker or banding gone to saturation: periodic bands (1.5–6 per frame) read out
+        # white (or black); the band's lines are those where the wave is highest, exactly
+        # ``k`` of them.
+        wave = np.sin(2 * np.pi * (np.arange(n) / n * rng.uniform(1.5, 6.0) + rng.uniform(0, 1)))
+        hit = np.zeros(n, bool)
+        hit[np.argsort(-wave, kind="stable")[:k]] = True
+        value = np.where(rng.random() < 0.7, 255.0, 0.0) * np.ones(n)
+        line_fill = np.broadcast_to(value[:, None], (n, m))
+    else:
+        hit = _exact_runs(n, k, max(1, n // 28), rng)
+        if kind == "stuck_lines":  # each dead or stuck line reads one value: 0, 255 or a grey
+            value = rng.choice([0.0, 255.0, -1.0], size=n)
+            value = np.where(value < 0, rng.uniform(0.0, 255.0, n), value)
+            line_fill = np.broadcast_to(value[:, None], (n, m))
+        else:  # noisy_lines: lines whose transfer failed, read out as random bytes
+            line_fill = rng.uniform(0.0, 255.0, (n, m))
+    mask = np.broadcast_to(hit[:, None], (n, m))
+    if not rows:
+        mask, line_fill = mask.T, line_fill.T
+    return np.ascontiguousarray(mask), np.ascontiguousarray(line_fill)
+
+
+def _image_readout(x: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = x.shape[:2]
+    if level == PURE_NOISE:
+        # Nothing read out but garbage: random bytes at every pixel site (a stuck or striped
+        # frame would also be free of the scene, but a few dozen random line values can
+        # correlate with it by chance).
+        fill = rng.uniform(0.0, 255.0, (h, w))
+        return np.broadcast_to(fill[..., None] if x.ndim == 3 else fill, x.shape).copy()
+    mask, fill = _readout_damage(h, w, readout_share(level), rng)
+    if x.ndim == 3:  # a pixel site reads one value on every channel
+        mask, fill = mask[..., None], fill[..., None]
+    return np.where(mask, fill, x)
+
+
 # ---- audio families: (sample [N], level 2..11, rng, ref power) -> sample ----
 
 
@@ -633,6 +721,7 @@ _KINDS: dict[str, dict[str, _Fn]] = {
         "saltpepper": _no_ref(_image_saltpepper),
         "warp": _no_ref(_image_warp),
         "lowres": _no_ref(_image_lowres),
+        "readout": _no_ref(_image_readout),
     },
     "audio": {
         "gaussian": _audio_gaussian,

@@ -452,7 +452,8 @@ PRETEXT = "pretext"
 #: was written; ``offcentre``, ``streaks``, ``echo`` and ``zero_fill`` were added with them,
 #: before any model was scored on them; ``mirror``, ``pen``, ``fog``, ``zoom``, ``shot``,
 #: ``shift``, ``highpass``, ``pink`` and ``clicks`` in session 7, after a probe of the shipped
-#: model on the validation split).
+#: model on the validation split). ``streaks`` (lines of foreign values over the scene) is near
+#: the ``readout`` family added in session 14.
 DEGRADATIONS: tuple[Degradation, ...] = (
     Degradation("image", "jpeg", "JPEG compression at the model's resolution", "quality {}",
                 (30, 15, 8, 4, 1), _jpeg, near="lowres"),
@@ -476,7 +477,7 @@ DEGRADATIONS: tuple[Degradation, ...] = (
     Degradation("image", "offcentre", "the object drifting out of view", "shifted {:.0%}",
                 (0.1, 0.2, 0.3, 0.4, 0.5), _offcentre),
     Degradation("image", "streaks", "rain or scratches on the lens", "{} streaks",
-                (2, 4, 8, 14, 24), _streaks),
+                (2, 4, 8, 14, 24), _streaks, near="readout"),
     Degradation("image", "mirror", "a camera driver's flip setting left on",
                 "{:.0%} of frames mirrored", (0.2, 0.4, 0.6, 0.8, 1.0), _mirror),
     Degradation("image", "pen", "a marker instead of a pen: thick strokes", "+{} px strokes",
