@@ -172,7 +172,7 @@ _DESCRIBE: dict[str, dict[str, tuple[Callable[[int], str], str]]] = {
                  "pixels scrambled"),
         "lowres": (lambda lv: f"{round(28 * lowres_share(lv))} px @28", "frame mean everywhere"),
         "readout": (lambda lv: f"{readout_share(lv):.1f} of lines or blocks",
-                    "random bytes at every pixel site"),
+                    "uniform 0..255 at every pixel site"),
     },
     "audio": {
         "gaussian": (lambda lv: f"SNR {audio_snr_db(lv):+.0f} dB", "white noise at ref·10^1.5"),
@@ -506,14 +506,17 @@ READOUT_FAULTS = ("stuck_lines", "noisy_lines", "bands", "lost_blocks")
 
 
 def _exact_runs(n: int, k: int, unit: int, rng: np.random.Generator) -> np.ndarray:
-    """A mask over ``n`` lines with exactly ``k`` set, laid as runs of 1–3 ``unit`` lines at
-    random places (a failing read-out channel takes out neighbouring lines together)."""
+    """A mask over ``n`` lines with exactly ``k`` set: runs of 1–3 ``unit`` lines at random
+    places (a failing read-out channel takes out neighbouring lines together; runs may overlap
+    and merge), then the surplus over ``k`` given back at random set lines, which can split a
+    run. At the model's 28 px ``unit`` is one line; on a full camera frame many runs end up in
+    pieces (kept so: the shipped checkpoint was trained on exactly these draws)."""
     hit = np.zeros(n, bool)
     while hit.sum() < k:
         start = int(rng.integers(0, n))
         hit[start : start + int(rng.integers(1, 4)) * unit] = True
     extra = np.flatnonzero(hit)
-    if extra.size > k:  # the last run overshot: give back lines at random
+    if extra.size > k:  # the runs overshot: give back lines at random, from any run
         hit[rng.choice(extra, extra.size - k, replace=False)] = False
     return hit
 
@@ -521,8 +524,9 @@ def _exact_runs(n: int, k: int, unit: int, rng: np.random.Generator) -> np.ndarr
 def _readout_damage(h: int, w: int, share: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Where a read-out fault hits a ``h``×``w`` frame and what it reads there instead: a mask
-    over exactly ``share`` of the rows, columns or blocks and the values it shows, with no
-    trace of the scene (the kind is one of ``READOUT_FAULTS``, drawn here)."""
+    over round(``share``·n) of the n rows, columns or blocks (blocks at the right and bottom
+    edges may be cut short) and the values it shows, with no trace of the scene (the kind is
+    one of ``READOUT_FAULTS``, drawn here)."""
     kind = READOUT_FAULTS[int(rng.integers(0, len(READOUT_FAULTS)))]
     fill = np.zeros((h, w), np.float64)
     if kind == "lost_blocks":
@@ -560,7 +564,7 @@ def _readout_damage(h: int, w: int, share: float,
             value = rng.choice([0.0, 255.0, -1.0], size=n)
             value = np.where(value < 0, rng.uniform(0.0, 255.0, n), value)
             line_fill = np.broadcast_to(value[:, None], (n, m))
-        else:  # noisy_lines: lines whose transfer failed, read out as random bytes
+        else:  # noisy_lines: lines whose transfer failed, read out as uniform garbage
             line_fill = rng.uniform(0.0, 255.0, (n, m))
     mask = np.broadcast_to(hit[:, None], (n, m))
     if not rows:
@@ -571,7 +575,7 @@ def _readout_damage(h: int, w: int, share: float,
 def _image_readout(x: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
     h, w = x.shape[:2]
     if level == PURE_NOISE:
-        # Nothing read out but garbage: random bytes at every pixel site (a stuck or striped
+        # Nothing read out but garbage: uniform values at every pixel site (a stuck or striped
         # frame would also be free of the scene, but a few dozen random line values can
         # correlate with it by chance).
         fill = rng.uniform(0.0, 255.0, (h, w))
@@ -579,7 +583,7 @@ def _image_readout(x: np.ndarray, level: int, rng: np.random.Generator) -> np.nd
     mask, fill = _readout_damage(h, w, readout_share(level), rng)
     if x.ndim == 3:  # a pixel site reads one value on every channel
         mask, fill = mask[..., None], fill[..., None]
-    return np.where(mask, fill, x)
+    return np.where(mask, fill.astype(np.float32), x)
 
 
 # ---- audio families: (sample [N], level 2..11, rng, ref power) -> sample ----
