@@ -244,25 +244,33 @@ def test_shipped_checkpoint_on_natural_input_matches_its_card(field_data: avdigi
     json.dumps(card)  # the card is plain JSON
 
 
-def test_shipped_checkpoint_is_not_dragged_down_by_machine_tones(field_data: avdigits.AVDigits
-                                                                 ) -> None:
-    """A motor's whine, a siren or a beeper over the speech (`tonal`, level 9: −5 dB SNR, and
-    level 11: the tones alone) never drags the fused answer more than 2 pt below dropping the
-    microphone. The session-12 checkpoint, trained without the family, fell 4.1 and 7.5 pt
-    below on validation (docs/method.md, "Machine tones")."""
+@pytest.mark.parametrize(("modality", "family", "levels"),
+                         [("audio", "tonal", (9, 11)), ("image", "readout", (5, 8, 11))])
+def test_shipped_checkpoint_is_not_dragged_down_by_the_newest_families(
+        field_data: avdigits.AVDigits, modality: str, family: str, levels: tuple[int, ...]
+        ) -> None:
+    """The families added after a probe found a hole never drag the fused answer more than
+    2 pt below dropping the stream they break. `tonal` (a motor's whine, a siren or a beeper;
+    level 9 is −5 dB SNR, level 11 the tones alone): the session-12 checkpoint, trained without
+    it, fell 4.1 and 7.5 pt below on validation (docs/method.md, "Machine tones"). `readout`
+    (stuck or noisy lines, saturated bands, lost blocks over 40%, 70% and all of the frame):
+    the session-13 checkpoint, trained without it, fell at most 1.2 pt below on validation, so
+    this one guards the promise rather than telling the two apart (docs/method.md, "Camera
+    read-out faults")."""
     model, _ = checkpoint.load(ROOT / "checkpoints" / "default")
     split = field_data.splits["test"].subset(200, seed=2)
     rows = np.arange(len(split))
-    for level in (9, 11):
-        levels = {"image": np.ones(len(rows), np.int64), "audio": np.full(len(rows), level)}
+    other = next(m for m in field_data.modalities if m != modality)
+    for level in levels:
+        lv = {modality: np.full(len(rows), level), other: np.ones(len(rows), np.int64)}
         acc = {}
-        for missing in ((), ("audio",)):
-            b = make_batch(split, rows, levels, np.random.default_rng(level), missing=missing,
-                           kinds={"audio": "tonal"}, natural=NaturalInput())
+        for missing in ((), (modality,)):
+            b = make_batch(split, rows, lv, np.random.default_rng(level), missing=missing,
+                           kinds={modality: family}, natural=NaturalInput())
             inputs, present, _, y = to_torch(b, torch.device("cpu"))
             with torch.no_grad():
                 acc[missing] = float((model(inputs, present).logits.argmax(1) == y).float().mean())
-        assert acc[()] >= acc[("audio",)] - 0.02, (level, acc)
+        assert acc[()] >= acc[(modality,)] - 0.02, (level, acc)
 
 
 def test_a_dropped_stream_leaves_the_other_streams_natural_draws_unchanged(

@@ -79,7 +79,11 @@ def test_engine_matches_eager_model(model, n: int, pad: bool) -> None:
     assert out.bucket == (bucket_for(n, engine.buckets) if pad else n)
     for i, s in enumerate(samples):
         ref = _eager(model, s)
-        np.testing.assert_allclose(out.probs[i], ref["probs"], rtol=1e-5, atol=1e-6)
+        # Where the conflict rule answers, the probabilities are the product of the streams'
+        # posteriors weighted by the gates' openness, so the gates' amplified last-bit
+        # differences (below) reach them too: 3e-5 relative on a conflict whose two streams
+        # are both part-open (the session-14 checkpoint, n = 3, sample 1); 1e-7 elsewhere.
+        np.testing.assert_allclose(out.probs[i], ref["probs"], rtol=1e-4, atol=1e-5)
         assert bool(out.conflict[i]) == ref["conflict"], i
         for m in model.cfg.modalities:
             assert bool(out.present[m][i]) == ref["present"][m], (i, m)

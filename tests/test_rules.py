@@ -79,7 +79,7 @@ def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
     # rule): the refactor into rules was bit-identical on the session-6 checkpoint it was made
     # on; this keeps the shipped checkpoint's numerics fixed within float tolerance on any
     # thread count. Re-record when the checkpoint is retrained (and say so in the commit): last
-    # re-recorded for the session-13 checkpoint (the `tonal` family).
+    # re-recorded for the session-14 checkpoint (the `readout` family, seed 1).
     model, _ = checkpoint.load(ROOT / "checkpoints" / "default")
     g = torch.Generator().manual_seed(7)
     x = {"image": torch.rand(2, 28, 28, generator=g) * 255,
@@ -88,27 +88,29 @@ def test_the_default_checkpoint_gives_its_recorded_outputs() -> None:
     with torch.no_grad():
         out = model(x)
     want = torch.tensor([
-        [-0.13424, 0.40055, -0.08661, -0.76655, 1.09759, -0.14248, 1.18962, -0.55980, -0.51193,
-         0.57497],
-        [-1.23427, 3.96587, -4.35094, -0.09501, 2.31698, 3.05522, -5.61427, 1.91920, -1.72986,
-         2.34018]])
+        [-0.22448, 0.26641, 0.39441, -0.21342, 0.65132, -0.04694, 0.88363, -0.92749, 0.33000,
+         -0.08186],
+        [0.70711, -1.11748, 0.05865, -2.93301, 4.64656, -0.40908, -4.92440, -1.58740, 3.95111,
+         1.51372]])
     torch.testing.assert_close(out.aux["head_logits"], want, rtol=0, atol=2e-4)
-    # Uniform-noise frames: the gates close the camera entirely in both rows.
-    torch.testing.assert_close(out.aux["gate/image"], torch.tensor([0.0, 0.0]), rtol=0,
-                               atol=2e-4)
-    torch.testing.assert_close(out.aux["gate/audio"], torch.tensor([0.0, 1.0815e-01]),
+    # Uniform-noise frames: the gates all but close the camera in both rows (this checkpoint's
+    # typicality gate was calibrated off for the camera; σ̂ alone leaves it a sliver open).
+    assert (out.aux["gate/image"] < 2e-3).all(), out.aux["gate/image"]
+    torch.testing.assert_close(out.aux["gate/audio"], torch.tensor([0.0, 1.6160e-01]),
                                rtol=0, atol=2e-4)
-    # Row 0 (loud white noise, nothing else): every stream closed, so no stream has a say over
-    # another; the fused head answers, with the ungated weights (apply_gate, resolve_conflicts).
-    # Row 1 (the same noise with a quarter of the window missing) is a conflict whose only open
-    # stream is the microphone: its own posterior answers.
-    assert out.aux["conflict"].tolist() == [False, True]
-    torch.testing.assert_close(out.logits[0], out.aux["head_logits"][0].float(), rtol=0, atol=0)
-    torch.testing.assert_close(out.logits[1], torch.log_softmax(out.unimodal_logits["audio"], 1)[1],
-                               rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.weights["image"], torch.tensor([2.0, 0.0]), rtol=0,
+    # Both rows are conflicts. Row 0 (loud white noise, nothing else): the microphone is closed
+    # and the camera's sliver of openness is the largest, so its own posterior answers (the
+    # answer to noise on both streams is noise either way). Row 1 (the same noise with a
+    # quarter of the window missing): the microphone is the open stream and the camera's say,
+    # its openness over the microphone's (~1%), barely moves the microphone's posterior.
+    assert out.aux["conflict"].tolist() == [True, True]
+    logp = {m: torch.log_softmax(out.unimodal_logits[m], 1) for m in ("image", "audio")}
+    torch.testing.assert_close(out.logits[0], logp["image"][0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.logits[1], logp["audio"][1], rtol=0, atol=0.05)
+    assert out.logits[1].argmax() == logp["audio"][1].argmax()
+    torch.testing.assert_close(out.weights["image"], torch.tensor([2.0, 0.01277]), rtol=0,
                                atol=2e-4)
-    torch.testing.assert_close(out.sigma_hat["audio"], torch.tensor([11.14747, 6.70214]),
+    torch.testing.assert_close(out.sigma_hat["audio"], torch.tensor([11.30089, 6.66995]),
                                rtol=0, atol=2e-4)
 
 
