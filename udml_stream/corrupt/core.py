@@ -117,7 +117,7 @@ def lowres_share(level: int) -> float:
 
 def readout_share(level: int) -> float:
     """Share of the frame's lines or blocks a read-out fault damages: 0.1·(L−1) (0.1 … 0.9)."""
-    return 0.0 if level <= CLEAN else min(1.0, 0.1 * (level - 1))
+    return 0.0 if level <= CLEAN else 0.1 * (level - 1)
 
 
 def audio_snr_db(level: int) -> float:
@@ -128,7 +128,7 @@ def audio_snr_db(level: int) -> float:
 def gap_fraction(level: int) -> float:
     """Share of the window dropped (NaN), in 1-3 runs of 50 ms segments: 0.1·(L−1) (0.1 … 0.9;
     1 at L11)."""
-    return 0.0 if level <= CLEAN else min(1.0, 0.1 * (level - 1))
+    return 0.0 if level <= CLEAN else 0.1 * (level - 1)
 
 
 def clip_threshold_db(level: int) -> float:
@@ -556,8 +556,7 @@ def _readout_damage(h: int, w: int, share: float,
         wave = np.sin(2 * np.pi * (np.arange(n) / n * rng.uniform(1.5, 6.0) + rng.uniform(0, 1)))
         hit = np.zeros(n, bool)
         hit[np.argsort(-wave, kind="stable")[:k]] = True
-        value = np.where(rng.random() < 0.7, 255.0, 0.0) * np.ones(n)
-        line_fill = np.broadcast_to(value[:, None], (n, m))
+        line_fill = np.full((n, m), 255.0 if rng.random() < 0.7 else 0.0)
     else:
         hit = _exact_runs(n, k, max(1, n // 28), rng)
         if kind == "stuck_lines":  # each dead or stuck line reads one value: 0, 255 or a grey
@@ -566,10 +565,9 @@ def _readout_damage(h: int, w: int, share: float,
             line_fill = np.broadcast_to(value[:, None], (n, m))
         else:  # noisy_lines: lines whose transfer failed, read out as uniform garbage
             line_fill = rng.uniform(0.0, 255.0, (n, m))
+    # Broadcast views, transposed for columns: ``np.where`` reads them as they are.
     mask = np.broadcast_to(hit[:, None], (n, m))
-    if not rows:
-        mask, line_fill = mask.T, line_fill.T
-    return np.ascontiguousarray(mask), np.ascontiguousarray(line_fill)
+    return (mask, line_fill) if rows else (mask.T, line_fill.T)
 
 
 def _image_readout(x: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
