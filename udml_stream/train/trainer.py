@@ -302,7 +302,8 @@ def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
 
         return load_logs({"train": d.logs.train, "val": d.logs.val}, _log_source(d.logs))
     return avdigits.load(d.preset, d.cache_dir, seed=d.build_seed,
-                         variants_per_accent=d.variants_per_accent, renditions=d.renditions)
+                         variants_per_accent=d.variants_per_accent, renditions=d.renditions,
+                         more_digits=d.more_digits)
 
 
 def load_data_for_checkpoint(meta: dict[str, Any], cache_dir: Path,
