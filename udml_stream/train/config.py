@@ -113,6 +113,9 @@ class TrainSection(_Strict):
                                   "apart the transforms (train.pregate) of each batch's clean "
                                   "inputs through the encoders; 0 = off (the heads are fitted "
                                   "after training either way)")
+    weight_ema: float = Field(0.0, ge=0, lt=1, description="decay per step of an exponential "
+                              "moving average of the weights (train/ema.py); > 0: validation, "
+                              "the best checkpoint and the gates use the average; 0 = off")
     families: dict[str, list[str]] = Field(
         default_factory=dict, description="modality → degradation families drawn per sample "
         "once noisy (udml_stream.corrupt); a modality not named gets its reference kind")
@@ -177,7 +180,8 @@ PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.te
 
 #: Keys added after runs were made, with the value that behaves as those runs did: a stored
 #: config without the key reads it (so adding a setting does not block resuming an old run).
-ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False, "train.pretext_weight": 0.0}
+ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False, "train.pretext_weight": 0.0,
+                              "train.weight_ema": 0.0, "data.more_digits": False}
 #: Keys that change how a run is executed or where it is written, not what it learns: a run
 #: may be resumed with different values (``train.epochs``: a finished run is extended).
 RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",

@@ -45,6 +45,7 @@ from udml_stream.train.config import (
     parse_config,
     training_differences,
 )
+from udml_stream.train.ema import WeightEMA
 
 if TYPE_CHECKING:
     from udml_stream.data.logset import LogSource
@@ -627,6 +628,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
     # eval` finds its logs from any folder) and in the resume state (checked on resume).
     stored_cfg = absolute_config(cfg)
     fingerprint = data_fingerprint(data)
+    # The weight average (train.weight_ema): validation, "best" and the gates use it; "last"
+    # keeps the live weights, which a resumed run continues from.
+    ema = WeightEMA(model, tc.weight_ema) if tc.weight_ema > 0 else None
     can_resume = resume and state_path.exists() and (out_dir / "last").exists()
     if dist is not None:  # every rank resumes, from the same files, or none does
         can_resume = dist.agree(can_resume, f"resuming from {out_dir} (every process must see it, "
@@ -642,6 +646,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         rng.bit_generator.state = json.loads(st["numpy_rng"])
         start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
         history = json.loads(st["history"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
         if start_epoch >= tc.epochs:
             log.info("%s has finished its %d epochs: nothing left to train", out_dir, tc.epochs)
         else:
@@ -695,6 +701,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             batch = make_batch(train_split, rows, lv, aug_rng, kinds, natural=train_nat)
             terms = train_step(model, opt, batch, device, quality_on, tc.grad_clip, history_loss,
                                sync, tc.precision == "bf16", net, tc.pretext_weight)
+            if ema is not None:
+                ema.update()
             if observer is not None:
                 observer.step(epoch, rows, model)
             if sync:
@@ -712,7 +720,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             dist.average_buffers(model)
             if history_loss is not None:
                 dist.merge_rows(history_loss, touched)
-        score = _score(model, val_batches, device, dist)
+        if ema is not None and dist is not None:
+            dist.average_buffers(ema.shadow)
+        scored = ema.shadow if ema is not None else model
+        score = _score(scored, val_batches, device, dist)
         if observer is not None:
             observer.epoch(epoch, model, score)
         row = {"epoch": epoch, "val_acc": score, "lr": lr,
@@ -736,7 +747,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
                  row.get("ce_fused", float("nan")))
         ckpt_meta = {**meta, "epoch": epoch, "val_acc": score}
         for name in ("best", "last") if is_best else ("last",):
-            checkpoint.save(model, out_dir / name, list(data.class_names), ckpt_meta)
+            checkpoint.save(scored if name == "best" else model, out_dir / name,
+                            list(data.class_names), ckpt_meta)
             if observer is not None:
                 observer.saved_checkpoint(out_dir / name)
         torch.save({
@@ -744,6 +756,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
             "numpy_rng": json.dumps(rng.bit_generator.state), "epoch": epoch,
             "best_score": best_score, "best_epoch": best_epoch, "history": json.dumps(history),
             "config": json.dumps(stored_cfg), "data": fingerprint,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         }, state_path)
     if not main:  # rank 0 calibrates and rewrites the best checkpoint
         return TrainResult(out_dir / "best", best_epoch, best_score, history,
