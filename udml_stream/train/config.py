@@ -53,6 +53,9 @@ class DataSection(_Strict):
 
     @model_validator(mode="after")
     def _logs_named(self) -> DataSection:
+        if self.source == "logs" and self.more_digits:
+            raise ValueError('data.more_digits adds AV-Digits handwriting; it needs '
+                             'data.source = "avdigits", not "logs"')
         if self.source == "logs":
             for key in ("train", "val"):
                 if not getattr(self.logs, key):

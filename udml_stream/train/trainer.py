@@ -647,6 +647,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
         start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
         history = json.loads(st["history"])
         if ema is not None:
+            if "ema" not in st:
+                raise ConfigError(f"{state_path} holds no weight average although "
+                                  f"train.weight_ema = {tc.weight_ema}; resume with the run's "
+                                  "own config or pass --no-resume")
             ema.load_state_dict(st["ema"])
         if start_epoch >= tc.epochs:
             log.info("%s has finished its %d epochs: nothing left to train", out_dir, tc.epochs)
@@ -747,8 +751,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True,
                  row.get("ce_fused", float("nan")))
         ckpt_meta = {**meta, "epoch": epoch, "val_acc": score}
         for name in ("best", "last") if is_best else ("last",):
+            # With a weight average, val_acc is the average's: "last" says it holds the live
+            # weights instead.
             checkpoint.save(scored if name == "best" else model, out_dir / name,
-                            list(data.class_names), ckpt_meta)
+                            list(data.class_names),
+                            {**ckpt_meta, "weights": "live"} if ema is not None and name == "last"
+                            else ckpt_meta)
             if observer is not None:
                 observer.saved_checkpoint(out_dir / name)
         torch.save({
