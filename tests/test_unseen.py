@@ -3,16 +3,23 @@ really unseen."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from udml_stream_apps.training import probe_fresh
 
 from udml_stream import corrupt
-from udml_stream.errors import UdmlError
-from udml_stream.evaluate import unseen
+from udml_stream.errors import CheckpointError, UdmlError
+from udml_stream.evaluate import card, unseen
+from udml_stream.model import checkpoint
 
 LABELS = np.array([0, 1, 2, 3, 1])
+#: The small raw-track build the ``cache_dir`` fixture holds (conftest.py).
+SMALL = {"variants_per_accent": 2, "renditions": 1}
 
 
 def _images() -> np.ndarray:
@@ -131,7 +138,8 @@ def test_severity_outside_the_range_is_refused(inputs: dict[str, np.ndarray]) ->
         unseen.get("image", "gaussian")
 
 
-def test_summary_and_report_name_the_broken_and_the_fooled() -> None:
+def _result() -> dict:
+    """A two-degradation sweep result: rotate breaks the promise (−17 pt at S2), jpeg holds."""
     def row(fused: float, alone: float, above: float) -> dict:
         return {"param": "p", "fused": fused, "alone": alone, "share": 0.5, "present": 1.0,
                 "vs_dropped": fused - 0.97, "sigma_hat": 3.0, "above_clean": above}
@@ -150,6 +158,11 @@ def test_summary_and_report_name_the_broken_and_the_fooled() -> None:
                                "breaks_promise": False, "min_above_clean_when_hurt": 0.99,
                                "sigma_fooled_at": []}}}}}
     result["summary"] = unseen.summary(result)
+    return result
+
+
+def test_summary_and_report_name_the_broken_and_the_fooled() -> None:
+    result = _result()
     s = result["summary"]
     assert s["worst"] == "image/rotate" and [b["degradation"] for b in s["breaks_promise"]] == [
         "image/rotate"]
@@ -166,3 +179,90 @@ def test_eval_unseen_takes_val_or_test_only() -> None:
     r = CliRunner().invoke(app, ["eval-unseen", "checkpoints/default", "--split", "train"])
     assert r.exit_code != 0
     assert "expected 'test' or 'val'" in r.output
+
+
+def _checkpoint_copy(tmp_path: Path, with_card: bool) -> Path:
+    """The shipped checkpoint's files in ``tmp_path`` (with or without its stored card, named
+    as measured on these weights), its data set the small test build."""
+    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+    ck = tmp_path / "ck"
+    ck.mkdir(parents=True)
+    shutil.copy(src / checkpoint.WEIGHTS, ck / checkpoint.WEIGHTS)
+    meta = json.loads((src / checkpoint.CONFIG).read_text())
+    meta["config"]["data"].update(SMALL)
+    if with_card:
+        meta["card"]["weights_sha256"] = card.weights_digest(src)
+    else:
+        meta.pop("card", None)
+    (ck / checkpoint.CONFIG).write_text(json.dumps(meta))
+    return ck
+
+
+def test_the_card_names_where_it_breaks_only_for_the_weights_it_was_measured_on(
+        tmp_path: Path) -> None:
+    ck = _checkpoint_copy(tmp_path, with_card=True)
+    digest = card.weights_digest(ck)
+    section = card.held_out_section(_result(), digest, "results/unseen.md")
+    assert [(b["degradation"], b["cause"], b["at"]) for b in section["breaks"]] == [
+        ("image/rotate", "tilt", "p")]
+    assert section["degradations"] == 2 and section["weights_sha256"] == digest
+    stored = card.add_held_out(ck, section)
+    assert checkpoint.read_meta(ck)["card"]["held_out"] == section == stored["held_out"]
+    md = tmp_path / "card.md"
+    card.write_markdown(stored, md, "ck")
+    text = md.read_text()
+    assert "`udml eval-unseen ck --card` added where it breaks" in text
+    assert "It breaks on 1 of them:" in text
+    assert "| image/rotate | tilt | p | -17.0 pt | 30.0% |" in text
+    assert text.index("## Where it breaks") < text.index("## Limits")
+    # eval-field --card rebuilds the card: the held-out part stays for the same weights only.
+    root = Path(__file__).resolve().parents[1]
+    field = json.loads((root / "docs" / "results" / "field.json").read_text())
+    meta = checkpoint.read_meta(ck)
+    rebuilt = card.build_card(meta, field, digest)
+    assert rebuilt["held_out"] == section and rebuilt["weights_sha256"] == digest
+    assert "held_out" not in card.build_card(meta, field, "0" * 64)
+    assert "held_out" not in card.build_card(meta, field)
+
+
+def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+    from udml_stream_apps.training import probe_unseen
+
+    from udml_stream.cli.main import app
+
+    r = CliRunner().invoke(app, ["eval-unseen", "checkpoints/default", "--split", "val",
+                                 "--card", str(tmp_path / "card.md")])
+    assert r.exit_code != 0 and "--card needs --split test" in r.output
+    bare = _checkpoint_copy(tmp_path / "a", with_card=False)
+    with pytest.raises(CheckpointError, match="no model card yet: run `udml eval-field"):
+        probe_unseen.main(bare, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
+    # A card measured on other weights, or written before cards named theirs, is not added
+    # to; and it is refused before the sweep runs.
+    def no_sweep(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sweep ran before the card was checked")
+
+    monkeypatch.setattr(probe_unseen, "unseen_sweep", no_sweep)
+    for name, digest, why in (("c", "0" * 64, "not measured on its current weights"),
+                              ("d", None, "predates cards that name the weights")):
+        other = _checkpoint_copy(tmp_path / name, with_card=True)
+        meta = json.loads((other / checkpoint.CONFIG).read_text())
+        if digest is None:
+            del meta["card"]["weights_sha256"]
+        else:
+            meta["card"]["weights_sha256"] = digest
+        (other / checkpoint.CONFIG).write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=why):
+            probe_unseen.main(other, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
+    monkeypatch.undo()
+    ck = _checkpoint_copy(tmp_path / "b", with_card=True)
+    out, md = tmp_path / "unseen", tmp_path / "card.md"
+    probe_unseen.main(ck, cache_dir, out, "cmd", limit=4, card=md)
+    result = json.loads(out.with_suffix(".json").read_text())
+    held = checkpoint.read_meta(ck)["card"]["held_out"]
+    assert held["n_test"] == 4 and held["degradations"] == sum(
+        len(d["degradations"]) for d in result["modalities"].values())
+    assert [b["degradation"] for b in held["breaks"]] == [
+        b["degradation"] for b in result["summary"]["breaks_promise"]]
+    assert held["report"] == "unseen.md" and "## Where it breaks" in md.read_text()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from udml_stream import corrupt, modalities
-from udml_stream.evaluate.card import build_card, write_into_checkpoint
+from udml_stream.evaluate.card import build_card, weights_digest, write_into_checkpoint
 from udml_stream.evaluate.card import write_markdown as write_card_markdown
 from udml_stream.evaluate.field import evaluate_field
 from udml_stream.evaluate.field_report import plot, write_markdown
@@ -39,6 +39,7 @@ def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
     checkpoint and write it as markdown to ``card``."""
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
+    digest = weights_digest(ckpt)  # the weights as loaded, whatever happens to the file later
     data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits[split]
     if limit:
@@ -52,9 +53,9 @@ def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
         write_markdown(result, out.with_suffix(".md"), command)
         plot(result, out)
     if card is not None:
-        facts = build_card(meta, result)
-        write_into_checkpoint(ckpt, facts)
         report = (os.path.relpath(out.with_suffix(".md"), card.parent) if out is not None
                   else "")
-        write_card_markdown(facts, card, str(ckpt), report)
+        facts = build_card(meta, result, digest, report)
+        write_into_checkpoint(ckpt, facts)
+        write_card_markdown(facts, card, str(ckpt))
     return result

@@ -275,6 +275,9 @@ def eval_unseen(
     split: Annotated[str, typer.Option(
         help="test (reports) or val (choosing between models or settings: never on test)")
     ] = "test",
+    card: Annotated[Path | None, typer.Option(
+        help="Add where it breaks to the model card that `eval-field --card` stored in the "
+             "checkpoint, and rewrite the card here (docs/model-card.md)")] = None,
 ) -> None:
     """CHECKPOINT on degradations it was never trained on (JPEG, a tilted camera, a torn frame,
     reverberation, a wrong sample rate, another talker, ...): every test sample degraded in one
@@ -283,9 +286,11 @@ def eval_unseen(
 
     if split not in ("test", "val"):
         _fail(f"--split {split!r}: expected 'test' or 'val'")
+    if card is not None and split != "test":
+        _fail("--card needs --split test: the model card reports held-out test numbers")
     command = "udml eval-unseen " + " ".join(sys.argv[2:])
     typer.echo(_run(probe_unseen.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
-                    1, split))
+                    1, split, card))
 
 
 @app.command("benchmark-field")

@@ -1,19 +1,25 @@
 """The model card: what a checkpoint accepts, what it was trained on, what it measured.
 
 The same facts go into the checkpoint's ``config.json`` (key ``card``, for programs) and into
-``docs/model-card.md`` (for people), both written by ``udml eval-field CKPT --card``.
+``docs/model-card.md`` (for people), both written by ``udml eval-field CKPT --card``. ``udml
+eval-unseen CKPT --card`` then adds where the model breaks: the held-out degradations on which
+the fused answer falls below dropping the damaged stream. That part names the weights it was
+measured on (their SHA-256), so a card rebuilt for other weights leaves it out rather than
+carry numbers that are no longer true.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from udml_stream import corrupt
 from udml_stream.data.field import NaturalAudio, NaturalImage
+from udml_stream.errors import CheckpointError
 from udml_stream.modalities import kind_of
-from udml_stream.model.checkpoint import CONFIG
+from udml_stream.model.checkpoint import CONFIG, WEIGHTS
 from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION
 
 
@@ -77,8 +83,61 @@ def gates_on(meta: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, Any]:
-    """The card of a checkpoint, with the measured numbers of its field evaluation."""
+def weights_digest(ckpt: Path) -> str:
+    """SHA-256 of the checkpoint's weights file: what a measured part of the card was run on."""
+    return hashlib.sha256((Path(ckpt) / WEIGHTS).read_bytes()).hexdigest()
+
+
+def held_out_section(result: dict[str, Any], digest: str, report: str) -> dict[str, Any]:
+    """The card's "where it breaks" part from an ``eval-unseen`` result (``unseen_sweep``'s
+    output with the ``n_test`` and ``summary`` that ``probe_unseen.main`` adds): every held-out
+    degradation whose fused answer falls more than 1 pt below dropping that stream at some
+    severity, worst first, with the severity, the stream alone and the cause."""
+    degs = {f"{m}/{n}": e for m, d in result["modalities"].items()
+            for n, e in d["degradations"].items()}
+    return {
+        "weights_sha256": digest, "report": report, "n_test": result["n_test"],
+        "split": result.get("split", "test"), "degradations": len(degs),
+        "dropped": {m: d["dropped"] for m, d in result["modalities"].items()},
+        "breaks": [{"degradation": b["degradation"], "cause": degs[b["degradation"]]["cause"],
+                    "at": degs[b["degradation"]]["severities"][str(b["severity"])]["param"],
+                    "vs_dropped": b["vs_dropped"], "alone": b["alone"]}
+                   for b in result["summary"]["breaks_promise"]],
+    }
+
+
+def stored_card(ckpt: Path, digest: str) -> dict[str, Any]:
+    """The card ``udml eval-field --card`` stored in the checkpoint, measured on the weights
+    with SHA-256 ``digest``; a clear error if there is none or it was measured on others."""
+    card = json.loads((Path(ckpt) / CONFIG).read_text()).get("card")
+    fix = f"run `udml eval-field {ckpt} --card docs/model-card.md` first"
+    if not card:
+        raise CheckpointError(f"{ckpt} has no model card yet: {fix}")
+    if "weights_sha256" not in card:
+        raise CheckpointError(f"the model card in {ckpt} predates cards that name the weights "
+                              f"they were measured on: {fix}")
+    if card["weights_sha256"] != digest:
+        raise CheckpointError(f"the model card in {ckpt} was not measured on its current "
+                              f"weights: {fix}")
+    return card
+
+
+def add_held_out(ckpt: Path, section: dict[str, Any]) -> dict[str, Any]:
+    """Store ``section`` as the card's ``held_out`` in the checkpoint and return the whole card
+    (the card and the section must both have been measured on the same weights)."""
+    card = stored_card(ckpt, section["weights_sha256"])
+    card["held_out"] = section
+    write_into_checkpoint(ckpt, card)
+    return card
+
+
+def build_card(meta: dict[str, Any], field_result: dict[str, Any], digest: str | None = None,
+               report: str = "") -> dict[str, Any]:
+    """The card of a checkpoint, with the measured numbers of its field evaluation (``report``:
+    the field report's path from the card's folder). The held-out part of the card stored in
+    ``meta`` stays only if it was measured on the weights with SHA-256 ``digest``."""
+    old = (meta.get("card") or {}).get("held_out")
+    keep = {"held_out": old} if old and digest and old.get("weights_sha256") == digest else {}
     cfg = meta.get("config", {})
     fams = cfg.get("train", {}).get("families") or {}
     nat_a, nat_i = NaturalAudio(), NaturalImage()
@@ -90,6 +149,7 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
                 "paper (dark ink on a light ground)"] = field_result["paper"]["fused"]
     sweep = field_result["sweep"]["modalities"]
     return {
+        "weights_sha256": digest, "report": report,
         "model": {"method": meta["model"]["method"], "estimator": meta["model"].get("estimator"),
                   "preset": meta.get("preset"), "val_acc": meta.get("val_acc"),
                   "gates": gates_on(meta)},
@@ -137,6 +197,7 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any]) -> dict[str, 
             "the camera is assumed to frame one digit-sized object near the image centre",
             "one microphone channel is used (the first)",
         ],
+        **keep,
     }
 
 
@@ -150,12 +211,43 @@ def write_into_checkpoint(ckpt: Path, card: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str) -> None:
-    """``docs/model-card.md`` from the card."""
+def _held_out_lines(h: dict[str, Any], ckpt: str) -> list[str]:
+    link = f" ([{h['report']}]({h['report']}))" if h.get("report") else ""
+    lines = ["## Where it breaks (degradations it never saw)", "",
+             f"`udml eval-unseen {ckpt} --card` scores {h['degradations']} degradations it was "
+             f"never trained on, every one of {h['n_test']} {h['split']} samples damaged in one "
+             f"stream{link}. The promise is "
+             "that the fused answer never falls more than 1 pt below the answer with the damaged "
+             "stream dropped (" + ", ".join(f"{m} dropped: {100 * v:.1f}%"
+                                             for m, v in h["dropped"].items()) + ")."]
+    if not h["breaks"]:
+        return [*lines, "", "It holds on every one of them, at every severity.", ""]
+    lines[-1] += f" It breaks on {len(h['breaks'])} of them:"
+    lines += ["", "| degradation | cause | worst at | fused − dropped | the stream alone |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {b['degradation']} | {b['cause']} | {b['at']} | {100 * b['vs_dropped']:+.1f} "
+              f"pt | {100 * b['alone']:.1f}% |" for b in h["breaks"]]
+    return [
+        *lines, "", "Where the damaged stream still looks like clean input of another class "
+        "(another talker's digit, a frozen frame of another scene), no rule can tell from one "
+        "sample which stream to trust; the fusion node's diagnostics flag streams that keep "
+        "disagreeing or run late (`udml_stream/serve/diagnose.py`). Elsewhere the stream's own "
+        "head reads the damaged input confidently as another class (a turned, mirrored or "
+        "thick-stroked digit can look like another) and outweighs the healthy stream; "
+        "docs/method.md records what was tried against it.", ""]
+
+
+def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str | None = None
+                   ) -> None:
+    """``docs/model-card.md`` from the card (``report``: the field report's path from the
+    card's folder; by default the one the card names)."""
+    report = card.get("report", "") if report is None else report
     lines = [f"# Model card: `{ckpt}`", "",
              "Generated by `udml eval-field " + ckpt + " --card` from the checkpoint and its "
-             f"field evaluation ([{report}]({report})); the same facts are in the checkpoint's "
-             "`config.json` under `card`.", "",
+             "field evaluation" + (f" ([{report}]({report}))" if report else "")
+             + (f"; `udml eval-unseen {ckpt} --card` added where it breaks"
+                if card.get("held_out") else "")
+             + "; the same facts are in the checkpoint's `config.json` under `card`.", "",
              f"Method `{card['model']['method']}` (estimator `{card['model']['estimator']}`), "
              f"trained on the `{card['model']['preset']}` preset; validation accuracy "
              f"{100 * float(card['model']['val_acc'] or 0):.1f}% (clean and noisy mixture).", ""]
@@ -188,5 +280,8 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str) -> 
               "", "Worst fused − dropped-stream accuracy per family over levels 1..11 (pt; ≥ −1 "
               "means a broken stream never drags the answer below ignoring it):", ""]
     lines += [f"- {k}: {100 * v:+.1f}" for k, v in card["measured"]["worst_vs_dropped"].items()]
-    lines += ["", "## Limits", ""] + [f"- {x}" for x in card["limits"]]
+    lines += [""]
+    if card.get("held_out"):
+        lines += _held_out_lines(card["held_out"], ckpt)
+    lines += ["## Limits", ""] + [f"- {x}" for x in card["limits"]]
     path.write_text("\n".join(lines) + "\n")
