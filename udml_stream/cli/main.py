@@ -226,6 +226,20 @@ def view(
 
 
 @app.command()
+def ensemble(
+    output: Annotated[Path, typer.Argument(help="The new ensemble checkpoint's directory")],
+    members: Annotated[list[Path], typer.Argument(help="Two or more checkpoints of one "
+                                                  "configuration (seeds of one recipe)")],
+) -> None:
+    """Serve several trained models as one: the mean of their posteriors (docs/method.md).
+    The members are copied into OUTPUT; the fusion node and every evaluation take it."""
+    from udml_stream.model import checkpoint as ck
+
+    path = _run(ck.save_ensemble, output, members)
+    typer.echo(f"wrote the ensemble of {len(members)} models to {path}")
+
+
+@app.command()
 def adapt(
     checkpoint: Path,
     logs: Annotated[list[str], typer.Argument(help="Your robot's logs (files or globs); no "

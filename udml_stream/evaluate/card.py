@@ -19,7 +19,7 @@ from udml_stream import corrupt
 from udml_stream.data.field import NaturalAudio, NaturalImage
 from udml_stream.errors import CheckpointError
 from udml_stream.modalities import kind_of
-from udml_stream.model.checkpoint import CONFIG, WEIGHTS
+from udml_stream.model.checkpoint import CONFIG, MEMBERS, WEIGHTS
 from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION
 
 
@@ -84,8 +84,13 @@ def gates_on(meta: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def weights_digest(ckpt: Path) -> str:
-    """SHA-256 of the checkpoint's weights file: what a measured part of the card was run on."""
-    return hashlib.sha256((Path(ckpt) / WEIGHTS).read_bytes()).hexdigest()
+    """SHA-256 of the checkpoint's weights (an ensemble's: its members' files in order): what a
+    measured part of the card was run on."""
+    meta = json.loads((Path(ckpt) / CONFIG).read_text())
+    h = hashlib.sha256()
+    for sub in meta.get(MEMBERS, ["."]):
+        h.update((Path(ckpt) / sub / WEIGHTS).read_bytes())
+    return h.hexdigest()
 
 
 def held_out_section(result: dict[str, Any], digest: str, report: str) -> dict[str, Any]:
@@ -152,7 +157,8 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any], digest: str |
         "weights_sha256": digest, "report": report,
         "model": {"method": meta["model"]["method"], "estimator": meta["model"].get("estimator"),
                   "preset": meta.get("preset"), "val_acc": meta.get("val_acc"),
-                  "gates": gates_on(meta)},
+                  "gates": gates_on(meta),
+                  **({"members": meta["member_facts"]} if "member_facts" in meta else {})},
         "inputs": input_contract(meta),
         "training_data": {
             "images": f"AV-Digits preset {meta.get('preset')} (weakened MNIST)"
@@ -250,7 +256,15 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str | No
              + "; the same facts are in the checkpoint's `config.json` under `card`.", "",
              f"Method `{card['model']['method']}` (estimator `{card['model']['estimator']}`), "
              f"trained on the `{card['model']['preset']}` preset; validation accuracy "
-             f"{100 * float(card['model']['val_acc'] or 0):.1f}% (clean and noisy mixture).", ""]
+             + (f"{100 * float(card['model']['val_acc'] or 0):.1f}%"
+                if "members" not in card["model"] else
+                " / ".join(f"{100 * float(f['val_acc'] or 0):.1f}%"
+                           for f in card["model"]["members"]))
+             + " (clean and noisy mixture)"
+             + (f". An ensemble of {len(card['model']['members'])} models trained alike (seeds "
+                + ", ".join(str(f["seed"]) for f in card["model"]["members"])
+                + "): the answer is the mean of their posteriors, the gates' facts below are "
+                "the first member's" if "members" in card["model"] else "") + ".", ""]
     gates = card["model"].get("gates") or {}
     if gates:
         lines += ["Serving gates (the switch rule's, calibrated on validation; docs/method.md), "

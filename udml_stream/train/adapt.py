@@ -65,7 +65,7 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                     src: LogSource | None = None) -> AdaptReport:
     """Fit the estimator of ``ckpt`` to the unlabelled ``logs``; write the result to ``out``."""
-    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    model, meta = checkpoint.load_one(ckpt, torch.device("cpu"), "adapting the estimator")
     if not model.rule.has_estimator:
         raise ConfigError(f"{ckpt}: method {model.cfg.method} has no health estimator to adapt")
     if steps < 1 or batch_size < 1 or not lr > 0:

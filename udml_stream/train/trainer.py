@@ -261,7 +261,7 @@ def load_init(path: Path, data: avdigits.AVDigits, device: torch.device
               ) -> tuple[FusionNet, dict[str, Any]]:
     """The checkpoint a fine-tune starts from (``train.init_from``), checked against the data:
     the same modalities and classes."""
-    model, meta = checkpoint.load(path, device)
+    model, meta = checkpoint.load_one(path, device, "fine-tuning (train.init_from)")
     have, want = sorted(data.modalities), sorted(model.cfg.modalities)
     if have != want:
         raise ConfigError(f"train.init_from = {str(path)!r}: the checkpoint's model takes "

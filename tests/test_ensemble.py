@@ -1,0 +1,118 @@
+"""Ensembles: several checkpoints of one configuration served and evaluated as one model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from udml_stream.cli.main import app
+from udml_stream.errors import CheckpointError
+from udml_stream.evaluate import card
+from udml_stream.model import checkpoint
+from udml_stream.model.ensemble import Ensemble
+from udml_stream.serve.runner import FusionRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "default"
+
+
+def _batch(n: int = 6) -> dict[str, torch.Tensor]:
+    """Camera frames (a bright square on black, some frames black) and 1 s windows (tones,
+    some of them silence): inputs on which the gates and the heads differ between samples."""
+    rng = np.random.default_rng(0)
+    frames = np.zeros((n, 120, 160, 3), np.float32)
+    for i in range(0, n, 2):
+        frames[i, 30 + i:70 + i, 50:100] = 200.0
+    t = np.arange(16000) / 16000
+    waves = np.stack([0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) if i % 3 else
+                      1e-4 * rng.standard_normal(16000) for i in range(n)]).astype(np.float32)
+    return {"image": torch.from_numpy(frames), "audio": torch.from_numpy(waves)}
+
+
+def _second_model() -> torch.nn.Module:
+    """The shipped model with its first convolution's weights perturbed: a member of the same
+    configuration that answers differently."""
+    m, _ = checkpoint.load(SHIPPED)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        w = next(p for n, p in m.named_parameters() if n.startswith("enc.image"))
+        w.add_(0.5 * torch.randn_like(w))
+    return m
+
+
+def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
+    a, _ = checkpoint.load(SHIPPED)
+    b = _second_model()
+    ens = Ensemble([a, b]).eval()
+    x = _batch()
+    with torch.no_grad():
+        oa, ob, oe = a(x), b(x), ens(x)
+    assert not torch.allclose(oa.logits, ob.logits, atol=1e-3)  # the members differ
+    mean = (torch.softmax(oa.logits, 1) + torch.softmax(ob.logits, 1)) / 2
+    assert torch.allclose(torch.softmax(oe.logits, 1), mean, atol=1e-6)
+    for m in ("image", "audio"):
+        assert torch.allclose(oe.multipliers[m], (oa.multipliers[m] + ob.multipliers[m]) / 2)
+        assert torch.allclose(oe.sigma_hat[m], (oa.sigma_hat[m] + ob.sigma_hat[m]) / 2)
+        assert torch.allclose(oe.aux[f"gate/{m}"], (oa.aux[f"gate/{m}"] + ob.aux[f"gate/{m}"]) / 2)
+        # looks: the value of a strict majority, else −1 (two members: only where both agree)
+        la, lb = oa.aux[f"looks/{m}"], ob.aux[f"looks/{m}"]
+        assert torch.equal(oe.aux[f"looks/{m}"], torch.where(la == lb, la, torch.full_like(la, -1)))
+    # Identical members: the ensemble is the member, conflicts included.
+    same = Ensemble([a, checkpoint.load(SHIPPED)[0]]).eval()
+    with torch.no_grad():
+        os_ = same(x)
+    assert torch.equal(os_.logits.argmax(1), oa.logits.argmax(1))
+    assert torch.equal(os_.aux["conflict"], oa.aux["conflict"])
+
+
+def test_udml_ensemble_writes_a_checkpoint_every_command_serves(tmp_path: Path) -> None:
+    out = tmp_path / "ens"
+    r = CliRunner().invoke(app, ["ensemble", str(out), str(SHIPPED), str(SHIPPED)])
+    assert r.exit_code == 0, r.output
+    meta = checkpoint.read_meta(out)
+    assert meta["members"] == ["members/0", "members/1"] and "card" not in meta
+    assert [f["seed"] for f in meta["member_facts"]] == [checkpoint.read_meta(SHIPPED)["seed"]] * 2
+    model, _ = checkpoint.load(out)
+    assert isinstance(model, Ensemble) and not model.training
+    # Through the runner and its engine: two copies of one model answer as that model.
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[140:340, 220:420] = 220
+    t = np.arange(16000) / 16000
+    sample = {"image": frame, "audio": (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)}
+    got, want = (FusionRunner(p, "cpu", 1).predict(sample) for p in (out, SHIPPED))
+    assert got.pred == want.pred and np.allclose(got.probs, want.probs, atol=1e-5)
+    assert got.weights == pytest.approx(want.weights, abs=1e-5)
+    assert got.answers == want.answers and got.looks == want.looks
+    # The card names the members' weights, and says it is an ensemble.
+    h = hashlib.sha256()
+    for sub in meta["members"]:
+        h.update((out / sub / checkpoint.WEIGHTS).read_bytes())
+    assert card.weights_digest(out) == h.hexdigest()
+    field = json.loads((ROOT / "docs" / "results" / "field.json").read_text())
+    facts = card.build_card(meta, field, card.weights_digest(out))
+    md = tmp_path / "card.md"
+    card.write_markdown(facts, md, str(out))
+    assert "An ensemble of 2 models trained alike" in md.read_text()
+
+
+def test_mismatched_nested_or_misplaced_ensembles_are_refused(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    r = run(app, ["ensemble", str(tmp_path / "a"), str(SHIPPED), str(ROOT / "checkpoints"
+                                                                     / "field2cam")])
+    assert r.exit_code != 0 and "another model configuration" in r.output
+    r = run(app, ["ensemble", str(tmp_path / "b"), str(SHIPPED)])
+    assert r.exit_code != 0 and "at least 2 members" in r.output
+    assert run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), str(SHIPPED)]).exit_code == 0
+    r = run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), str(SHIPPED)])
+    assert r.exit_code != 0 and "not empty" in r.output
+    r = run(app, ["ensemble", str(tmp_path / "d"), str(tmp_path / "c"), str(SHIPPED)])
+    assert r.exit_code != 0 and "cannot itself be an ensemble" in r.output
+    # Tasks that change one model's weights say how to go about an ensemble.
+    with pytest.raises(CheckpointError, match="run it on each member"):
+        checkpoint.load_one(tmp_path / "c", "cpu", "adapting the estimator")
