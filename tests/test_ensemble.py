@@ -116,3 +116,17 @@ def test_mismatched_nested_or_misplaced_ensembles_are_refused(tmp_path: Path) ->
     # Tasks that change one model's weights say how to go about an ensemble.
     with pytest.raises(CheckpointError, match="run it on each member"):
         checkpoint.load_one(tmp_path / "c", "cpu", "adapting the estimator")
+
+
+@pytest.mark.parametrize(("name", "members"), [("default", 0), ("ensemble", 3)])
+def test_the_committed_checkpoints_cards_were_measured_on_their_weights(name: str, members: int
+                                                                       ) -> None:
+    """A card (and its "where it breaks" part) names the weights it was measured on: after any
+    change of weights both must be regenerated (`udml eval-field --card`, then `udml
+    eval-unseen --card`)."""
+    ck = ROOT / "checkpoints" / name
+    model, meta = checkpoint.load(ck)
+    assert len(getattr(model, "members", ())) == members
+    digest = card.weights_digest(ck)
+    assert meta["card"]["weights_sha256"] == digest
+    assert meta["card"]["held_out"]["weights_sha256"] == digest
