@@ -15,7 +15,7 @@ from udml_stream.cli.main import app
 from udml_stream.errors import CheckpointError
 from udml_stream.evaluate import card
 from udml_stream.model import checkpoint
-from udml_stream.model.ensemble import Ensemble
+from udml_stream.model.ensemble import Ensemble, _vote
 from udml_stream.serve.runner import FusionRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +46,21 @@ def _second_model() -> torch.nn.Module:
     return m
 
 
+def _second_checkpoint(path: Path) -> Path:
+    """``_second_model`` written as a checkpoint beside the shipped one's facts."""
+    meta = checkpoint.read_meta(SHIPPED)
+    extra = {k: v for k, v in meta.items()
+             if k not in ("format", "model", "class_names", "dependency", "card")}
+    return checkpoint.save(_second_model(), path, meta["class_names"], {**extra, "seed": 7})
+
+
+def test_vote_needs_a_strict_majority() -> None:
+    looks = [torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([1.0, 3.0, 1.0, -1.0]),
+             torch.tensor([2.0, 3.0, 2.0, 0.0])]
+    assert _vote(looks).tolist() == [1.0, 3.0, -1.0, -1.0]
+    assert _vote(looks[:2]).tolist() == [1.0, -1.0, -1.0, -1.0]
+
+
 def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
     a, _ = checkpoint.load(SHIPPED)
     b = _second_model()
@@ -63,6 +78,13 @@ def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
         # looks: the value of a strict majority, else −1 (two members: only where both agree)
         la, lb = oa.aux[f"looks/{m}"], ob.aux[f"looks/{m}"]
         assert torch.equal(oe.aux[f"looks/{m}"], torch.where(la == lb, la, torch.full_like(la, -1)))
+    head = (torch.softmax(oa.aux["head_logits"], 1) + torch.softmax(ob.aux["head_logits"], 1)) / 2
+    assert torch.allclose(torch.softmax(oe.aux["head_logits"], 1), head, atol=1e-6)
+    # A conflict: the averaged heads disagree where some member's conflict rule answered.
+    tops = torch.stack([oe.unimodal_logits[m].argmax(1) for m in ("image", "audio")], 1)
+    pres = torch.stack([oe.present[m] for m in ("image", "audio")], 1)
+    disagree = pres.all(1) & (tops[:, 0] != tops[:, 1])
+    assert torch.equal(oe.aux["conflict"], disagree & (oa.aux["conflict"] | ob.aux["conflict"]))
     # Identical members: the ensemble is the member, conflicts included.
     same = Ensemble([a, checkpoint.load(SHIPPED)[0]]).eval()
     with torch.no_grad():
@@ -72,23 +94,26 @@ def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
 
 
 def test_udml_ensemble_writes_a_checkpoint_every_command_serves(tmp_path: Path) -> None:
+    second = _second_checkpoint(tmp_path / "second")
     out = tmp_path / "ens"
-    r = CliRunner().invoke(app, ["ensemble", str(out), str(SHIPPED), str(SHIPPED)])
+    r = CliRunner().invoke(app, ["ensemble", str(out), str(SHIPPED), str(second)])
     assert r.exit_code == 0, r.output
     meta = checkpoint.read_meta(out)
-    assert meta["members"] == ["members/0", "members/1"] and "card" not in meta
-    assert [f["seed"] for f in meta["member_facts"]] == [checkpoint.read_meta(SHIPPED)["seed"]] * 2
+    assert meta["members"] == ["members/0", "members/1"]
+    assert not set(checkpoint.PER_MODEL_KEYS) & set(meta)  # no member's facts as the ensemble's
+    assert [f["seed"] for f in meta["member_facts"]] == [checkpoint.read_meta(SHIPPED)["seed"], 7]
+    assert meta["member_facts"][1]["copied_from"] == str(second.resolve())
     model, _ = checkpoint.load(out)
     assert isinstance(model, Ensemble) and not model.training
-    # Through the runner and its engine: two copies of one model answer as that model.
+    # Through the runner and its engine: the mean of the members' answers.
     frame = np.zeros((480, 640, 3), np.uint8)
     frame[140:340, 220:420] = 220
     t = np.arange(16000) / 16000
     sample = {"image": frame, "audio": (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)}
-    got, want = (FusionRunner(p, "cpu", 1).predict(sample) for p in (out, SHIPPED))
-    assert got.pred == want.pred and np.allclose(got.probs, want.probs, atol=1e-5)
-    assert got.weights == pytest.approx(want.weights, abs=1e-5)
-    assert got.answers == want.answers and got.looks == want.looks
+    got, a, b = (FusionRunner(p, "cpu", 1).predict(sample) for p in (out, SHIPPED, second))
+    assert np.allclose(got.probs, (np.array(a.probs) + np.array(b.probs)) / 2, atol=1e-5)
+    assert got.weights == pytest.approx({m: (a.weights[m] + b.weights[m]) / 2 for m in a.weights},
+                                        abs=1e-5)
     # The card names the members' weights, and says it is an ensemble.
     h = hashlib.sha256()
     for sub in meta["members"]:
@@ -101,18 +126,49 @@ def test_udml_ensemble_writes_a_checkpoint_every_command_serves(tmp_path: Path) 
     assert "An ensemble of 2 models trained alike" in md.read_text()
 
 
-def test_mismatched_nested_or_misplaced_ensembles_are_refused(tmp_path: Path) -> None:
+def test_mismatched_nested_or_misplaced_ensembles_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    second = str(_second_checkpoint(tmp_path / "second"))
     run = CliRunner().invoke
     r = run(app, ["ensemble", str(tmp_path / "a"), str(SHIPPED), str(ROOT / "checkpoints"
                                                                      / "field2cam")])
     assert r.exit_code != 0 and "another model configuration" in r.output
     r = run(app, ["ensemble", str(tmp_path / "b"), str(SHIPPED)])
     assert r.exit_code != 0 and "at least 2 members" in r.output
-    assert run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), str(SHIPPED)]).exit_code == 0
-    r = run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), str(SHIPPED)])
-    assert r.exit_code != 0 and "not empty" in r.output
+    r = run(app, ["ensemble", str(tmp_path / "b2"), str(SHIPPED), str(SHIPPED)])
+    assert r.exit_code != 0 and "same weights are given twice" in r.output
+    assert run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), second]).exit_code == 0
+    r = run(app, ["ensemble", str(tmp_path / "c"), str(SHIPPED), second])
+    assert r.exit_code != 0 and "not an empty directory" in r.output
+    (tmp_path / "file").write_text("x")
+    r = run(app, ["ensemble", str(tmp_path / "file"), str(SHIPPED), second])
+    assert r.exit_code != 0 and "not an empty directory" in r.output
     r = run(app, ["ensemble", str(tmp_path / "d"), str(tmp_path / "c"), str(SHIPPED)])
     assert r.exit_code != 0 and "cannot itself be an ensemble" in r.output
+    # A failed copy leaves nothing behind, so the same command can simply run again.
+    calls = {"n": 0}
+    copy = checkpoint.shutil.copy2
+
+    def failing_copy(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "copy2", failing_copy)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_ensemble(tmp_path / "e", [SHIPPED, Path(second)])
+    monkeypatch.undo()
+    assert not (tmp_path / "e").exists() and not (tmp_path / ".e.partial").exists()
+    assert checkpoint.save_ensemble(tmp_path / "e", [SHIPPED, Path(second)]).is_dir()
+    # Member lists that point outside the checkpoint, at itself, or name one member.
+    meta = json.loads((tmp_path / "c" / checkpoint.CONFIG).read_text())
+    for members, why in (([".", "members/0"], "not a directory inside"),
+                         (["../second", "members/0"], "not a directory inside"),
+                         (["members/0"], "at least 2")):
+        (tmp_path / "c" / checkpoint.CONFIG).write_text(json.dumps({**meta, "members": members}))
+        with pytest.raises(CheckpointError, match=why):
+            checkpoint.load(tmp_path / "c")
     # Tasks that change one model's weights say how to go about an ensemble.
     with pytest.raises(CheckpointError, match="run it on each member"):
         checkpoint.load_one(tmp_path / "c", "cpu", "adapting the estimator")

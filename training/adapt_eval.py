@@ -51,6 +51,7 @@ def main(ckpt: Path, cache_dir: Path, out: Path, command: str, n_adapt: int = 15
          n_test: int = 750, steps: int = 300, seed: int = 0) -> str:
     """Write the sessions, score, adapt, score again; write ``out`` (.json, .md)."""
     torch.set_num_threads(1)
+    checkpoint.load_one(ckpt, "cpu", "adapting the estimator")  # refused before the scoring
     work = Path("runs/adapt_eval")
     work.mkdir(parents=True, exist_ok=True)
     data = avdigits.load("balanced", cache_dir)

@@ -53,7 +53,7 @@ def main(ckpt: Path, out: Path | None, seed: int = 0,
     from udml_stream.train.trainer import load_data_for_checkpoint
 
     torch.set_num_threads(1)
-    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    model, meta = checkpoint.load_one(ckpt, torch.device("cpu"), "probing encoder layers")
     val = load_data_for_checkpoint(meta, cache_dir).splits["val"]
     feats: dict[str, list[torch.Tensor]] = {}
 

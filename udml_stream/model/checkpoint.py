@@ -69,38 +69,81 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+#: Facts of one trained model that an ensemble's own JSON must not claim (each member's are
+#: in ``member_facts`` and in its own directory).
+PER_MODEL_KEYS = ("card", "seed", "epoch", "val_acc", "val_acc_ungated")
+
+
 def save_ensemble(path: Path, members: Sequence[Path]) -> Path:
-    """Write an ensemble checkpoint of the checkpoints ``members`` (copied into ``path``): its
-    JSON is the first member's facts (without a model card, which must be measured anew), the
-    member directories, and each member's seed and validation accuracy. The members must share
-    one model configuration and class names; loading it checks that again."""
+    """Write an ensemble checkpoint of the checkpoints ``members`` (copied into ``path``, which
+    must not exist or be an empty directory; written in a sibling directory and renamed into
+    place, so a failure leaves nothing behind). Its JSON is the first member's shared facts
+    (model configuration, classes, preset, training config, gates), the member directories, and
+    each member's origin, seed and validation accuracy; per-model facts and the model card are
+    left out (a card must be measured on the ensemble). The members must be distinct checkpoints
+    of one model configuration and class names; loading checks that again."""
     path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CheckpointError(f"{path} exists and is not an empty directory; choose a new one")
     metas = [read_meta(m) for m in members]
     if any(MEMBERS in m for m in metas):
         raise CheckpointError("an ensemble's member cannot itself be an ensemble")
+    digests = [(Path(m) / WEIGHTS).read_bytes() for m in members]
+    if len(set(digests)) < len(digests):
+        raise CheckpointError("the same weights are given twice: an ensemble's members must be "
+                              "different trained models")
     model = Ensemble([load(m)[0] for m in members])  # refuses mismatched configurations
     if any(m["class_names"] != metas[0]["class_names"] for m in metas):
         raise CheckpointError("ensemble members name their classes differently")
-    if path.exists() and any(path.iterdir()):
-        raise CheckpointError(f"{path} exists and is not empty; choose a new directory")
-    subs = []
-    for i, src in enumerate(members):
-        sub = f"{MEMBERS}/{i}"
-        (path / sub).mkdir(parents=True)
-        for name in (WEIGHTS, CONFIG):
-            shutil.copy2(Path(src) / name, path / sub / name)
-        subs.append(sub)
-    meta = {k: v for k, v in metas[0].items() if k != "card"}
-    meta.update({
-        MEMBERS: subs,
-        "member_facts": [{"source": str(src), "seed": m.get("seed"), "val_acc": m.get("val_acc")}
-                         for src, m in zip(members, metas, strict=True)],
-        "dependency": dict(zip(model.cfg.modalities, model.dependency_ema.tolist(), strict=True)),
-    })
-    tmp = path / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(path / CONFIG)
+    tmp_dir = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        subs = []
+        for i, src in enumerate(members):
+            sub = f"{MEMBERS}/{i}"
+            (tmp_dir / sub).mkdir(parents=True)
+            for name in (WEIGHTS, CONFIG):
+                shutil.copy2(Path(src) / name, tmp_dir / sub / name)
+            subs.append(sub)
+        meta = {k: v for k, v in metas[0].items() if k not in PER_MODEL_KEYS}
+        meta.update({
+            MEMBERS: subs,
+            "member_facts": [{"copied_from": str(Path(src).resolve()), "seed": m.get("seed"),
+                              "val_acc": m.get("val_acc")}
+                             for src, m in zip(members, metas, strict=True)],
+            "dependency": dict(zip(model.cfg.modalities, model.dependency_ema.tolist(),
+                                   strict=True)),
+        })
+        (tmp_dir / CONFIG).write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            path.rmdir()  # empty, checked above
+        tmp_dir.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     return path
+
+
+def _member_dirs(path: Path, meta: dict[str, Any]) -> list[Path]:
+    """An ensemble's member directories, checked: at least two, each a relative path inside
+    ``path`` to an ordinary checkpoint (not an ensemble, same classes)."""
+    subs = meta[MEMBERS]
+    if not isinstance(subs, list) or len(subs) < 2:
+        raise CheckpointError(f"{path}/{CONFIG}: {MEMBERS} = {subs!r}; expected a list of at "
+                              "least 2 member directories")
+    root = Path(path).resolve()
+    out = []
+    for sub in subs:
+        d = (root / str(sub)).resolve()
+        if Path(str(sub)).is_absolute() or d == root or root not in d.parents:
+            raise CheckpointError(f"{path}/{CONFIG}: member {sub!r} is not a directory inside "
+                                  f"{path}")
+        m_meta = read_meta(d)
+        if MEMBERS in m_meta or m_meta["class_names"] != meta["class_names"]:
+            raise CheckpointError(f"{d} is not a member of {path}: a nested ensemble or other "
+                                  "class names")
+        out.append(d)
+    return out
 
 
 def load(path: Path, device: str | torch.device = "cpu"
@@ -109,13 +152,7 @@ def load(path: Path, device: str | torch.device = "cpu"
     ensemble checkpoint as one ``Ensemble`` of its members)."""
     meta = read_meta(path)
     if MEMBERS in meta:
-        members = []
-        for sub in meta[MEMBERS]:
-            m, m_meta = load(Path(path) / sub, device)
-            if not isinstance(m, FusionNet) or m_meta["class_names"] != meta["class_names"]:
-                raise CheckpointError(f"{Path(path) / sub} is not a member of {path}: a nested "
-                                      "ensemble or other class names")
-            members.append(m)
+        members = [load(d, device)[0] for d in _member_dirs(path, meta)]
         return Ensemble(members).to(device).eval(), meta
     model = FusionNet(ModelConfig.from_dict(meta["model"]))
     weights = Path(path) / WEIGHTS
@@ -136,9 +173,11 @@ def load_one(path: Path, device: str | torch.device, what: str
              ) -> tuple[FusionNet, dict[str, Any]]:
     """As ``load``, for ``what`` (a task that changes one model's weights): an ensemble is
     refused with the way round it."""
-    model, meta = load(path, device)
-    if not isinstance(model, FusionNet):
+    meta = read_meta(path)
+    if MEMBERS in meta:
         raise CheckpointError(f"{path} is an ensemble of {len(meta[MEMBERS])} models; {what} "
                               f"works on one: run it on each member ({path}/{MEMBERS}/<i>) and "
                               "build the ensemble again (`udml ensemble`)")
+    model, meta = load(path, device)
+    assert isinstance(model, FusionNet)
     return model, meta

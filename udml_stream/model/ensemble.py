@@ -112,6 +112,8 @@ class Ensemble(nn.Module):
                 if all(name in o.aux for o in outs):
                     vals = [o.aux[name] for o in outs]
                     aux[name] = _mean(vals) if key == "gate" else _vote([v.float() for v in vals])
+        if all("head_logits" in o.aux for o in outs):  # the fused head's own answer
+            aux["head_logits"] = _mean_posterior_logits([o.aux["head_logits"] for o in outs])
         if ms and all("conflict" in o.aux for o in outs):
             # The averaged heads disagree, and some member's conflict rule answered (none does
             # before the gates are calibrated, or where every present stream is closed).

@@ -456,7 +456,7 @@ def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     """Calibrate the gates of a trained switch-rule checkpoint again, in place, exactly as
     training ends (same validation data, seed and families): for a checkpoint trained before
     a gate existed. Returns the new gate values."""
-    model, meta = checkpoint.load(ckpt, torch.device("cpu"))
+    model, meta = checkpoint.load_one(ckpt, torch.device("cpu"), "recalibrating the gates")
     cfg = parse_config(meta["config"], str(ckpt))
     if cache_dir is not None:
         cfg.data.cache_dir = cache_dir
