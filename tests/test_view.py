@@ -61,18 +61,21 @@ def _until(client: FoxgloveClient, want: set[str], timeout_s: float) -> Counter:
 def test_live_view_delivers_frames_levels_and_every_result(tmp_path: Path) -> None:
     """Frames at 30 fps, audio and fusion results over real ZeroMQ sockets; a WebSocket client
     subscribes to the advertised channels: ≥ 25 image frames/s and every fusion result."""
-    ep = f"ipc://{tmp_path}/bus"
+    ep, ep_bad = f"ipc://{tmp_path}/bus", f"ipc://{tmp_path}/bad"
     frames = scene_frames(8)
-    with Publisher(ep, bind=True, hwm=64) as pub:
-        view = _Running(ViewConfig([ep], port=0))
+    # The malformed message goes out on a socket of its own: a ZeroMQ socket is not thread-safe,
+    # and the traffic thread owns the bus publisher (two threads sending multipart messages on
+    # one socket can interleave their frames into further malformed messages).
+    with Publisher(ep, bind=True, hwm=64) as pub, Publisher(ep_bad, bind=True) as bad:
+        view = _Running(ViewConfig([ep, ep_bad], port=0))
         traffic = Traffic(pub, frames=frames)
         traffic.start()
         try:
             with FoxgloveClient("127.0.0.1", view.port) as client:
                 assert client.subprotocol == "foxglove.sdk.v1"
-                pub.send_raw([b"camera", b"\x00not msgpack", b""])  # counted and dropped
                 topics = {"/camera/image", "/mic/level", "/fused/view"}
                 _until(client, topics, timeout_s=5)
+                bad.send_raw([b"camera", b"\x00not msgpack", b""])  # counted and dropped
                 # Subscribed and flowing: from the next result on, every one must arrive.
                 first_seq = traffic.sent_frames + 1
                 t0 = time.monotonic()
