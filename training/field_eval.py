@@ -39,7 +39,8 @@ def main(ckpt: Path, cache_dir: Path, seed: int, device: str, limit: int,
     checkpoint and write it as markdown to ``card``."""
     dev = resolve_device(device)
     model, meta = checkpoint.load(ckpt, dev)
-    digest = weights_digest(ckpt)  # the weights as loaded, whatever happens to the file later
+    # The weights as loaded, whatever happens to the file later.
+    digest = weights_digest(ckpt) if card is not None else None
     data = load_data_for_checkpoint(meta, cache_dir)
     test = data.splits[split]
     if limit:

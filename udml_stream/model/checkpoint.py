@@ -88,8 +88,8 @@ def save_ensemble(path: Path, members: Sequence[Path]) -> Path:
     metas = [read_meta(m) for m in members]
     if any(MEMBERS in m for m in metas):
         raise CheckpointError("an ensemble's member cannot itself be an ensemble")
-    digests = [(Path(m) / WEIGHTS).read_bytes() for m in members]
-    if len(set(digests)) < len(digests):
+    weights = [(Path(m) / WEIGHTS).read_bytes() for m in members]
+    if len(set(weights)) < len(weights):
         raise CheckpointError("the same weights are given twice: an ensemble's members must be "
                               "different trained models")
     model = Ensemble([load(m)[0] for m in members])  # refuses mismatched configurations

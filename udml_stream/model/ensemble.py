@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from udml_stream.errors import CheckpointError
 from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.rules import FusionRule
+from udml_stream.model.rules.weighting import heads_disagree
 
 
 def _mean_posterior_logits(logits: Sequence[Tensor]) -> Tensor:
@@ -117,11 +118,10 @@ class Ensemble(nn.Module):
         if ms and all("conflict" in o.aux for o in outs):
             # The averaged heads disagree, and some member's conflict rule answered (none does
             # before the gates are calibrated, or where every present stream is closed).
-            pres = torch.stack([first.present[m] for m in ms], dim=1)  # [B, M]
-            top = torch.stack([uni[m].argmax(dim=1) for m in ms], dim=1)
-            ref = torch.where(pres, top, -1).amax(dim=1, keepdim=True)
+            disagree = heads_disagree(torch.stack([uni[m].argmax(dim=1) for m in ms], dim=1),
+                                      torch.stack([first.present[m] for m in ms], dim=1))
             answered = torch.stack([o.aux["conflict"] for o in outs]).any(dim=0)
-            aux["conflict"] = (pres & (top != ref)).any(dim=1) & answered
+            aux["conflict"] = disagree & answered
         return FusionOutput(
             _mean_posterior_logits([o.logits for o in outs]), uni,
             {m: _mean([o.weights[m] for o in outs]) for m in first.weights}, first.present,

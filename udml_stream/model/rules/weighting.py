@@ -89,6 +89,13 @@ def relative_openness(g: Tensor, health: Tensor, mask: Tensor) -> Tensor:
     return 1.0 - (1.0 - g) * best_other
 
 
+def heads_disagree(top: Tensor, present: Tensor) -> Tensor:
+    """``[B]`` bool: the present streams' own classes ``top`` ``[B, M]`` are not all one
+    (``present`` ``[B, M]`` bool; an absent stream's class does not count)."""
+    first = torch.where(present, top, -1).amax(dim=1, keepdim=True)  # any present stream's class
+    return (present & (top != first)).any(dim=1)
+
+
 def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor, mask: Tensor,
                       on: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The fused logits ``[B, C]``, but where present streams' unimodal heads name different
@@ -106,9 +113,7 @@ def resolve_conflicts(logits: Tensor, unimodal: list[Tensor], health: Tensor, ma
     (a bf16 product would turn near-ties into ties). ``where``s, not branches: no host sync."""
     present = mask.bool()
     logp = torch.stack([torch.log_softmax(u.float(), dim=1) for u in unimodal], dim=1)  # [B,M,C]
-    top = logp.argmax(dim=2)  # [B, M]
-    first = torch.where(present, top, -1).amax(dim=1, keepdim=True)  # any present stream's class
-    conflict = (present & (top != first)).any(dim=1)
+    conflict = heads_disagree(logp.argmax(dim=2), present)
     # where(), not a product: an absent stream's openness may be NaN.
     h = torch.where(present, health.float(), torch.zeros_like(health, dtype=torch.float32))
     top_h = h.amax(dim=1, keepdim=True)
