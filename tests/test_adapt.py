@@ -19,7 +19,8 @@ from udml_stream.messages import AudioChunk, CameraFrame, encode
 from udml_stream.model import checkpoint
 from udml_stream.train.adapt import adapt_estimator
 
-CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+SHIPPED = Path(__file__).parent.parent / "checkpoints" / "default"  # an ensemble of three
+CKPT = SHIPPED / "members" / "0"  # one of its members: one model
 
 
 def _unlabelled_log(path: Path, seconds: int = 3) -> None:
@@ -82,3 +83,31 @@ def test_adapt_command_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["adapt", str(CKPT), str(p), "-o", str(tmp_path / "b"),
                                  "--steps", "0"])
     assert r.exit_code == 2 and "steps" in r.output
+
+
+def test_an_ensemble_is_adapted_member_by_member(tmp_path: Path) -> None:
+    """The shipped ensemble: each member's estimator is fitted on the same logs and the result
+    is an ensemble of the adapted members, served like the original."""
+    p = tmp_path / "robot.mcap"
+    _unlabelled_log(p)
+    out = tmp_path / "adapted"
+    rep = adapt_estimator(SHIPPED, [str(p)], out, steps=4, batch_size=16)
+    assert len(rep.members) == 3 and not (tmp_path / ".adapted.members").exists()
+    assert rep.loss_first == pytest.approx(np.mean([r.loss_first for r in rep.members]))
+    meta = checkpoint.read_meta(out)
+    assert meta["adapted"]["from"] == str(SHIPPED) and meta["adapted"]["steps"] == 4
+    assert [f["seed"] for f in meta["member_facts"]] == [
+        f["seed"] for f in checkpoint.read_meta(SHIPPED)["member_facts"]]
+    for src, dst in zip(checkpoint.member_dirs(SHIPPED), checkpoint.member_dirs(out),
+                        strict=True):
+        b = checkpoint.load(src)[0].state_dict()
+        a, m_meta = checkpoint.load(dst)
+        moved = {k for k in b if not torch.equal(b[k], a.state_dict()[k])}
+        assert any(k.startswith("estimator.") for k in moved)
+        assert all(k.startswith(("estimator.", "gate_", "conf_", "pretext.", "pre_"))
+                   for k in moved)
+        assert m_meta["adapted"]["from"] == str(src)
+    assert len(getattr(checkpoint.load(out)[0], "members", ())) == 3
+    # An output that holds something is refused before any work.
+    r = CliRunner().invoke(app, ["adapt", str(SHIPPED), str(p), "-o", str(out), "--steps", "2"])
+    assert r.exit_code != 0 and "not an empty directory" in r.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +17,8 @@ from udml_stream.train.confgate import calibrate_confidence_gate
 from udml_stream.train.trainer import preprocess_params, to_torch
 
 CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+#: The shipped checkpoint is an ensemble: each of its members carries its own gates.
+MEMBERS = checkpoint.member_dirs(CKPT)
 
 
 def _switch_model(data) -> FusionNet:
@@ -64,8 +67,9 @@ def test_calibration_sets_clean_above_information_free(small_data) -> None:
         assert (clean == broken == 0.0) or clean > broken
 
 
-def test_the_shipped_checkpoint_carries_a_calibrated_confidence_gate() -> None:
-    model, meta = checkpoint.load(CKPT, torch.device("cpu"))
+@pytest.mark.parametrize("ck", MEMBERS, ids=lambda p: f"member{p.name}")
+def test_the_shipped_checkpoint_carries_a_calibrated_confidence_gate(ck: Path) -> None:
+    model, meta = checkpoint.load(ck, torch.device("cpu"))
     clean, broken = model.conf_clean.tolist(), model.conf_broken.tolist()
     assert all(c > b > 0 for c, b in zip(clean, broken, strict=True))
     assert meta["confidence_gate"] == {"clean": clean, "broken": broken}

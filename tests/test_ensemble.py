@@ -19,7 +19,8 @@ from udml_stream.model.ensemble import Ensemble, _vote
 from udml_stream.serve.runner import FusionRunner
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "default"
+#: One trained model: the shipped ensemble's first member (seed 1 of the field recipe).
+SHIPPED = ROOT / "checkpoints" / "default" / "members" / "0"
 
 
 def _batch(n: int = 6) -> dict[str, torch.Tensor]:
@@ -174,13 +175,13 @@ def test_mismatched_nested_or_misplaced_ensembles_are_refused(
         checkpoint.load_one(tmp_path / "c", "cpu", "adapting the estimator")
 
 
-@pytest.mark.parametrize(("name", "members"), [("default", 0), ("ensemble", 3)])
+@pytest.mark.parametrize(("name", "members"), [("default", 3), ("default/members/0", 0)])
 def test_the_committed_checkpoints_cards_were_measured_on_their_weights(name: str, members: int
                                                                        ) -> None:
     """A card (and its "where it breaks" part) names the weights it was measured on: after any
     change of weights both must be regenerated (`udml eval-field --card`, then `udml
     eval-unseen --card`)."""
-    ck = ROOT / "checkpoints" / name
+    ck = ROOT / "checkpoints" / name  # the shipped ensemble, and its first member alone
     model, meta = checkpoint.load(ck)
     assert len(getattr(model, "members", ())) == members
     digest = card.weights_digest(ck)

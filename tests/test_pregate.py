@@ -21,6 +21,8 @@ from udml_stream.train.trainer import to_torch
 from .test_confgate import _inputs, _switch_model
 
 CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+#: The shipped checkpoint is an ensemble: each of its members carries its own gates.
+MEMBERS = checkpoint.member_dirs(CKPT)
 
 
 @pytest.mark.parametrize("kind,shape", [("image", (2, 1, 6, 6)), ("logmel", (2, 1, 5, 7)),
@@ -120,9 +122,10 @@ def test_a_checkpoint_saved_before_the_pretext_gate_loads_and_answers_as_before(
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("ck", MEMBERS, ids=lambda p: f"member{p.name}")
 def test_the_shipped_checkpoint_closes_a_camera_turned_on_its_side(
-        field_data: avdigits.AVDigits) -> None:
-    model, meta = checkpoint.load(CKPT, torch.device("cpu"))
+        ck: Path, field_data: avdigits.AVDigits) -> None:
+    model, meta = checkpoint.load(ck, torch.device("cpu"))
     assert meta["pretext_gate"]["clean"] == pytest.approx(model.pre_clean.tolist())
     assert meta["pretext_gate"]["broken"] == pytest.approx(model.pre_broken.tolist())
     i_img = model.cfg.modalities.index("image")

@@ -17,6 +17,8 @@ from udml_stream.train.typgate import calibrate_typicality_gate, fit_centres
 from .test_confgate import _inputs, _switch_model
 
 CKPT = Path(__file__).parent.parent / "checkpoints" / "default"
+#: The shipped checkpoint is an ensemble: each of its members carries its own gates.
+MEMBERS = checkpoint.member_dirs(CKPT)
 
 
 def test_fit_centres_recovers_the_class_means_and_an_inverse_covariance() -> None:
@@ -80,8 +82,9 @@ def test_calibration_sets_information_free_beyond_clean(small_data) -> None:
         assert (clean == broken == 0.0) or broken > clean > 0
 
 
-def test_the_shipped_checkpoint_carries_a_fitted_typicality_gate() -> None:
-    model, meta = checkpoint.load(CKPT, torch.device("cpu"))
+@pytest.mark.parametrize("ck", MEMBERS, ids=lambda p: f"member{p.name}")
+def test_the_shipped_checkpoint_carries_a_fitted_typicality_gate(ck: Path) -> None:
+    model, meta = checkpoint.load(ck, torch.device("cpu"))
     clean, broken = model.typ_clean.tolist(), model.typ_broken.tolist()
     assert meta["typicality_gate"] == {"clean": pytest.approx(clean),
                                        "broken": pytest.approx(broken)}

@@ -51,7 +51,6 @@ def main(ckpt: Path, cache_dir: Path, out: Path, command: str, n_adapt: int = 15
          n_test: int = 750, steps: int = 300, seed: int = 0) -> str:
     """Write the sessions, score, adapt, score again; write ``out`` (.json, .md)."""
     torch.set_num_threads(1)
-    checkpoint.load_one(ckpt, "cpu", "adapting the estimator")  # refused before the scoring
     work = Path("runs/adapt_eval")
     work.mkdir(parents=True, exist_ok=True)
     data = avdigits.load("balanced", cache_dir)
@@ -69,7 +68,10 @@ def main(ckpt: Path, cache_dir: Path, out: Path, command: str, n_adapt: int = 15
     res = {"checkpoint": str(ckpt), "robot_logs": str(paths["robot"]), "adapt_samples": rep.samples,
            "held_out_samples": len(test), "steps": steps, "loss_first": rep.loss_first,
            "loss_last": rep.loss_last, "before": before, "after": after,
-           "gate_after": rep.gate, "confidence_gate_after": rep.confidence_gate,
+           # An ensemble's gates are its members' own (one entry each).
+           "gate_after": rep.gate or [r.gate for r in rep.members],
+           "confidence_gate_after": rep.confidence_gate or [r.confidence_gate
+                                                            for r in rep.members],
            "seconds": adapt_s}
     return write_report(res, out.with_suffix(".json"), _markdown(res, command))
 

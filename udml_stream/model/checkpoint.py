@@ -74,15 +74,20 @@ def read_meta(path: Path) -> dict[str, Any]:
 PER_MODEL_KEYS = ("card", "seed", "epoch", "val_acc", "val_acc_ungated")
 
 
-def save_ensemble(path: Path, members: Sequence[Path]) -> Path:
+def save_ensemble(path: Path, members: Sequence[Path], origins: Sequence[str] | None = None,
+                  extra: dict[str, Any] | None = None) -> Path:
     """Write an ensemble checkpoint of the checkpoints ``members`` (copied into ``path``, which
     must not exist or be an empty directory; written in a sibling directory and renamed into
     place, so a failure leaves nothing behind). Its JSON is the first member's shared facts
     (model configuration, classes, preset, training config, gates), the member directories, and
     each member's origin, seed and validation accuracy; per-model facts and the model card are
     left out (a card must be measured on the ensemble). The members must be distinct checkpoints
-    of one model configuration and class names; loading checks that again."""
+    of one model configuration and class names; loading checks that again. ``origins`` replaces
+    the members' paths as what each was copied from (when they are temporary); ``extra`` adds
+    facts to the ensemble's JSON."""
     path = Path(path)
+    if origins is not None and len(origins) != len(members):
+        raise CheckpointError(f"{len(origins)} origins for {len(members)} members")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise CheckpointError(f"{path} exists and is not an empty directory; choose a new one")
     metas = [read_meta(m) for m in members]
@@ -108,11 +113,14 @@ def save_ensemble(path: Path, members: Sequence[Path]) -> Path:
         meta = {k: v for k, v in metas[0].items() if k not in PER_MODEL_KEYS}
         meta.update({
             MEMBERS: subs,
-            "member_facts": [{"copied_from": str(Path(src).resolve()), "seed": m.get("seed"),
+            "member_facts": [{"copied_from": origin, "seed": m.get("seed"),
                               "val_acc": m.get("val_acc")}
-                             for src, m in zip(members, metas, strict=True)],
+                             for origin, m in zip(origins or [str(Path(s).resolve())
+                                                              for s in members],
+                                                  metas, strict=True)],
             "dependency": dict(zip(model.cfg.modalities, model.dependency_ema.tolist(),
                                    strict=True)),
+            **(extra or {}),
         })
         (tmp_dir / CONFIG).write_text(json.dumps(meta, indent=2))
         if path.exists():
@@ -124,9 +132,12 @@ def save_ensemble(path: Path, members: Sequence[Path]) -> Path:
     return path
 
 
-def _member_dirs(path: Path, meta: dict[str, Any]) -> list[Path]:
+def member_dirs(path: Path, meta: dict[str, Any] | None = None) -> list[Path]:
     """An ensemble's member directories, checked: at least two, each a relative path inside
     ``path`` to an ordinary checkpoint (not an ensemble, same classes)."""
+    meta = read_meta(path) if meta is None else meta
+    if MEMBERS not in meta:
+        raise CheckpointError(f"{path} is one model, not an ensemble")
     subs = meta[MEMBERS]
     if not isinstance(subs, list) or len(subs) < 2:
         raise CheckpointError(f"{path}/{CONFIG}: {MEMBERS} = {subs!r}; expected a list of at "
@@ -152,7 +163,7 @@ def load(path: Path, device: str | torch.device = "cpu"
     ensemble checkpoint as one ``Ensemble`` of its members)."""
     meta = read_meta(path)
     if MEMBERS in meta:
-        members = [load(d, device)[0] for d in _member_dirs(path, meta)]
+        members = [load(d, device)[0] for d in member_dirs(path, meta)]
         return Ensemble(members).to(device).eval(), meta
     model = FusionNet(ModelConfig.from_dict(meta["model"]))
     weights = Path(path) / WEIGHTS

@@ -16,6 +16,7 @@ really degraded input still does.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,12 @@ import numpy as np
 import torch
 
 from udml_stream import corrupt, modalities
+from udml_stream.data.avdigits import Split
 from udml_stream.data.batching import NaturalInput, make_batch
 from udml_stream.data.logset import LogSource, read_split
 from udml_stream.errors import ConfigError
 from udml_stream.model import checkpoint
+from udml_stream.model.fusion import FusionNet
 from udml_stream.train.confgate import calibrate_confidence_gate
 from udml_stream.train.pregate import calibrate_pretext_gate
 from udml_stream.train.trainer import calibrate_gate, to_torch
@@ -48,6 +51,7 @@ class AdaptReport:
     gate: dict[str, list[float]] = field(default_factory=dict)
     confidence_gate: dict[str, list[float]] = field(default_factory=dict)
     pretext_gate: dict[str, list[float]] = field(default_factory=dict)
+    members: list[AdaptReport] = field(default_factory=list)  # an ensemble's, one per member
 
 
 def _levels(n: int, mods: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -64,15 +68,57 @@ def _levels(n: int, mods: tuple[str, ...], rng: np.random.Generator) -> dict[str
 def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
                     src: LogSource | None = None) -> AdaptReport:
-    """Fit the estimator of ``ckpt`` to the unlabelled ``logs``; write the result to ``out``."""
-    model, meta = checkpoint.load_one(ckpt, torch.device("cpu"), "adapting the estimator")
-    if not model.rule.has_estimator:
-        raise ConfigError(f"{ckpt}: method {model.cfg.method} has no health estimator to adapt")
+    """Fit the estimator of ``ckpt`` to the unlabelled ``logs``; write the result to ``out``.
+
+    An ensemble is adapted member by member (the same samples, steps and seed for each, as its
+    members were trained alike) and written as the ensemble of the adapted members; its report's
+    losses are the members' means and ``members`` holds each member's report."""
+    meta = checkpoint.read_meta(ckpt)
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"adapt: steps = {steps}, batch_size = {batch_size}, lr = {lr}; "
                           "expected positive numbers")
+    out = Path(out)
+    ensemble = checkpoint.MEMBERS in meta
+    if ensemble and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Refused before the work, not after it (save_ensemble would refuse it too).
+        raise ConfigError(f"{out} exists and is not an empty directory; choose a new one")
+    sources = checkpoint.member_dirs(ckpt, meta) if ensemble else [Path(ckpt)]
+    models = [checkpoint.load_one(d, torch.device("cpu"), "adapting the estimator")
+              for d in sources]
+    for (model, _), d in zip(models, sources, strict=True):
+        if not model.rule.has_estimator:
+            raise ConfigError(f"{d}: method {model.cfg.method} has no health estimator to adapt")
     split, stats = read_split("adapt", logs, src, labelled=False)
     log.info("adapting on %d unlabelled samples from %d log(s)", len(split), stats.files)
+    adapted = {"logs": [str(x) for x in logs], "samples": len(split), "steps": steps, "lr": lr,
+               "seed": seed}
+    if not ensemble:
+        model, meta = models[0]
+        return _adapt_one(model, meta, split, out, steps, batch_size, lr, seed,
+                          {"from": str(ckpt), **adapted})
+    work = out.with_name(f".{out.name}.members")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        reps = [_adapt_one(model, m_meta, split, work / str(i), steps, batch_size, lr, seed,
+                           {"from": str(d), **adapted})
+                for i, ((model, m_meta), d) in enumerate(zip(models, sources, strict=True))]
+        rep = AdaptReport(out, len(split), steps, float(np.mean([r.loss_first for r in reps])),
+                          float(np.mean([r.loss_last for r in reps])), members=reps)
+        checkpoint.save_ensemble(
+            out, [r.output for r in reps],
+            origins=[f"{d} adapted by udml adapt" for d in sources],
+            extra={"adapted": {"from": str(ckpt), **adapted, "loss_first": rep.loss_first,
+                               "loss_last": rep.loss_last}})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("ensemble of %d: mean estimator loss %.2f → %.2f; written %s", len(reps),
+             rep.loss_first, rep.loss_last, out)
+    return rep
+
+
+def _adapt_one(model: FusionNet, meta: dict[str, Any], split: Split, out: Path, steps: int,
+               batch_size: int, lr: float, seed: int, adapted: dict[str, Any]) -> AdaptReport:
+    """Fit one model's estimator on ``split`` and write it, adapted, to ``out``."""
     named = meta.get("config", {}).get("train", {}).get("families") or {}
     mods = tuple(model.cfg.modalities)
     kinds = {m: tuple(named.get(m, (corrupt.TRAIN_KINDS[modalities.kind_of(m).corrupt],)))
@@ -118,13 +164,11 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
              if k not in ("format", "model", "class_names", "dependency")}
     rep = AdaptReport(Path(out), len(split), steps, float(np.mean(losses[:tenth])),
                       float(np.mean(losses[-tenth:])), gate, conf, pre)
-    adapted: dict[str, Any] = {"from": str(ckpt), "logs": [str(x) for x in logs],
-                               "samples": rep.samples, "steps": steps, "lr": lr, "seed": seed,
-                               "loss_first": rep.loss_first, "loss_last": rep.loss_last}
     checkpoint.save(model, out, list(meta["class_names"]),
                     {**extra, "gate": gate or extra.get("gate"), "confidence_gate": conf,
                      "pretext_gate": pre or extra.get("pretext_gate"),
-                     "adapted": adapted})
+                     "adapted": {**adapted, "loss_first": rep.loss_first,
+                                 "loss_last": rep.loss_last}})
     log.info("estimator loss %.2f → %.2f over %d steps; written %s", rep.loss_first,
              rep.loss_last, steps, out)
     return rep
