@@ -3,10 +3,10 @@
 Independently trained seeds of one recipe make different mistakes, and averaging their
 posteriors (a deep ensemble) lifts accuracy where each alone is unsure, on input none was
 trained for as well (docs/method.md, "Ensembles of three and two seeds"). Each member runs its
-own preprocessing-free forward, gates and conflict rule; the ensemble averages what comes out,
-so everything downstream (the engine, the runner, the evaluations, the diagnostics) sees one
+own forward, gates and conflict rule; the ensemble averages what comes out, so everything
+downstream (the engine, the runner, the evaluations, the diagnostics) sees one
 ``FusionOutput``. Members must share one ``ModelConfig``: the preprocessing holds no learned
-state, so the first member's serves all.
+state, so the first member's serves all, and it runs once per batch, not once per member.
 """
 
 from __future__ import annotations
@@ -101,6 +101,11 @@ class Ensemble(nn.Module):
         valid: Mapping[str, Tensor] | None = None,
     ) -> FusionOutput:
         """Every member on the batch (arguments as ``FusionNet.forward``), combined."""
+        if not preprocessed:
+            # The preprocessing is the same in every member: run it once, not once per member.
+            valid = self.input_valid(inputs) if valid is None else valid
+            inputs = {m: self.prep[m](x) if m in self.prep else x for m, x in inputs.items()}
+            preprocessed = True
         outs = [m(inputs, present, levels, quality_on, preprocessed, valid)
                 for m in self.members]
         first = outs[0]
