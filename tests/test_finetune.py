@@ -123,6 +123,33 @@ def test_finetune_from_the_config_file_is_relative_to_it(robot: Path, base: Path
     assert checkpoint.read_meta(tmp_path / "ckpt")["model"]["method"] == "udml_switch"
 
 
+def test_finetune_from_an_ensemble_fine_tunes_each_member(robot: Path, base: Path,
+                                                          tmp_path: Path) -> None:
+    """``init_from`` naming an ensemble (the shipped checkpoint is one): every member is
+    fine-tuned in its own run and the export is the ensemble of the fine-tuned members."""
+    other = train(load_config(robot / "robot.toml", {"train.seed": 5, "train.out_dir":
+                                                     str(tmp_path / "other")}),
+                  progress=False).best_path
+    ens = checkpoint.save_ensemble(tmp_path / "ens", [base, other])
+    r = CliRunner().invoke(app, ["train", str(robot / "robot.toml"), "--set",
+                                 f"train.init_from={ens}", "--set",
+                                 f"train.out_dir={tmp_path / 'ft'}", "--set", "train.lr=2e-4",
+                                 "--export", str(tmp_path / "ck")])
+    assert r.exit_code == 0, r.output
+    assert "member 1: best epoch" in r.output and "the ensemble of 2 fine-tuned" in r.output
+    meta = checkpoint.read_meta(tmp_path / "ck")
+    assert meta["init_from"]["path"] == str(ens)
+    for i, (src, dst) in enumerate(zip(checkpoint.member_dirs(ens),
+                                       checkpoint.member_dirs(tmp_path / "ck"), strict=True)):
+        assert (tmp_path / "ft" / f"member{i}" / "best").is_dir()  # each member its own run
+        m_meta = checkpoint.read_meta(dst)
+        assert m_meta["init_from"]["path"] == str(src)
+        b, a = checkpoint.load(src)[0].state_dict(), checkpoint.load(dst)[0].state_dict()
+        assert any(not torch.equal(b[k], a[k]) for k in b if k.startswith("enc."))
+        assert meta["member_facts"][i]["copied_from"].startswith(f"{src} fine-tuned")
+    assert len(checkpoint.load(tmp_path / "ck")[0].members) == 2
+
+
 def test_finetune_with_other_modalities_is_refused(base: Path, cache_dir: Path,
                                                    tmp_path: Path) -> None:
     cfg = parse_config({"data": {"preset": "real", "cache_dir": str(cache_dir)},

@@ -115,6 +115,12 @@ def train(
     if res is None:
         typer.echo(f"node {node_rank}: done; node 0 holds the checkpoint")
         return
+    for i, r in enumerate(res.members):
+        typer.echo(f"member {i}: best epoch {r.best_epoch}: val acc {r.best_score:.4f} → "
+                   f"{r.best_path}")
+    if res.members:
+        typer.echo(f"the ensemble of {len(res.members)} fine-tuned members → {res.best_path}")
+        return
     typer.echo(f"best epoch {res.best_epoch}: val acc {res.best_score:.4f} → {res.best_path}")
 
 

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -503,6 +503,9 @@ class TrainResult:
     best_score: float
     history: list[dict[str, float]]
     seconds: float
+    #: A fine-tuned ensemble's members, each its own run (then ``best_path`` is the ensemble,
+    #: ``best_epoch`` −1 and ``best_score`` the members' mean validation accuracy).
+    members: list[TrainResult] = field(default_factory=list)
 
 
 def _validation_batches(val: avdigits.Split, seed: int, bs: int,
