@@ -55,11 +55,13 @@ def _second_checkpoint(path: Path) -> Path:
     return checkpoint.save(_second_model(), path, meta["class_names"], {**extra, "seed": 7})
 
 
-def test_vote_needs_a_strict_majority() -> None:
-    looks = [torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([1.0, 3.0, 1.0, -1.0]),
-             torch.tensor([2.0, 3.0, 2.0, 0.0])]
-    assert _vote(looks).tolist() == [1.0, 3.0, -1.0, -1.0]
-    assert _vote(looks[:2]).tolist() == [1.0, -1.0, -1.0, -1.0]
+def test_vote_needs_a_strict_majority_of_the_members_that_judged() -> None:
+    looks = [torch.tensor([1.0, 2.0, 0.0, -1.0, -1.0, 2.0]),
+             torch.tensor([1.0, 3.0, 1.0, -1.0, -1.0, -1.0]),
+             torch.tensor([2.0, 3.0, 2.0, 0.0, -1.0, 1.0])]
+    # −1 abstains: one judging member decides alone; two that differ decide nothing.
+    assert _vote(looks).tolist() == [1.0, 3.0, -1.0, 0.0, -1.0, -1.0]
+    assert _vote(looks[:2]).tolist() == [1.0, -1.0, -1.0, -1.0, -1.0, 2.0]
 
 
 def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
@@ -76,9 +78,11 @@ def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
         assert torch.allclose(oe.multipliers[m], (oa.multipliers[m] + ob.multipliers[m]) / 2)
         assert torch.allclose(oe.sigma_hat[m], (oa.sigma_hat[m] + ob.sigma_hat[m]) / 2)
         assert torch.allclose(oe.aux[f"gate/{m}"], (oa.aux[f"gate/{m}"] + ob.aux[f"gate/{m}"]) / 2)
-        # looks: the value of a strict majority, else −1 (two members: only where both agree)
+        # looks: a strict majority of the members that judged (two members: where both say the
+        # same, or one says something and the other nothing), else −1
         la, lb = oa.aux[f"looks/{m}"], ob.aux[f"looks/{m}"]
-        assert torch.equal(oe.aux[f"looks/{m}"], torch.where(la == lb, la, torch.full_like(la, -1)))
+        want = torch.where((la == lb) | (lb < 0), la, torch.where(la < 0, lb, -1.0))
+        assert torch.equal(oe.aux[f"looks/{m}"], want)
     head = (torch.softmax(oa.aux["head_logits"], 1) + torch.softmax(ob.aux["head_logits"], 1)) / 2
     assert torch.allclose(torch.softmax(oe.aux["head_logits"], 1), head, atol=1e-6)
     # A conflict: the averaged heads disagree where some member's conflict rule answered.

@@ -182,9 +182,10 @@ def test_eval_unseen_takes_val_or_test_only() -> None:
 
 
 def _checkpoint_copy(tmp_path: Path, with_card: bool) -> Path:
-    """The shipped checkpoint's files in ``tmp_path`` (with or without its stored card, named
-    as measured on these weights), its data set the small test build."""
-    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+    """One shipped model's files (the shipped ensemble's first member) in ``tmp_path`` (with
+    or without its stored card, named as measured on these weights), its data set the small
+    test build."""
+    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
     ck = tmp_path / "ck"
     ck.mkdir(parents=True)
     shutil.copy(src / checkpoint.WEIGHTS, ck / checkpoint.WEIGHTS)

@@ -33,12 +33,16 @@ def _mean(xs: Sequence[Tensor]) -> Tensor:
 
 
 def _vote(xs: Sequence[Tensor]) -> Tensor:
-    """Per sample, the value a strict majority of members gives, else −1 (``looks/<m>``)."""
+    """Per sample, the value a strict majority of the members that judged give, else −1
+    (``looks/<m>``, where −1 is a member's "nothing to say": an abstaining member is not a vote
+    against, or the ensemble would judge fewer frames than any member alone)."""
     v = torch.stack(xs)  # [K, B]
-    agree = (v[:, None, :] == v[None, :, :]).sum(dim=1)  # [K, B]: members sharing each value
+    judged = v >= 0
+    # Per member, how many judging members share its value (0 where it did not judge).
+    agree = ((v[:, None, :] == v[None, :, :]) & judged[None, :, :]).sum(dim=1) * judged
     best = agree.argmax(dim=0)  # [B]
     value = v.gather(0, best[None, :])[0]
-    majority = agree.gather(0, best[None, :])[0] * 2 > v.shape[0]
+    majority = agree.gather(0, best[None, :])[0] * 2 > judged.sum(dim=0)
     return torch.where(majority, value, torch.full_like(value, -1.0))
 
 
@@ -47,7 +51,8 @@ class Ensemble(nn.Module):
 
     Fused and per-stream posteriors are the members' means (returned as log-probabilities);
     weights, effective multipliers, σ̂, dependency and each stream's openness under the gates are
-    the members' means; a stream's ``looks`` is what a strict majority of members says; a
+    the members' means; a stream's ``looks`` is what a strict majority of the members that
+    judged it says; a
     conflict is the averaged per-stream posteriors of present streams naming different classes
     where some member's conflict rule answered.
     """
