@@ -93,6 +93,7 @@ def test_an_ensemble_is_adapted_member_by_member(tmp_path: Path) -> None:
     out = tmp_path / "adapted"
     rep = adapt_estimator(SHIPPED, [str(p)], out, steps=4, batch_size=16)
     assert len(rep.members) == 3 and not (tmp_path / ".adapted.members").exists()
+    assert [r.output for r in rep.members] == checkpoint.member_dirs(out)
     assert rep.loss_first == pytest.approx(np.mean([r.loss_first for r in rep.members]))
     meta = checkpoint.read_meta(out)
     assert meta["adapted"]["from"] == str(SHIPPED) and meta["adapted"]["steps"] == 4
@@ -108,6 +109,10 @@ def test_an_ensemble_is_adapted_member_by_member(tmp_path: Path) -> None:
                    for k in moved)
         assert m_meta["adapted"]["from"] == str(src)
     assert len(getattr(checkpoint.load(out)[0], "members", ())) == 3
-    # An output that holds something is refused before any work.
-    r = CliRunner().invoke(app, ["adapt", str(SHIPPED), str(p), "-o", str(out), "--steps", "2"])
-    assert r.exit_code != 0 and "not an empty directory" in r.output
+    # An output that holds something is refused before any work, and left as it was; one
+    # model's output too (it could be the model itself).
+    before = sorted((q, q.stat().st_mtime_ns) for q in out.rglob("*"))
+    for src in (SHIPPED, CKPT):
+        r = CliRunner().invoke(app, ["adapt", str(src), str(p), "-o", str(out), "--steps", "2"])
+        assert r.exit_code != 0 and "not an empty directory" in r.output
+    assert sorted((q, q.stat().st_mtime_ns) for q in out.rglob("*")) == before

@@ -176,7 +176,7 @@ def test_mismatched_nested_or_misplaced_ensembles_are_refused(
             checkpoint.load(tmp_path / "c")
     # Tasks that change one model's weights say how to go about an ensemble.
     with pytest.raises(CheckpointError, match="run it on each member"):
-        checkpoint.load_one(tmp_path / "c", "cpu", "adapting the estimator")
+        checkpoint.load_one(tmp_path / "c", "cpu", "recalibrating the gates")
 
 
 @pytest.mark.parametrize(("name", "members"), [("default", 3), ("default/members/0", 0)])

@@ -139,6 +139,8 @@ def test_finetune_from_an_ensemble_fine_tunes_each_member(robot: Path, base: Pat
     assert "member 1: best epoch" in r.output and "the ensemble of 2 fine-tuned" in r.output
     meta = checkpoint.read_meta(tmp_path / "ck")
     assert meta["init_from"]["path"] == str(ens)
+    seed = load_config(robot / "robot.toml").train.seed
+    assert [f["seed"] for f in meta["member_facts"]] == [seed, seed + 1]  # own draws each
     for i, (src, dst) in enumerate(zip(checkpoint.member_dirs(ens),
                                        checkpoint.member_dirs(tmp_path / "ck"), strict=True)):
         assert (tmp_path / "ft" / f"member{i}" / "best").is_dir()  # each member its own run

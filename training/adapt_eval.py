@@ -11,6 +11,7 @@ training family at every level against dropping the degraded stream.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def main(ckpt: Path, cache_dir: Path, out: Path, command: str, n_adapt: int = 15
         write_session(split, paths[name], data.sample_rate, data.class_names)
     test, _ = read_split("held_out", [paths["held_out"]])
     t0 = time.perf_counter()
+    shutil.rmtree(work / "adapted", ignore_errors=True)  # this program's scratch output
     before = _score(ckpt, test, seed)
     rep = adapt_estimator(ckpt, [str(paths["robot"])], work / "adapted", steps=steps, seed=seed)
     adapt_s = time.perf_counter() - t0

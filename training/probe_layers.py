@@ -8,7 +8,7 @@ and the Mahalanobis distance of the other half's samples under every training fa
 the share of samples beyond the clean 99th percentile and the median distance over that
 percentile. Validation split only. Not part of the test suite (about five minutes on one core):
 
-    python -m training.probe_layers checkpoints/default --out docs/results/layers_val.json
+    python -m training.probe_layers checkpoints/default/members/0 --out docs/results/layers_val.json
 """
 
 from __future__ import annotations

@@ -24,9 +24,10 @@ def main(config: Path, overrides: dict[str, Any], resume: bool, export: Path | N
 
     With ``spec`` naming more than one process in all, the run is distributed (DDP through
     torchrun, docs/distributed.md); then only node 0 returns a result (and exports).
-    ``train.init_from`` naming an ensemble fine-tunes each member in turn (each in its own
-    ``out_dir/member<i>``, resumable alike) and writes the ensemble of the fine-tuned members to
-    ``out_dir/ensemble``: its result's ``members`` holds each member's."""
+    ``train.init_from`` naming an ensemble fine-tunes each member in turn (member i with seed
+    ``train.seed + i``, in its own ``out_dir/member<i>``, resumable alike) and writes the ensemble
+    of the fine-tuned members to ``out_dir/ensemble``: its result's ``members`` holds each
+    member's, and its JSON's ``config`` is member 0's (each member's is in its directory)."""
     cfg = load_config(config, overrides)
     init = cfg.train.init_from
     if init is not None and (Path(init) / checkpoint.CONFIG).is_file() \
@@ -69,14 +70,18 @@ def _finetune_ensemble(config: Path, overrides: dict[str, Any], init: Path, out_
                        resume: bool, spec: LaunchSpec | None) -> TrainResult | None:
     """Fine-tune every member of the ensemble ``init``; serve the results as one."""
     sources = checkpoint.member_dirs(init)
+    seed = load_config(config, overrides).train.seed
     results = []
     for i, src in enumerate(sources):
         log.info("fine-tuning member %d of %d (%s)", i + 1, len(sources), src)
-        r = _train_one(config, {**overrides, "train.init_from": str(src),
-                                "train.out_dir": str(out_dir / f"member{i}")}, resume, spec)
-        if r is None:
-            return None  # another node of a distributed run: node 0 builds the ensemble
-        results.append(r)
+        # Seed + i: each member draws its own batches and augmentation, as when it was trained.
+        results.append(_train_one(config, {**overrides, "train.init_from": str(src),
+                                           "train.seed": seed + i,
+                                           "train.out_dir": str(out_dir / f"member{i}")},
+                                  resume, spec))
+    if any(r is None for r in results):
+        return None  # another machine of a distributed run (it took part in every member's)
+    results = [r for r in results if r is not None]
     path = out_dir / "ensemble"
     shutil.rmtree(path, ignore_errors=True)  # rebuilt from the members' selected checkpoints
     checkpoint.save_ensemble(path, [r.best_path for r in results],

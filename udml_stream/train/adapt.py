@@ -79,8 +79,8 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                           "expected positive numbers")
     out = Path(out)
     ensemble = checkpoint.MEMBERS in meta
-    if ensemble and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        # Refused before the work, not after it (save_ensemble would refuse it too).
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Refused before the work, not after it; never written over (it may be the source).
         raise ConfigError(f"{out} exists and is not an empty directory; choose a new one")
     sources = checkpoint.member_dirs(ckpt, meta) if ensemble else [Path(ckpt)]
     models = [checkpoint.load_one(d, torch.device("cpu"), "adapting the estimator")
@@ -104,11 +104,13 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                 for i, ((model, m_meta), d) in enumerate(zip(models, sources, strict=True))]
         rep = AdaptReport(out, len(split), steps, float(np.mean([r.loss_first for r in reps])),
                           float(np.mean([r.loss_last for r in reps])), members=reps)
-        checkpoint.save_ensemble(
+        ensemble_dirs = checkpoint.save_ensemble(
             out, [r.output for r in reps],
             origins=[f"{d} adapted by udml adapt" for d in sources],
             extra={"adapted": {"from": str(ckpt), **adapted, "loss_first": rep.loss_first,
                                "loss_last": rep.loss_last}})
+        for r, d in zip(reps, checkpoint.member_dirs(ensemble_dirs), strict=True):
+            r.output = d  # where each adapted member now lives (the work folder goes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("ensemble of %d: mean estimator loss %.2f → %.2f; written %s", len(reps),
