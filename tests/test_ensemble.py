@@ -15,7 +15,7 @@ from udml_stream.cli.main import app
 from udml_stream.errors import CheckpointError
 from udml_stream.evaluate import card
 from udml_stream.model import checkpoint
-from udml_stream.model.ensemble import Ensemble, _vote
+from udml_stream.model.ensemble import Ensemble, _looks
 from udml_stream.serve.runner import FusionRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +55,16 @@ def _second_checkpoint(path: Path) -> Path:
     return checkpoint.save(_second_model(), path, meta["class_names"], {**extra, "seed": 7})
 
 
-def test_vote_needs_a_strict_majority_of_the_members_that_judged() -> None:
-    looks = [torch.tensor([1.0, 2.0, 0.0, -1.0, -1.0, 2.0]),
-             torch.tensor([1.0, 3.0, 1.0, -1.0, -1.0, -1.0]),
-             torch.tensor([2.0, 3.0, 2.0, 0.0, -1.0, 1.0])]
-    # −1 abstains: one judging member decides alone; two that differ decide nothing.
-    assert _vote(looks).tolist() == [1.0, 3.0, -1.0, 0.0, -1.0, -1.0]
-    assert _vote(looks[:2]).tolist() == [1.0, -1.0, -1.0, -1.0, -1.0, 2.0]
+def test_looks_is_the_mean_transform_posterior_where_most_members_may_judge() -> None:
+    t = torch.tensor
+    probs = [t([[0.9, 0.1, 0.0, 0.0], [0.2, 0.7, 0.1, 0.0], [0.1, 0.9, 0.0, 0.0]]),
+             t([[0.7, 0.3, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0], [0.1, 0.9, 0.0, 0.0]]),
+             t([[0.8, 0.2, 0.0, 0.0], [0.6, 0.2, 0.2, 0.0], [0.1, 0.9, 0.0, 0.0]])]
+    judge = [t([True, True, True]), t([True, True, False]), t([True, True, False])]
+    # Row 0: sure of upright. Row 1: no transform reaches a mean of 0.5 although each member
+    # is sure of one. Row 2: all say a quarter turn, but only one member may judge.
+    assert _looks(probs, judge).tolist() == [0.0, -1.0, -1.0]
+    assert _looks(probs, [t([True, True, True])] * 3).tolist() == [0.0, -1.0, 1.0]
 
 
 def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
@@ -78,10 +81,11 @@ def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
         assert torch.allclose(oe.multipliers[m], (oa.multipliers[m] + ob.multipliers[m]) / 2)
         assert torch.allclose(oe.sigma_hat[m], (oa.sigma_hat[m] + ob.sigma_hat[m]) / 2)
         assert torch.allclose(oe.aux[f"gate/{m}"], (oa.aux[f"gate/{m}"] + ob.aux[f"gate/{m}"]) / 2)
-        # looks: a strict majority of the members that judged (two members: where both say the
-        # same, or one says something and the other nothing), else −1
-        la, lb = oa.aux[f"looks/{m}"], ob.aux[f"looks/{m}"]
-        want = torch.where((la == lb) | (lb < 0), la, torch.where(la < 0, lb, -1.0))
+        # looks: the mean transform posterior where both members may judge (two members: more
+        # than half is both), else −1
+        p_top, k_top = ((oa.aux[f"transform_p/{m}"] + ob.aux[f"transform_p/{m}"]) / 2).max(1)
+        both = oa.aux[f"may_judge/{m}"] & ob.aux[f"may_judge/{m}"]
+        want = torch.where(both & (p_top >= 0.5), k_top.float(), torch.full_like(p_top, -1.0))
         assert torch.equal(oe.aux[f"looks/{m}"], want)
     head = (torch.softmax(oa.aux["head_logits"], 1) + torch.softmax(ob.aux["head_logits"], 1)) / 2
     assert torch.allclose(torch.softmax(oe.aux["head_logits"], 1), head, atol=1e-6)

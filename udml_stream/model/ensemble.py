@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from udml_stream.errors import CheckpointError
 from udml_stream.model.fusion import FusionNet, FusionOutput, ModelConfig
 from udml_stream.model.rules import FusionRule
+from udml_stream.model.rules.udml import LOOKS_PROB
 from udml_stream.model.rules.weighting import heads_disagree
 
 
@@ -32,18 +33,19 @@ def _mean(xs: Sequence[Tensor]) -> Tensor:
     return torch.stack([x.float() for x in xs]).mean(dim=0)
 
 
-def _vote(xs: Sequence[Tensor]) -> Tensor:
-    """Per sample, the value a strict majority of the members that judged give, else −1
-    (``looks/<m>``, where −1 is a member's "nothing to say": an abstaining member is not a vote
-    against, or the ensemble would judge fewer frames than any member alone)."""
-    v = torch.stack(xs)  # [K, B]
-    judged = v >= 0
-    # Per member, how many judging members share its value (0 where it did not judge).
-    agree = ((v[:, None, :] == v[None, :, :]) & judged[None, :, :]).sum(dim=1) * judged
-    best = agree.argmax(dim=0)  # [B]
-    value = v.gather(0, best[None, :])[0]
-    majority = agree.gather(0, best[None, :])[0] * 2 > judged.sum(dim=0)
-    return torch.where(majority, value, torch.full_like(value, -1.0))
+def _looks(probs: Sequence[Tensor], may_judge: Sequence[Tensor]) -> Tensor:
+    """Per sample, the transform the members' mean posterior names (``looks/<m>``), where it is
+    sure (``LOOKS_PROB``) and most members may judge the stream (open, calibrated); else −1.
+
+    The ensemble's own judgement, as its answer is the mean of the members' posteriors: a vote
+    of the members' own ``looks`` either judged fewer turned frames than one member alone (a
+    strict majority of all members) or let one member's guess on a blurred frame through
+    (a majority of those that judged: 52% of frames pixelated in 7 px blocks named upside down)."""
+    p = torch.stack([x.float() for x in probs]).mean(dim=0)  # [B, transforms]
+    judge = torch.stack([x.float() for x in may_judge]).mean(dim=0) > 0.5
+    p_top, k_top = p.max(dim=1)
+    return torch.where(judge & (p_top >= LOOKS_PROB), k_top.float(),
+                       torch.full_like(p_top, -1.0))
 
 
 class Ensemble(nn.Module):
@@ -51,8 +53,8 @@ class Ensemble(nn.Module):
 
     Fused and per-stream posteriors are the members' means (returned as log-probabilities);
     weights, effective multipliers, σ̂, dependency and each stream's openness under the gates are
-    the members' means; a stream's ``looks`` is what a strict majority of the members that
-    judged it says; a
+    the members' means; a stream's ``looks`` is what the members' mean transform posterior
+    names where most of them may judge it; a
     conflict is the averaged per-stream posteriors of present streams naming different classes
     where some member's conflict rule answered.
     """
@@ -117,12 +119,12 @@ class Ensemble(nn.Module):
         ms = list(first.unimodal_logits)
         uni = {m: _mean_posterior_logits([o.unimodal_logits[m] for o in outs]) for m in ms}
         aux: dict[str, Tensor] = {}
-        for key in ("gate", "looks"):
-            for m in ms:
-                name = f"{key}/{m}"
-                if all(name in o.aux for o in outs):
-                    vals = [o.aux[name] for o in outs]
-                    aux[name] = _mean(vals) if key == "gate" else _vote([v.float() for v in vals])
+        for m in ms:
+            if all(f"gate/{m}" in o.aux for o in outs):
+                aux[f"gate/{m}"] = _mean([o.aux[f"gate/{m}"] for o in outs])
+            if all(f"transform_p/{m}" in o.aux for o in outs):
+                aux[f"looks/{m}"] = _looks([o.aux[f"transform_p/{m}"] for o in outs],
+                                           [o.aux[f"may_judge/{m}"] for o in outs])
         if all("head_logits" in o.aux for o in outs):  # the fused head's own answer
             aux["head_logits"] = _mean_posterior_logits([o.aux["head_logits"] for o in outs])
         if ms and all("conflict" in o.aux for o in outs):

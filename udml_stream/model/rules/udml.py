@@ -327,6 +327,12 @@ class Udml(FusionRule):
                         & (net.pre_broken > net.pre_clean)[None, :])
                 looks = torch.where(says, k_top.float(), torch.full_like(p_top, -1.0))
                 aux.update({f"looks/{m}": looks[:, i] for i, m in enumerate(ms)})
+                # What an ensemble combines into its own ``looks`` (the mean of the members'
+                # transform posteriors where most of them may judge): ``udml_stream.model.ensemble``.
+                judge = (g_sig * g_conf >= LOOKS_OPEN) & mask.bool() \
+                    & (net.pre_broken > net.pre_clean)[None, :]
+                aux.update({f"transform_p/{m}": logp[:, i].exp() for i, m in enumerate(ms)})
+                aux.update({f"may_judge/{m}": judge[:, i] for i, m in enumerate(ms)})
             g_rel = relative_openness(g_atyp, g_sig * g_conf * g_atyp, mask)
             w = apply_gate(w, g_rel, mask)
             health = g_sig * g_conf * g_rel  # each stream's openness under all the gates
