@@ -390,7 +390,10 @@ def _ensure_checkpoint(checkpoint: Path, config: Path, cache_dir: Path) -> None:
     from udml_stream_apps.training import train as prog
 
     if not (checkpoint / "config.json").exists():
-        typer.echo(f"no checkpoint at {checkpoint}: training one from {config}")
+        # One model of the recipe (seed as in the config): the shipped checkpoint is an
+        # ensemble of three seeds, which configs/field.toml says how to rebuild.
+        typer.echo(f"no checkpoint at {checkpoint}: training one model from {config} (the "
+                   "shipped checkpoint is an ensemble of three; configs/field.toml rebuilds it)")
         _run(prog.main, config, {"data.cache_dir": str(cache_dir)}, True, checkpoint)
 
 
