@@ -12,11 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from udml_stream.cli.main import app
+from udml_stream.data import avdigits
+from udml_stream.data.batching import make_batch
 from udml_stream.errors import CheckpointError
 from udml_stream.evaluate import card
 from udml_stream.model import checkpoint
 from udml_stream.model.ensemble import Ensemble, _looks
+from udml_stream.model.rules.udml import LOOKS_PROB
 from udml_stream.serve.runner import FusionRunner
+from udml_stream.train.trainer import to_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One trained model: the shipped ensemble's first member (seed 1 of the field recipe).
@@ -57,14 +61,44 @@ def _second_checkpoint(path: Path) -> Path:
 
 def test_looks_is_the_mean_transform_posterior_where_most_members_may_judge() -> None:
     t = torch.tensor
-    probs = [t([[0.9, 0.1, 0.0, 0.0], [0.2, 0.7, 0.1, 0.0], [0.1, 0.9, 0.0, 0.0]]),
-             t([[0.7, 0.3, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0], [0.1, 0.9, 0.0, 0.0]]),
-             t([[0.8, 0.2, 0.0, 0.0], [0.6, 0.2, 0.2, 0.0], [0.1, 0.9, 0.0, 0.0]])]
-    judge = [t([True, True, True]), t([True, True, False]), t([True, True, False])]
-    # Row 0: sure of upright. Row 1: no transform reaches a mean of 0.5 although each member
-    # is sure of one. Row 2: all say a quarter turn, but only one member may judge.
-    assert _looks(probs, judge).tolist() == [0.0, -1.0, -1.0]
-    assert _looks(probs, [t([True, True, True])] * 3).tolist() == [0.0, -1.0, 1.0]
+    probs = [t([[0.9, 0.1, 0.0, 0.0], [0.2, 0.7, 0.1, 0.0], [0.1, 0.9, 0.0, 0.0],
+                [0.1, 0.9, 0.0, 0.0]]),
+             t([[0.7, 0.3, 0.0, 0.0], [0.1, 0.1, 0.8, 0.0], [0.1, 0.9, 0.0, 0.0],
+                [0.55, 0.45, 0.0, 0.0]]),
+             t([[0.8, 0.2, 0.0, 0.0], [0.6, 0.2, 0.2, 0.0], [0.1, 0.9, 0.0, 0.0],
+                [0.55, 0.45, 0.0, 0.0]])]
+    yes, no = True, False
+    judge = [t([yes, yes, yes, yes]), t([yes, yes, no, yes]), t([yes, yes, no, yes])]
+    # Row 0: sure of upright. Row 1: each member sure of another transform, none at a mean of
+    # 0.5. Row 2: all name a quarter turn, but only one member of three may judge. Row 3: two
+    # members' own picks say upright, yet the mean posterior names the quarter turn (0.6).
+    assert _looks(probs, judge).tolist() == [0.0, -1.0, -1.0, 1.0]
+    # Two of three may judge: enough.
+    two = [t([yes, yes, yes, yes]), t([yes, yes, yes, yes]), t([no, no, no, no])]
+    assert _looks(probs, two).tolist() == [0.0, -1.0, 1.0, 1.0]
+    # Two members, one may judge: not enough.
+    assert _looks(probs[:2], [t([yes] * 4), t([no] * 4)]).tolist() == [-1.0] * 4
+
+
+def test_a_turned_camera_is_judged_by_an_ensemble_of_two_shipped_members(
+        field_data: avdigits.AVDigits) -> None:
+    """Real test frames turned a quarter: the members judge some, and the ensemble's looks is
+    the mean posterior where both may judge (not a case the synthetic batch reaches)."""
+    a, b = (checkpoint.load(ROOT / "checkpoints" / "default" / "members" / str(i))[0]
+            for i in (0, 1))
+    split = field_data.splits["test"].subset(96, seed=0)
+    ones = {m: np.ones(len(split), np.int64) for m in field_data.modalities}
+    batch = make_batch(split, np.arange(len(split)), ones, np.random.default_rng(0))
+    inputs, present, _, _ = to_torch(batch, torch.device("cpu"))
+    inputs = {**inputs, "image": torch.rot90(inputs["image"], 1, dims=(1, 2))}
+    with torch.no_grad():
+        oa, ob, oe = a(inputs, present), b(inputs, present), Ensemble([a, b]).eval()(inputs,
+                                                                                     present)
+    p_top, k_top = ((oa.aux["transform_p/image"] + ob.aux["transform_p/image"]) / 2).max(1)
+    both = oa.aux["may_judge/image"] & ob.aux["may_judge/image"]
+    want = torch.where(both & (p_top >= LOOKS_PROB), k_top.float(), torch.full_like(p_top, -1.0))
+    assert torch.equal(oe.aux["looks/image"], want)
+    assert int((want == 1).sum()) >= 5  # a quarter turn counter-clockwise, named
 
 
 def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
@@ -82,10 +116,11 @@ def test_the_ensemble_answers_with_the_mean_of_its_members_posteriors() -> None:
         assert torch.allclose(oe.sigma_hat[m], (oa.sigma_hat[m] + ob.sigma_hat[m]) / 2)
         assert torch.allclose(oe.aux[f"gate/{m}"], (oa.aux[f"gate/{m}"] + ob.aux[f"gate/{m}"]) / 2)
         # looks: the mean transform posterior where both members may judge (two members: more
-        # than half is both), else −1
+        # than half is both), else −1 (judged on real frames in the test below)
         p_top, k_top = ((oa.aux[f"transform_p/{m}"] + ob.aux[f"transform_p/{m}"]) / 2).max(1)
         both = oa.aux[f"may_judge/{m}"] & ob.aux[f"may_judge/{m}"]
-        want = torch.where(both & (p_top >= 0.5), k_top.float(), torch.full_like(p_top, -1.0))
+        want = torch.where(both & (p_top >= LOOKS_PROB), k_top.float(),
+                           torch.full_like(p_top, -1.0))
         assert torch.equal(oe.aux[f"looks/{m}"], want)
     head = (torch.softmax(oa.aux["head_logits"], 1) + torch.softmax(ob.aux["head_logits"], 1)) / 2
     assert torch.allclose(torch.softmax(oe.aux["head_logits"], 1), head, atol=1e-6)

@@ -322,16 +322,16 @@ class Udml(FusionRule):
                 # head is sure, its gate is calibrated, and the σ̂ and confidence gates keep the
                 # stream open, since on input with nothing in it the head's pick means nothing
                 # (a blank frame reads as a quarter turn). −1: nothing to say.
-                p_top, k_top = logp.exp().max(dim=2)
-                says = ((p_top >= LOOKS_PROB) & (g_sig * g_conf >= LOOKS_OPEN) & mask.bool()
-                        & (net.pre_broken > net.pre_clean)[None, :])
-                looks = torch.where(says, k_top.float(), torch.full_like(p_top, -1.0))
+                probs = logp.exp()
+                p_top, k_top = probs.max(dim=2)
+                judge = ((g_sig * g_conf >= LOOKS_OPEN) & mask.bool()
+                         & (net.pre_broken > net.pre_clean)[None, :])
+                looks = torch.where(judge & (p_top >= LOOKS_PROB), k_top.float(),
+                                    torch.full_like(p_top, -1.0))
                 aux.update({f"looks/{m}": looks[:, i] for i, m in enumerate(ms)})
                 # What an ensemble combines into its own ``looks`` (the mean of the members'
-                # transform posteriors where most of them may judge): ``udml_stream.model.ensemble``.
-                judge = (g_sig * g_conf >= LOOKS_OPEN) & mask.bool() \
-                    & (net.pre_broken > net.pre_clean)[None, :]
-                aux.update({f"transform_p/{m}": logp[:, i].exp() for i, m in enumerate(ms)})
+                # transform posteriors where enough of them may judge): ``model.ensemble``.
+                aux.update({f"transform_p/{m}": probs[:, i] for i, m in enumerate(ms)})
                 aux.update({f"may_judge/{m}": judge[:, i] for i, m in enumerate(ms)})
             g_rel = relative_openness(g_atyp, g_sig * g_conf * g_atyp, mask)
             w = apply_gate(w, g_rel, mask)
