@@ -33,7 +33,7 @@ def main(config: Path, overrides: dict[str, Any], resume: bool, export: Path | N
     if init is not None and (Path(init) / checkpoint.CONFIG).is_file() \
             and checkpoint.MEMBERS in checkpoint.read_meta(init):
         result = _finetune_ensemble(config, overrides, Path(init), Path(cfg.train.out_dir),
-                                    resume, spec)
+                                    cfg.train.seed, resume, spec)
     else:
         result = _train_one(config, overrides, resume, spec)
     if result is None:
@@ -67,10 +67,9 @@ def _train_one(config: Path, overrides: dict[str, Any], resume: bool,
 
 
 def _finetune_ensemble(config: Path, overrides: dict[str, Any], init: Path, out_dir: Path,
-                       resume: bool, spec: LaunchSpec | None) -> TrainResult | None:
+                       seed: int, resume: bool, spec: LaunchSpec | None) -> TrainResult | None:
     """Fine-tune every member of the ensemble ``init``; serve the results as one."""
     sources = checkpoint.member_dirs(init)
-    seed = load_config(config, overrides).train.seed
     results = []
     for i, src in enumerate(sources):
         log.info("fine-tuning member %d of %d (%s)", i + 1, len(sources), src)

@@ -19,7 +19,7 @@ from udml_stream import corrupt
 from udml_stream.data.field import NaturalAudio, NaturalImage
 from udml_stream.errors import CheckpointError
 from udml_stream.modalities import kind_of
-from udml_stream.model.checkpoint import CONFIG, MEMBERS, WEIGHTS
+from udml_stream.model.checkpoint import CONFIG, WEIGHTS, model_dirs
 from udml_stream.model.preprocess import MISSING_ABSENT_FRACTION
 
 
@@ -86,10 +86,9 @@ def gates_on(meta: dict[str, Any]) -> dict[str, list[str]]:
 def weights_digest(ckpt: Path) -> str:
     """SHA-256 of the checkpoint's weights (an ensemble's: its members' files in order): what a
     measured part of the card was run on."""
-    meta = json.loads((Path(ckpt) / CONFIG).read_text())
     h = hashlib.sha256()
-    for sub in meta.get(MEMBERS, ["."]):
-        h.update((Path(ckpt) / sub / WEIGHTS).read_bytes())
+    for d in model_dirs(ckpt):
+        h.update((d / WEIGHTS).read_bytes())
     return h.hexdigest()
 
 

@@ -157,6 +157,13 @@ def member_dirs(path: Path, meta: dict[str, Any] | None = None) -> list[Path]:
     return out
 
 
+def model_dirs(path: Path, meta: dict[str, Any] | None = None) -> list[Path]:
+    """The directories of the trained models a checkpoint holds: an ensemble's members
+    (checked as ``member_dirs``), or the checkpoint itself."""
+    meta = read_meta(path) if meta is None else meta
+    return member_dirs(path, meta) if MEMBERS in meta else [Path(path)]
+
+
 def load(path: Path, device: str | torch.device = "cpu"
          ) -> tuple[FusionNet | Ensemble, dict[str, Any]]:
     """Rebuild the model stored at ``path`` in eval mode, with no other information needed (an

@@ -62,9 +62,9 @@ class Ensemble(nn.Module):
     Fused and per-stream posteriors are the members' means (returned as log-probabilities);
     weights, effective multipliers, σ̂, dependency and each stream's openness under the gates are
     the members' means; a stream's ``looks`` is what the members' mean transform posterior
-    names where most of them may judge it; a
-    conflict is the averaged per-stream posteriors of present streams naming different classes
-    where some member's conflict rule answered.
+    names where most of them may judge it (``_looks``); a conflict is the averaged per-stream
+    posteriors of present streams naming different classes where some member's conflict rule
+    answered.
     """
 
     def __init__(self, members: Sequence[FusionNet]) -> None:

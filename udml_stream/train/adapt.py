@@ -82,7 +82,7 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         # Refused before the work, not after it; never written over (it may be the source).
         raise ConfigError(f"{out} exists and is not an empty directory; choose a new one")
-    sources = checkpoint.member_dirs(ckpt, meta) if ensemble else [Path(ckpt)]
+    sources = checkpoint.model_dirs(ckpt, meta)
     models = [checkpoint.load_one(d, torch.device("cpu"), "adapting the estimator")
               for d in sources]
     for (model, _), d in zip(models, sources, strict=True):
@@ -104,12 +104,12 @@ def adapt_estimator(ckpt: Path, logs: list[str], out: Path, steps: int = 300,
                 for i, ((model, m_meta), d) in enumerate(zip(models, sources, strict=True))]
         rep = AdaptReport(out, len(split), steps, float(np.mean([r.loss_first for r in reps])),
                           float(np.mean([r.loss_last for r in reps])), members=reps)
-        ensemble_dirs = checkpoint.save_ensemble(
+        written = checkpoint.save_ensemble(
             out, [r.output for r in reps],
             origins=[f"{d} adapted by udml adapt" for d in sources],
             extra={"adapted": {"from": str(ckpt), **adapted, "loss_first": rep.loss_first,
                                "loss_last": rep.loss_last}})
-        for r, d in zip(reps, checkpoint.member_dirs(ensemble_dirs), strict=True):
+        for r, d in zip(reps, checkpoint.member_dirs(written), strict=True):
             r.output = d  # where each adapted member now lives (the work folder goes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
