@@ -32,6 +32,7 @@ import torch
 from udml_stream.data.batching import Batch
 from udml_stream.errors import UdmlError
 from udml_stream.model import checkpoint
+from udml_stream.model.ensemble import Ensemble
 from udml_stream.model.fusion import FusionNet, ModelConfig
 from udml_stream.model.preprocess import ImagePrep, LogMelPrep
 from udml_stream.serve.accel import (
@@ -265,18 +266,29 @@ def run(ckpt: Path, eval_set: Path | None = None) -> dict[str, Any]:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: pick the fastest kernels
     t0 = time.perf_counter()
-    shipped, _ = checkpoint.load(ckpt, device)
+    shipped, meta = checkpoint.load(ckpt, device)
+    # An ensemble replays every member's kernels: its first member alone, measured beside it,
+    # is what one model costs (and what the fleet serves for capacity: docs/fleet.md).
+    member0 = (checkpoint.load(checkpoint.member_dirs(ckpt, meta)[0], device)[0]
+               if isinstance(shipped, Ensemble) else None)
     paper = paper_model().to(device)
     res: dict[str, Any] = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                           "machine": platform.machine(), "checkpoint": str(ckpt)}
+                           "machine": platform.machine(), "checkpoint": str(ckpt),
+                           "members": len(shipped.members) if member0 is not None else 1}
     res["batch1_default"] = batch1_latency(shipped, device)
+    if member0 is not None:
+        res["batch1_member0"] = batch1_latency(member0, device)
     res["batch1_paper_resnet18"] = batch1_latency(paper, device)
     # Side by side in one process: one staging thread (the baseline) against the default.
     res["robots_one_staging_thread"] = robots_sustained(shipped, device, staging_threads=1)
     res["robots"] = robots_sustained(shipped, device)
+    if member0 is not None:
+        res["robots_member0"] = robots_sustained(member0, device)
     res["training_paper_resnet18"] = training_rate(device)
     if eval_set is not None and eval_set.is_file():
         res["bf16_accuracy"] = bf16_accuracy(shipped, device, eval_set)
+        if member0 is not None:
+            res["bf16_accuracy_member0"] = bf16_accuracy(member0, device, eval_set)
     else:
         res["bf16_accuracy"] = {"not_measured": f"no evaluation set at {eval_set} (written by "
                                 "`scripts/gpu-check prepare` where the data cache is)"}
@@ -306,11 +318,22 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` on {res['device']} (torch {res['torch']}, CUDA {res['cuda']}).", "",
         "| measurement | here | reference (issue #10) |", "| --- | --- | --- |",
-        f"| default model, batch 1, eager fp32 p50 / p99 ms | {d['eager_fp32']['p50']:.2f} / "
-        f"{d['eager_fp32']['p99']:.2f} | {ref['infer_batch1_eager_fp32_ms']['p50']} / "
-        f"{ref['infer_batch1_eager_fp32_ms']['p99']} |",
+        f"| default model ({res.get('members', 1)} model(s)), batch 1, eager fp32 p50 / p99 ms | "
+        f"{d['eager_fp32']['p50']:.2f} / {d['eager_fp32']['p99']:.2f} | "
+        f"{ref['infer_batch1_eager_fp32_ms']['p50']} / {ref['infer_batch1_eager_fp32_ms']['p99']} |",
         f"| default model, batch 1, CUDA graph p50 / p99 ms | {d['graph_fp32']['p50']:.2f} / "
         f"{d['graph_fp32']['p99']:.2f} | |",
+    ]
+    one = res.get("batch1_member0")
+    if one is not None:
+        rm = res["robots_member0"]
+        lines += [
+            f"| its member 0 alone, batch 1, eager fp32 / CUDA graph p50 ms | "
+            f"{one['eager_fp32']['p50']:.2f} / {one['graph_fp32']['p50']:.2f} | |",
+            f"| its member 0 alone: robots at 30 fps, raw p99 at bucket 256 ms | "
+            f"{rm['robots_30fps']}, {rm['curve']['256']['raw_to_result_ms']['p99']:.1f} | |",
+        ]
+    lines += [
         f"| paper-size (ResNet-18 ×2), batch 1, eager p50 ms | {p['eager_fp32']['p50']:.2f} | "
         f"{ref['resnet18_batch1_ms']['eager']} (one ResNet-18) |",
         f"| paper-size, batch 1, CUDA graph p50 ms | {p['graph_fp32']['p50']:.2f} | "
@@ -327,11 +350,12 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
     ]
     lines += [f"| paper-size training, batch 64, {k} samples/s | {tr[k]:.0f} | {rt[k]:.0f} |"
               for k in ("as_written", "no_host_sync", "bf16_channels_last")]
-    bf = res["bf16_accuracy"]
-    if "acc_fp32" in bf:
-        lines.append(f"| bf16 vs fp32 on {bf['n']} samples: accuracy, agreement | "
-                     f"{bf['acc_bf16']:.4f} vs {bf['acc_fp32']:.4f}, {bf['argmax_agreement']:.4f} "
-                     f"| |")
+    for key, who in (("bf16_accuracy", ""), ("bf16_accuracy_member0", " (member 0 alone)")):
+        bf = res.get(key, {})
+        if "acc_fp32" in bf:
+            lines.append(f"| bf16 vs fp32 on {bf['n']} samples{who}: accuracy, agreement | "
+                         f"{bf['acc_bf16']:.4f} vs {bf['acc_fp32']:.4f}, "
+                         f"{bf['argmax_agreement']:.4f} | |")
     lines += ["", "Goals: " + "; ".join(f"{k} {v['measured']:.3g} (goal {v['goal']}, "
                                          f"{'met' if v['met'] else 'not met'})"
                                          for k, v in res["goals"].items())]
