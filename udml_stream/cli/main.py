@@ -313,6 +313,30 @@ def eval_unseen(
                     1, split, card))
 
 
+@app.command("eval-joint")
+def eval_joint(
+    checkpoint: Path,
+    cache_dir: CacheOpt = Path("data_cache"),
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Write OUT.json, OUT.md and OUT.png (e.g. docs/results/joint)")] = None,
+    limit: Annotated[int, typer.Option(help="Score only the first N test samples (0 = all)")] = 0,
+    split: Annotated[str, typer.Option(
+        help="test (reports) or val (choosing between models or settings: never on test)")
+    ] = "test",
+) -> None:
+    """CHECKPOINT with the camera and the microphone broken at once (trained families at levels
+    5 and 8, held-out degradations at severities 3 and 5): fused against the better stream
+    alone."""
+    from udml_stream_apps.training import probe_joint
+
+    if split not in ("test", "val"):
+        _fail(f"--split {split!r}: expected 'test' or 'val'")
+    command = "udml eval-joint " + " ".join(sys.argv[2:])
+    typer.echo(_run(probe_joint.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
+                    1, split))
+
+
 @app.command("benchmark-field")
 def benchmark_field(
     methods: Annotated[str, typer.Option(help="Comma-separated; default all")] = "",

@@ -1,0 +1,103 @@
+"""Both streams broken at once (``evaluate.joint``): each grid cell scores the fused answer
+against the better stream alone under the same damage, deterministically, and the report marks
+the cells below the promise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from udml_stream.data import avdigits
+from udml_stream.errors import UdmlError
+from udml_stream.evaluate import joint, unseen
+from udml_stream.model import checkpoint
+
+MEMBER = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
+
+
+@pytest.fixture(scope="module")
+def scored(field_data: avdigits.AVDigits) -> tuple[list[dict], list[dict], avdigits.Split]:
+    """One shipped model on 40 test samples: a covered camera with a noisy or gapped
+    microphone (level 8), and JPEG with reverberation (severity 3)."""
+    model, _ = checkpoint.load(MEMBER)
+    split = field_data.splits["test"].rows(np.arange(40))
+    trained = joint.trained_grid(model, split, 0, levels=(8,),
+                                 families={"image": ("covered",), "audio": ("gaussian", "gap")})
+    degs = [unseen.get("image", "jpeg"), unseen.get("image", "stale_frame"),
+            unseen.get("audio", "reverb")]
+    held = joint.held_out_grid(model, split, 0, severities=(3,), degs=degs)
+    return trained, held, split
+
+
+def test_a_cell_is_fused_against_the_better_stream_alone(scored) -> None:
+    trained, held, _ = scored
+    assert [(r["image"], r["audio"], r["level"]) for r in trained] == [
+        ("covered", "gaussian", 8), ("covered", "gap", 8)]
+    for r in trained + held:
+        assert r["best_alone"] == max(r["image_alone"], r["audio_alone"])
+        assert r["vs_best"] == pytest.approx(r["fused"] - r["best_alone"])
+        assert 0.0 <= r["share_image"] <= 1.0
+    noisy, gapped = trained
+    # A half-covered camera and a noisy microphone: the microphone is the better stream, and the
+    # fused answer holds to it, leaning on it.
+    assert noisy["image_alone"] < noisy["audio_alone"]
+    assert noisy["vs_best"] >= joint.VS_BEST and noisy["share_image"] < 0.5
+    # A microphone gapped at level 8 is mostly missing, so absent by the gap rule: the fused
+    # answer is the camera's own.
+    assert gapped["share_image"] == 1.0 and gapped["fused"] == gapped["image_alone"]
+    # The swaps (another digit on the stream) are left out of the held-out grid.
+    assert [(r["image"], r["audio"], r["severity"]) for r in held] == [("jpeg", "reverb", 3)]
+
+
+def test_the_grid_is_deterministic(field_data, scored) -> None:
+    trained, _, split = scored
+    model, _ = checkpoint.load(MEMBER)
+    again = joint.trained_grid(model, split, 0, levels=(8,),
+                               families={"image": ("covered",), "audio": ("gaussian", "gap")})
+    assert again == trained
+
+
+def _row(image: str, audio: str, fused: float, im: float, au: float) -> dict:
+    best = max(im, au)
+    return {"image": image, "audio": audio, "level": 5, "fused": fused, "image_alone": im,
+            "audio_alone": au, "best_alone": best, "vs_best": fused - best, "share_image": 0.5}
+
+
+def test_the_summary_and_report_mark_cells_below_the_promise(tmp_path: Path) -> None:
+    rows = [_row("blur", "babble", 0.95, 0.90, 0.80),     # +5 pt: fusion helps
+            _row("blur", "gap", 0.89, 0.90, 0.20),        # exactly −1 pt: holds
+            _row("covered", "babble", 0.70, 0.10, 0.80),  # −10 pt: below
+            _row("covered", "gap", 0.12, 0.10, 0.20)]     # −8 pt: below
+    s = joint.summarise(rows)
+    assert s["pairs"] == 4 and s["above_best"] == 0.25
+    assert s["worst"]["image"] == "covered" and s["worst"]["audio"] == "babble"
+    assert [(r["image"], r["audio"]) for r in s["below_promise"]] == [
+        ("covered", "babble"), ("covered", "gap")]
+    result = {"checkpoint": "ck", "n_test": 4, "split": "val",
+              "trained": {"levels": [5], "rows": rows, "summary": s},
+              "held_out": {"severities": [3], "left_out": list(joint.SWAPS), "rows": [],
+                           "summary": joint.summarise([])}}
+    md = joint.render_markdown(result, "udml eval-joint ck --split val")
+    assert "| covered | -10.0 **✗** | -8.0 **✗** |" in md
+    assert "| blur | +5.0 | -1.0 |" in md
+    assert "below the promise (fused < the better stream alone − 1 pt): 2" in md
+    assert "No pairs scored." in md
+    png = joint.plot(result, tmp_path / "joint.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_it_needs_a_camera_and_a_microphone() -> None:
+    with pytest.raises(UdmlError, match="missing \\['audio'\\]"):
+        joint.trained_grid(None, SimpleNamespace(tables={"image": None}), 0)  # type: ignore[arg-type]
+
+
+def test_eval_joint_takes_val_or_test_only() -> None:
+    from typer.testing import CliRunner
+
+    from udml_stream.cli.main import app
+
+    r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--split", "train"])
+    assert r.exit_code != 0 and "expected 'test' or 'val'" in r.output

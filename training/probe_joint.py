@@ -1,0 +1,50 @@
+"""Program: a checkpoint with both streams broken at once (``udml eval-joint``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udml_stream.evaluate.joint import joint_sweep, plot, render_markdown
+from udml_stream.model import checkpoint
+from udml_stream.model.device import resolve_device
+from udml_stream.train.trainer import load_data_for_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
+         limit: int = 0, device: str = "cpu", threads: int = 1, split: str = "test") -> str:
+    """Score ``ckpt`` on ``split`` of its own preset (as ``eval-field``: seed 0, 750 samples;
+    ``val`` to choose between models without looking at test) with the camera and the
+    microphone degraded together; with ``out`` write ``out.json``, ``out.md`` and ``out.png``.
+    Returns the summary as text."""
+    torch.set_num_threads(threads)
+    model, meta = checkpoint.load(ckpt, resolve_device(device))
+    data = load_data_for_checkpoint(meta, cache_dir)
+    test = data.splits[split]
+    if limit:
+        test = test.rows(np.arange(min(limit, len(test))))
+    result: dict[str, Any] = joint_sweep(model, test, seed)
+    result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
+                   "preset": data.preset.name, "seed": seed, "n_test": len(test),
+                   "split": split, "command": cmd})
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(render_markdown(result, cmd))
+        plot(result, out.with_suffix(".png"))
+        log.info("wrote %s.{json,md,png}", out)
+    lines = []
+    for name in ("trained", "held_out"):
+        s = result[name]["summary"]
+        lines.append(f"{name}: {s['pairs']} pairs, mean fused {100 * s['mean_fused']:.2f}% vs "
+                     f"the better stream alone {100 * s['mean_best_alone']:.2f}%, "
+                     f"{len(s['below_promise'])} more than 1 pt below it (worst "
+                     f"{100 * s['worst']['vs_best']:+.1f} pt)")
+    return "\n".join(lines)
