@@ -9,13 +9,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from udml_stream.data import avdigits
 from udml_stream.errors import UdmlError
 from udml_stream.evaluate import joint, unseen
+from udml_stream.evaluate.field import run_pass
 from udml_stream.model import checkpoint
 
 MEMBER = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
+
+
+FAMILIES = {"image": ("covered",), "audio": ("gaussian", "gap")}
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +29,15 @@ def scored(field_data: avdigits.AVDigits) -> tuple[list[dict], list[dict], avdig
     microphone (level 8), and JPEG with reverberation (severity 3)."""
     model, _ = checkpoint.load(MEMBER)
     split = field_data.splits["test"].rows(np.arange(40))
-    trained = joint.trained_grid(model, split, 0, levels=(8,),
-                                 families={"image": ("covered",), "audio": ("gaussian", "gap")})
+    trained = joint.trained_grid(model, split, 0, levels=(8,), families=FAMILIES)
     degs = [unseen.get("image", "jpeg"), unseen.get("image", "stale_frame"),
             unseen.get("audio", "reverb")]
     held = joint.held_out_grid(model, split, 0, severities=(3,), degs=degs)
     return trained, held, split
 
 
-def test_a_cell_is_fused_against_the_better_stream_alone(scored) -> None:
+def test_a_cell_is_fused_against_the_better_stream_alone(
+        scored: tuple[list[dict], list[dict], avdigits.Split]) -> None:
     trained, held, _ = scored
     assert [(r["image"], r["audio"], r["level"]) for r in trained] == [
         ("covered", "gaussian", 8), ("covered", "gap", 8)]
@@ -40,24 +45,63 @@ def test_a_cell_is_fused_against_the_better_stream_alone(scored) -> None:
         assert r["best_alone"] == max(r["image_alone"], r["audio_alone"])
         assert r["vs_best"] == pytest.approx(r["fused"] - r["best_alone"])
         assert 0.0 <= r["share_image"] <= 1.0
-    noisy, gapped = trained
-    # A half-covered camera and a noisy microphone: the microphone is the better stream, and the
-    # fused answer holds to it, leaning on it.
-    assert noisy["image_alone"] < noisy["audio_alone"]
-    assert noisy["vs_best"] >= joint.VS_BEST and noisy["share_image"] < 0.5
+    # One camera condition, one camera-alone pass: the same score in both cells.
+    assert trained[0]["image_alone"] == trained[1]["image_alone"]
     # A microphone gapped at level 8 is mostly missing, so absent by the gap rule: the fused
     # answer is the camera's own.
+    gapped = trained[1]
     assert gapped["share_image"] == 1.0 and gapped["fused"] == gapped["image_alone"]
     # The swaps (another digit on the stream) are left out of the held-out grid.
     assert [(r["image"], r["audio"], r["severity"]) for r in held] == [("jpeg", "reverb", 3)]
 
 
-def test_the_grid_is_deterministic(field_data, scored) -> None:
-    trained, _, split = scored
+class _Recorder(torch.nn.Module):
+    """The model, recording each stream's input of every call (by the streams present)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.seen: list[dict[str, np.ndarray]] = []
+
+    def forward(self, inputs: dict, present: dict, levels: dict) -> object:
+        self.seen.append({m: x.numpy().copy() for m, x in inputs.items()
+                          if bool(present[m].any())})
+        return self.model(inputs, present, levels)
+
+
+@pytest.mark.parametrize("grid", ["trained", "held_out"])
+def test_a_stream_alone_sees_the_damage_it_has_in_the_fused_pass(
+        scored: tuple[list[dict], list[dict], avdigits.Split], grid: str) -> None:
+    _, _, split = scored
     model, _ = checkpoint.load(MEMBER)
-    again = joint.trained_grid(model, split, 0, levels=(8,),
-                               families={"image": ("covered",), "audio": ("gaussian", "gap")})
-    assert again == trained
+    rec = _Recorder(model)
+    if grid == "trained":
+        row = joint.trained_grid(rec, split, 0, levels=(8,),  # type: ignore[arg-type]
+                                 families={"image": ("covered",), "audio": ("gaussian",)})[0]
+    else:
+        row = joint.held_out_grid(rec, split, 0, severities=(3,),  # type: ignore[arg-type]
+                                  degs=[unseen.get("image", "jpeg"),
+                                        unseen.get("audio", "reverb")])[0]
+    fused, image_alone, audio_alone = rec.seen  # one batch of 40 samples each
+    assert set(fused) == {"image", "audio"}
+    assert set(image_alone) == {"image"} and set(audio_alone) == {"audio"}
+    np.testing.assert_array_equal(image_alone["image"], fused["image"])
+    np.testing.assert_array_equal(audio_alone["audio"], fused["audio"])
+    # And the damage is there: not the clean input.
+    clean = _Recorder(model)
+    run_pass(clean, split, 0)  # type: ignore[arg-type]
+    for m in ("image", "audio"):
+        assert not np.array_equal(clean.seen[0][m], fused[m])
+    assert 0.0 <= row["fused"] <= 1.0
+
+
+def test_the_grid_is_deterministic(
+        scored: tuple[list[dict], list[dict], avdigits.Split]) -> None:
+    trained, held, split = scored
+    model, _ = checkpoint.load(MEMBER)
+    assert joint.trained_grid(model, split, 0, levels=(8,), families=FAMILIES) == trained
+    degs = [unseen.get("image", "jpeg"), unseen.get("audio", "reverb")]
+    assert joint.held_out_grid(model, split, 0, severities=(3,), degs=degs) == held
 
 
 def _row(image: str, audio: str, fused: float, im: float, au: float) -> dict:
@@ -80,13 +124,17 @@ def test_the_summary_and_report_mark_cells_below_the_promise(tmp_path: Path) -> 
               "trained": {"levels": [5], "rows": rows, "summary": s},
               "held_out": {"severities": [3], "left_out": list(joint.SWAPS), "rows": [],
                            "summary": joint.summarise([])}}
+    result["seed"] = 0
     md = joint.render_markdown(result, "udml eval-joint ck --split val")
     assert "| covered | -10.0 **✗** | -8.0 **✗** |" in md
     assert "| blur | +5.0 | -1.0 |" in md
     assert "below the promise (fused < the better stream alone − 1 pt): 2" in md
     assert "No pairs scored." in md
     png = joint.plot(result, tmp_path / "joint.png")
-    assert png.stat().st_size > 10_000
+    assert png is not None and png.stat().st_size > 10_000
+    result["trained"]["rows"] = []
+    assert joint.plot(result, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_it_needs_a_camera_and_a_microphone() -> None:
@@ -101,3 +149,5 @@ def test_eval_joint_takes_val_or_test_only() -> None:
 
     r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--split", "train"])
     assert r.exit_code != 0 and "expected 'test' or 'val'" in r.output
+    r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--threads", "0"])
+    assert r.exit_code != 0 and "--threads 0" in r.output

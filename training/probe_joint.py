@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from udml_stream_apps.training.field_eval import seen_families
 
 from udml_stream.evaluate.joint import joint_sweep, plot, render_markdown
 from udml_stream.model import checkpoint
@@ -27,12 +28,12 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
     torch.set_num_threads(threads)
     model, meta = checkpoint.load(ckpt, resolve_device(device))
     data = load_data_for_checkpoint(meta, cache_dir)
-    test = data.splits[split]
+    samples = data.splits[split]
     if limit:
-        test = test.rows(np.arange(min(limit, len(test))))
-    result: dict[str, Any] = joint_sweep(model, test, seed)
+        samples = samples.rows(np.arange(min(limit, len(samples))))
+    result: dict[str, Any] = joint_sweep(model, samples, seed, seen_families(meta))
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
-                   "preset": data.preset.name, "seed": seed, "n_test": len(test),
+                   "preset": data.preset.name, "seed": seed, "n_test": len(samples),
                    "split": split, "command": cmd})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,9 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
     lines = []
     for name in ("trained", "held_out"):
         s = result[name]["summary"]
+        if not s["pairs"]:
+            lines.append(f"{name}: no pairs")
+            continue
         lines.append(f"{name}: {s['pairs']} pairs, mean fused {100 * s['mean_fused']:.2f}% vs "
                      f"the better stream alone {100 * s['mean_best_alone']:.2f}%, "
                      f"{len(s['below_promise'])} more than 1 pt below it (worst "

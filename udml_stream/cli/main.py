@@ -324,6 +324,7 @@ def eval_joint(
     split: Annotated[str, typer.Option(
         help="test (reports) or val (choosing between models or settings: never on test)")
     ] = "test",
+    threads: Annotated[int, typer.Option(help="CPU threads for the model")] = 1,
 ) -> None:
     """CHECKPOINT with the camera and the microphone broken at once (trained families at levels
     5 and 8, held-out degradations at severities 3 and 5): fused against the better stream
@@ -333,8 +334,12 @@ def eval_joint(
     if split not in ("test", "val"):
         _fail(f"--split {split!r}: expected 'test' or 'val'")
     command = "udml eval-joint " + " ".join(sys.argv[2:])
+    if threads < 1:
+        _fail(f"--threads {threads}: expected a whole number ≥ 1")
+    if limit < 0:
+        _fail(f"--limit {limit}: expected 0 (all) or a positive number of samples")
     typer.echo(_run(probe_joint.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
-                    1, split))
+                    threads, split))
 
 
 @app.command("benchmark-field")

@@ -99,14 +99,21 @@ def _batch(split: Split, rows: np.ndarray, lv: dict[str, np.ndarray],
     # Clean natural batch from nat_rng, then the corruption from cond_rng.
     clean = make_batch(split, rows, {m: np.ones_like(v) for m, v in lv.items()}, nat_rng,
                        None, missing, natural)
-    for m, x in clean.inputs.items():
+    for m in list(clean.inputs):
         if kinds is not None and m in kinds and int(lv[m].max()) > corrupt.CLEAN:
-            # SNRs against the clean speech (as in training), not the speech over its floor.
-            clean.inputs[m] = corrupt.apply(modalities.kind_of(m, split.kinds).corrupt,
-                                            kinds[m], x, lv[m], cond_rng,
-                                            ref_power=clean.ref_power.get(m))
-            clean.levels[m] = np.maximum(lv[m], clean.levels[m])
+            corrupt_stream(clean, m, modalities.kind_of(m, split.kinds).corrupt, kinds[m], lv[m],
+                           cond_rng)
     return clean
+
+
+def corrupt_stream(b: Batch, m: str, key: str, family: str, levels: np.ndarray,
+                   rng: np.random.Generator) -> None:
+    """Corrupt stream ``m`` of ``b`` in place with ``family`` at ``levels`` (per sample) of its
+    corruption kind ``key``, and raise its recorded levels to them; SNRs are measured against
+    the clean speech (as in training), not the speech over its floor."""
+    b.inputs[m] = corrupt.apply(key, family, b.inputs[m], levels, rng,
+                                ref_power=b.ref_power.get(m))
+    b.levels[m] = np.maximum(levels, b.levels[m])
 
 
 def insert_gap(ms: float, modality: str = "audio", sample_rate: int = 16000,

@@ -10,22 +10,27 @@ other.
 
 Two grids, every sample degraded in both streams:
 
-* **trained families** (``corrupt``'s families), camera family × microphone family at the same
-  level, levels ``TRAINED_LEVELS``; level 11 (pure noise) is left out: both streams are at
-  chance there and the comparison measures nothing;
+* **corruption families** (``corrupt``'s, those the model trained on unless its config names
+  fewer), camera family × microphone family at the same level, levels ``TRAINED_LEVELS``; level
+  11 (pure noise) is left out: both streams are at chance there and the comparison measures
+  nothing;
 * **held-out degradations** (``evaluate.unseen``), camera × microphone at the same severity,
   severities ``HELD_OUT_SEVERITIES``, without the two that swap in another digit (a stale frame,
   another talker): two confident witnesses naming different digits, which the single-stream
   report covers and no fusion rule can settle from one sample.
 
-A third stream (a second camera) stays clean and present in the fused pass and absent in the
-single-stream passes.
+Each stream's damage is drawn from a generator of its own, keyed by the seed, the batch and
+that stream's condition alone, so a stream alone sees exactly the damage it has in the fused
+pass, and one alone pass serves every pair that shares the stream's condition. Any third stream
+(a second camera) is marked absent in every pass: a clean witness would make the comparison
+meaningless.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,8 @@ from udml_stream.data.avdigits import Split
 from udml_stream.data.batching import Batch
 from udml_stream.errors import UdmlError
 from udml_stream.evaluate.conditions import weight_share
-from udml_stream.evaluate.field import run_pass
-from udml_stream.evaluate.unseen import DEGRADATIONS, Degradation, edit
+from udml_stream.evaluate.field import corrupt_stream, run_pass
+from udml_stream.evaluate.unseen import DEGRADATIONS, VS_DROPPED, Degradation, edit
 from udml_stream.model.fusion import FusionNet
 
 log = logging.getLogger(__name__)
@@ -47,60 +52,96 @@ TRAINED_LEVELS = (5, 8)
 HELD_OUT_SEVERITIES = (3, 5)
 #: Held-out degradations that put another digit on the stream (left out: see the module doc).
 SWAPS = ("stale_frame", "talker_swap")
-#: The promise: fused − the better stream alone ≥ this (accuracy, not points).
-VS_BEST = -0.01
+#: The promise: fused − the better stream alone ≥ this (accuracy), as against dropping a stream.
+VS_BEST = VS_DROPPED
 
+#: An in-place change of a batch, as ``run_pass`` takes it (``edit(batch, rng)``).
 Edit = Callable[[Batch, np.random.Generator], None]
+#: Damages one stream of a batch in place with the generator it is given.
+Damage = Callable[[Batch, np.random.Generator], None]
 
 
-def _both(a: Edit, b: Edit) -> Edit:
-    def edit_both(batch: Batch, rng: np.random.Generator) -> None:
-        a(batch, rng)
-        b(batch, rng)
-    return edit_both
+def _stream_edit(m: str, seed: int, condition: str, damage: Damage) -> Edit:
+    """An edit that damages stream ``m`` (where the batch holds it) with a generator keyed by
+    ``seed``, the batch's first row and ``condition``: never by the other stream's damage."""
+
+    def edit_stream(b: Batch, _rng: np.random.Generator) -> None:
+        if m in b.inputs:
+            damage(b, np.random.default_rng(
+                [seed, int(b.rows[0]), zlib.crc32(f"joint/{m}/{condition}".encode())]))
+
+    return edit_stream
 
 
-def _cell(model: FusionNet, split: Split, seed: int, tag: str, **kw: Any) -> dict[str, Any]:
-    """Fused accuracy, each of the pair alone (every other stream absent) and the camera's share
-    of the effective multiplier, under one condition (``kw``: ``run_pass``'s)."""
-    mods = tuple(split.tables)
-    fused = run_pass(model, split, seed, tag=tag, **kw)
-    row: dict[str, Any] = {"fused": float(fused.correct.mean()),
-                           "share_image": weight_share(fused.multipliers, "image")}
-    for m in PAIR:
-        alone = run_pass(model, split, seed, tag=tag, missing=tuple(k for k in mods if k != m),
-                         **kw)
-        row[f"{m}_alone"] = float(alone.correct.mean())
-    row["best_alone"] = max(row["image_alone"], row["audio_alone"])
-    row["vs_best"] = row["fused"] - row["best_alone"]
-    return row
+def _both(edits: Sequence[Edit]) -> Edit:
+    def edit_all(b: Batch, rng: np.random.Generator) -> None:
+        for e in edits:
+            e(b, rng)
+
+    return edit_all
 
 
-def _check_pair(split: Split) -> None:
-    missing = [m for m in PAIR if m not in split.tables]
-    if missing:
-        raise UdmlError(f"the joint sweep needs a camera 'image' and a microphone 'audio' "
-                        f"stream; this data has {sorted(split.tables)} (missing {missing})")
+class _Grid:
+    """Scores cells of one grid; each stream-alone pass is run once per stream condition."""
+
+    def __init__(self, model: FusionNet, split: Split, seed: int) -> None:
+        missing = [m for m in PAIR if m not in split.tables]
+        if missing:
+            raise UdmlError(f"the joint sweep needs a camera 'image' and a microphone 'audio' "
+                            f"stream; this data has {sorted(split.tables)} (missing {missing})")
+        self.model, self.split, self.seed = model, split, seed
+        self.extra = tuple(m for m in split.tables if m not in PAIR)
+        self._alone: dict[tuple[str, str], float] = {}
+
+    def alone(self, m: str, condition: str, e: Edit) -> float:
+        key = (m, condition)
+        if key not in self._alone:
+            others = tuple(k for k in self.split.tables if k != m)
+            p = run_pass(self.model, self.split, self.seed, edit=e, missing=others,
+                         tag=f"joint/{m}/{condition}")
+            self._alone[key] = float(p.correct.mean())
+        return self._alone[key]
+
+    def cell(self, conditions: Mapping[str, tuple[str, Damage]]) -> dict[str, Any]:
+        """Fused accuracy, each of the pair alone and the camera's share of the effective
+        multiplier, with each stream under its (condition name, damage)."""
+        edits = {m: _stream_edit(m, self.seed, c, d) for m, (c, d) in conditions.items()}
+        tag = "joint/" + "/".join(c for c, _ in conditions.values())
+        fused = run_pass(self.model, self.split, self.seed, edit=_both(list(edits.values())),
+                         missing=self.extra, tag=tag)
+        row: dict[str, Any] = {"fused": float(fused.correct.mean()),
+                               "share_image": weight_share(fused.multipliers, "image")}
+        for m in PAIR:
+            row[f"{m}_alone"] = self.alone(m, conditions[m][0], edits[m])
+        row["best_alone"] = max(row["image_alone"], row["audio_alone"])
+        row["vs_best"] = row["fused"] - row["best_alone"]
+        return row
+
+
+def _family_damage(m: str, key: str, family: str, level: int) -> Damage:
+    def damage(b: Batch, rng: np.random.Generator) -> None:
+        corrupt_stream(b, m, key, family, np.full(len(b.labels), level, np.int64), rng)
+
+    return damage
 
 
 def trained_grid(model: FusionNet, split: Split, seed: int,
                  levels: Sequence[int] = TRAINED_LEVELS,
-                 families: dict[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+                 families: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """Every camera family × microphone family at each level of ``levels`` (both streams at
     that level). ``families`` narrows the families (default: all of each stream's kind)."""
-    _check_pair(split)
-    fams = {m: tuple(families[m]) if families and m in families else
-            corrupt.kinds_for(modalities.kind_of(m, split.kinds).corrupt) for m in PAIR}
+    grid = _Grid(model, split, seed)
+    keys = {m: modalities.kind_of(m, split.kinds).corrupt for m in PAIR}
+    fams = {m: tuple(families[m]) if families and m in families else corrupt.kinds_for(keys[m])
+            for m in PAIR}
     rows = []
     for lv in levels:
         for fi in fams["image"]:
             for fa in fams["audio"]:
-                tag = f"joint/{fi}/{fa}@{lv}"
-                row = _cell(model, split, seed, tag, levels={"image": lv, "audio": lv},
-                            kinds={"image": fi, "audio": fa})
+                row = grid.cell({m: (f"{f}@{lv}", _family_damage(m, keys[m], f, lv))
+                                 for m, f in (("image", fi), ("audio", fa))})
                 rows.append({"image": fi, "audio": fa, "level": lv, **row})
-        log.info("trained families at level %d: %d pairs", lv, len(fams["image"]) *
-                 len(fams["audio"]))
+        log.info("families at level %d: %d pairs", lv, len(fams["image"]) * len(fams["audio"]))
     return rows
 
 
@@ -109,25 +150,26 @@ def held_out_grid(model: FusionNet, split: Split, seed: int,
                   degs: Sequence[Degradation] | None = None) -> list[dict[str, Any]]:
     """Every held-out camera degradation × microphone degradation (without ``SWAPS``) at each
     severity of ``severities``. ``degs`` narrows them (default: ``unseen.DEGRADATIONS``)."""
-    _check_pair(split)
+    grid = _Grid(model, split, seed)
     pool = [d for d in (DEGRADATIONS if degs is None else degs) if d.name not in SWAPS]
     by = {m: [d for d in pool if d.modality == m] for m in PAIR}
     rows = []
     for s in severities:
         for di in by["image"]:
             for da in by["audio"]:
-                tag = f"joint/unseen/{di.name}/{da.name}@{s}"
-                row = _cell(model, split, seed, tag, edit=_both(edit(di, s), edit(da, s)))
+                row = grid.cell({d.modality: (f"unseen/{d.name}@{s}", edit(d, s))
+                                 for d in (di, da)})
                 rows.append({"image": di.name, "audio": da.name, "severity": s, **row})
-        log.info("held-out degradations at severity %d: %d pairs", s, len(by["image"]) *
-                 len(by["audio"]))
+        log.info("held-out degradations at severity %d: %d pairs", s,
+                 len(by["image"]) * len(by["audio"]))
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means, the worst cell against the better stream alone, and the cells below the promise."""
+    """Means, the worst cell against the better stream alone, and the cells below the promise
+    (``pairs`` 0 and nothing else for an empty grid)."""
     if not rows:
-        return {"pairs": 0}
+        return {"pairs": 0, "below_promise": []}
     worst = min(rows, key=lambda r: r["vs_best"])
     # Accuracies are multiples of 1/n: exactly −1 pt must not count as a break (float noise).
     below = [r for r in rows if r["vs_best"] < VS_BEST - 1e-9]
@@ -137,14 +179,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "worst": worst, "below_promise": sorted(below, key=lambda r: r["vs_best"])}
 
 
-def joint_sweep(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
-    """Both grids and their summaries (JSON-ready)."""
-    trained = trained_grid(model, split, seed)
+def joint_sweep(model: FusionNet, split: Split, seed: int,
+                seen: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Both grids and their summaries (JSON-ready). ``seen``: the families the model trained
+    on per stream (default: every family); the family grid is restricted to them."""
+    fams = None if seen is None else {m: tuple(seen[m]) for m in PAIR if m in seen}
+    trained = trained_grid(model, split, seed, families=fams)
     held = held_out_grid(model, split, seed)
     return {"trained": {"levels": list(TRAINED_LEVELS), "rows": trained,
                         "summary": summarise(trained)},
             "held_out": {"severities": list(HELD_OUT_SEVERITIES), "left_out": list(SWAPS),
-                         "rows": held, "summary": summarise(held)}}
+                         "rows": held, "summary": summarise(held)},
+            "absent_throughout": [m for m in split.tables if m not in PAIR]}
 
 
 # ---- the report ----
@@ -201,14 +247,18 @@ def _section(title: str, grid: dict[str, Any], key: str, values: list[int]) -> l
 
 def render_markdown(result: dict[str, Any], command: str) -> str:
     """The report: per grid, the summary and one matrix per level or severity."""
+    absent = result.get("absent_throughout") or []
     head = [f"# Both streams broken at once: `{result['checkpoint']}`", "",
             f"Command: `{command}`. {result['n_test']} {result['split']} samples (the "
-            "`eval-field` split, seed 0), every one degraded in the camera and in the "
-            "microphone at once, paired by class only. Each cell: fused accuracy minus the "
-            "better of the two streams alone (each scored with the other marked absent, under "
-            "the same damage); **✗** where it is more than 1 pt below. Held-out grid without "
+            f"`eval-field` split, seed {result['seed']}), every one degraded in the camera and "
+            "in the microphone at once, paired by class only. Each cell: fused accuracy minus "
+            "the better of the two streams alone (each scored with the other marked absent, "
+            "under the same damage: each stream's damage comes from a generator of its own); "
+            "**✗** where it is more than 1 pt below. Held-out grid without "
             f"{' and '.join(result['held_out']['left_out'])} (another digit on the stream: "
-            "`docs/results/unseen.md`). Module: `udml_stream.evaluate.joint`.", ""]
+            "`docs/results/unseen.md`)."
+            + (f" Marked absent in every pass: {', '.join(absent)}." if absent else "")
+            + " Module: `udml_stream.evaluate.joint`.", ""]
     return "\n".join(
         head + _section("Trained families, both streams at one level", result["trained"],
                         "level", result["trained"]["levels"])
@@ -216,22 +266,27 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
                    "severity", result["held_out"]["severities"]))
 
 
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """Heat maps of fused − the better stream alone, one per level and severity."""
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Heat maps of fused − the better stream alone, one per level and severity that has
+    cells; nothing is written (``None``) when no grid has any."""
+    panels = [(grid, key, v) for grid, key, vals in (
+        ("trained", "level", result["trained"]["levels"]),
+        ("held_out", "severity", result["held_out"]["severities"]))
+        for v in vals if any(r[key] == v for r in result[grid]["rows"])]
+    if not panels:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("trained", "level", v) for v in result["trained"]["levels"]]
-    panels += [("held_out", "severity", v) for v in result["held_out"]["severities"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
     for ax, (grid, key, v) in zip(axes[0], panels, strict=True):
         sel = [r for r in result[grid]["rows"] if r[key] == v]
         ims = list(dict.fromkeys(r["image"] for r in sel))
         aus = list(dict.fromkeys(r["audio"] for r in sel))
         cell = {(r["image"], r["audio"]): 100 * r["vs_best"] for r in sel}
-        a = np.array([[cell[(i, u)] for u in aus] for i in ims]) if sel else np.zeros((1, 1))
+        a = np.array([[cell[(i, u)] for u in aus] for i in ims])
         im = ax.imshow(a, cmap="RdBu", vmin=-10, vmax=10)
         ax.set_xticks(range(len(aus)), aus, rotation=90, fontsize=7)
         ax.set_yticks(range(len(ims)), ims, fontsize=7)
