@@ -310,6 +310,10 @@ def run(ckpt: Path, eval_set: Path | None = None) -> dict[str, Any]:
     return res
 
 
+def _models(n: int) -> str:
+    return "one model" if n == 1 else f"an ensemble of {n} models"
+
+
 def to_markdown(res: dict[str, Any], command: str) -> str:
     """The table docs/gpu.md quotes, each figure next to its reference."""
     d, p = res["batch1_default"], res["batch1_paper_resnet18"]
@@ -318,7 +322,7 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
     lines = [
         f"Command: `{command}` on {res['device']} (torch {res['torch']}, CUDA {res['cuda']}).", "",
         "| measurement | here | reference (issue #10) |", "| --- | --- | --- |",
-        f"| default model ({res.get('members', 1)} model(s)), batch 1, eager fp32 p50 / p99 ms | "
+        f"| default model ({_models(res.get('members', 1))}), batch 1, eager fp32 p50 / p99 ms | "
         f"{d['eager_fp32']['p50']:.2f} / {d['eager_fp32']['p99']:.2f} | "
         f"{ref['infer_batch1_eager_fp32_ms']['p50']} / {ref['infer_batch1_eager_fp32_ms']['p99']} |",
         f"| default model, batch 1, CUDA graph p50 / p99 ms | {d['graph_fp32']['p50']:.2f} / "
