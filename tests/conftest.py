@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 import torch
 
 from udml_stream.data import avdigits
+from udml_stream.evaluate import card
+from udml_stream.model import checkpoint
 
 SMALL = {"variants_per_accent": 2, "renditions": 1}
 
@@ -64,3 +69,26 @@ def tiny_checkpoint(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
                   "quality_start_epoch": 0, "out_dir": str(out), "device": "cpu"},
     })
     return train(cfg, progress=False).best_path
+
+
+@pytest.fixture
+def member_copy() -> Callable[[Path, bool], Path]:
+    """``copy(folder, with_card)``: one shipped model's files (the shipped ensemble's first
+    member) in ``folder/ck``, with or without its stored card (named as measured on these
+    weights), its data set the small test build."""
+    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
+
+    def copy(folder: Path, with_card: bool) -> Path:
+        ck = folder / "ck"
+        ck.mkdir(parents=True)
+        shutil.copy(src / checkpoint.WEIGHTS, ck / checkpoint.WEIGHTS)
+        meta = json.loads((src / checkpoint.CONFIG).read_text())
+        meta["config"]["data"].update(SMALL)
+        if with_card:
+            meta["card"]["weights_sha256"] = card.weights_digest(src)
+        else:
+            meta.pop("card", None)
+        (ck / checkpoint.CONFIG).write_text(json.dumps(meta))
+        return ck
+
+    return copy

@@ -4,6 +4,8 @@ the cells below the promise."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,8 +14,8 @@ import pytest
 import torch
 
 from udml_stream.data import avdigits
-from udml_stream.errors import UdmlError
-from udml_stream.evaluate import joint, unseen
+from udml_stream.errors import CheckpointError, UdmlError
+from udml_stream.evaluate import card, joint, unseen
 from udml_stream.evaluate.field import run_pass
 from udml_stream.model import checkpoint
 
@@ -151,3 +153,45 @@ def test_eval_joint_takes_val_or_test_only() -> None:
     assert r.exit_code != 0 and "expected 'test' or 'val'" in r.output
     r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--threads", "0"])
     assert r.exit_code != 0 and "--threads 0" in r.output
+
+
+def test_the_card_takes_both_streams_broken_for_its_own_weights(
+        tmp_path: Path, member_copy: Callable[[Path, bool], Path]) -> None:
+    ck = member_copy(tmp_path, True)
+    digest = card.weights_digest(ck)
+    rows = [_row("blur", "babble", 0.95, 0.90, 0.80), _row("covered", "babble", 0.70, 0.10, 0.80)]
+    result = {"n_test": 4, "split": "test", "seed": 0,
+              "trained": {"levels": [5], "rows": rows, "summary": joint.summarise(rows)},
+              "held_out": {"severities": [3], "rows": [], "summary": joint.summarise([])}}
+    section = card.joint_section(result, digest, "results/joint.md")
+    assert section["trained"]["below"] == 1 and section["held_out"]["pairs"] == 0
+    stored = card.add_joint(ck, section)
+    assert checkpoint.read_meta(ck)["card"]["joint"] == section == stored["joint"]
+    md = tmp_path / "card.md"
+    card.write_markdown(stored, md, "ck")
+    text = md.read_text()
+    assert "`udml eval-joint ck --card` added both streams broken at once" in text
+    assert "| training families, both at level 5 | 2 | 82.50% | 85.00% | 1 |" in text
+    assert "covered + babble at 5 -10.0 pt (camera alone 10.0%, microphone 80.0%)" in text
+    assert text.index("## Both streams broken at once") < text.index("## Limits")
+    # eval-field --card rebuilds the card: the joint part stays for the same weights only.
+    root = Path(__file__).resolve().parents[1]
+    field = json.loads((root / "docs" / "results" / "field.json").read_text())
+    meta = checkpoint.read_meta(ck)
+    assert card.build_card(meta, field, digest)["joint"] == section
+    assert "joint" not in card.build_card(meta, field, "0" * 64)
+
+
+def test_eval_joint_refuses_a_card_it_cannot_add_to(
+        tmp_path: Path, cache_dir: Path, member_copy: Callable[[Path, bool], Path]) -> None:
+    from typer.testing import CliRunner
+    from udml_stream_apps.training import probe_joint
+
+    from udml_stream.cli.main import app
+
+    r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--split", "val",
+                                 "--card", str(tmp_path / "card.md")])
+    assert r.exit_code != 0 and "--card needs --split test" in r.output
+    bare = member_copy(tmp_path / "a", False)
+    with pytest.raises(CheckpointError, match="no model card yet: run `udml eval-field"):
+        probe_joint.main(bare, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")

@@ -4,7 +4,7 @@ really unseen."""
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -181,27 +181,9 @@ def test_eval_unseen_takes_val_or_test_only() -> None:
     assert "expected 'test' or 'val'" in r.output
 
 
-def _checkpoint_copy(tmp_path: Path, with_card: bool) -> Path:
-    """One shipped model's files (the shipped ensemble's first member) in ``tmp_path`` (with
-    or without its stored card, named as measured on these weights), its data set the small
-    test build."""
-    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
-    ck = tmp_path / "ck"
-    ck.mkdir(parents=True)
-    shutil.copy(src / checkpoint.WEIGHTS, ck / checkpoint.WEIGHTS)
-    meta = json.loads((src / checkpoint.CONFIG).read_text())
-    meta["config"]["data"].update(SMALL)
-    if with_card:
-        meta["card"]["weights_sha256"] = card.weights_digest(src)
-    else:
-        meta.pop("card", None)
-    (ck / checkpoint.CONFIG).write_text(json.dumps(meta))
-    return ck
-
-
 def test_the_card_names_where_it_breaks_only_for_the_weights_it_was_measured_on(
-        tmp_path: Path) -> None:
-    ck = _checkpoint_copy(tmp_path, with_card=True)
+        tmp_path: Path, member_copy: Callable[[Path, bool], Path]) -> None:
+    ck = member_copy(tmp_path, True)
     digest = card.weights_digest(ck)
     section = card.held_out_section(_result(), digest, "results/unseen.md")
     assert [(b["degradation"], b["cause"], b["at"]) for b in section["breaks"]] == [
@@ -227,7 +209,8 @@ def test_the_card_names_where_it_breaks_only_for_the_weights_it_was_measured_on(
 
 
 def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
-        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        member_copy: Callable[[Path, bool], Path]) -> None:
     from typer.testing import CliRunner
     from udml_stream_apps.training import probe_unseen
 
@@ -236,7 +219,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
     r = CliRunner().invoke(app, ["eval-unseen", "checkpoints/default", "--split", "val",
                                  "--card", str(tmp_path / "card.md")])
     assert r.exit_code != 0 and "--card needs --split test" in r.output
-    bare = _checkpoint_copy(tmp_path / "a", with_card=False)
+    bare = member_copy(tmp_path / "a", False)
     with pytest.raises(CheckpointError, match="no model card yet: run `udml eval-field"):
         probe_unseen.main(bare, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
     # A card measured on other weights, or written before cards named theirs, is not added
@@ -247,7 +230,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
     monkeypatch.setattr(probe_unseen, "unseen_sweep", no_sweep)
     for name, digest, why in (("c", "0" * 64, "not measured on its current weights"),
                               ("d", None, "predates cards that name the weights")):
-        other = _checkpoint_copy(tmp_path / name, with_card=True)
+        other = member_copy(tmp_path / name, True)
         meta = json.loads((other / checkpoint.CONFIG).read_text())
         if digest is None:
             del meta["card"]["weights_sha256"]
@@ -257,7 +240,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
         with pytest.raises(CheckpointError, match=why):
             probe_unseen.main(other, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
     monkeypatch.undo()
-    ck = _checkpoint_copy(tmp_path / "b", with_card=True)
+    ck = member_copy(tmp_path / "b", True)
     out, md = tmp_path / "unseen", tmp_path / "card.md"
     probe_unseen.main(ck, cache_dir, out, "cmd", limit=4, card=md)
     result = json.loads(out.with_suffix(".json").read_text())

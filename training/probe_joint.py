@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 from udml_stream_apps.training.field_eval import seen_families
 
+from udml_stream.evaluate.card import add_joint, joint_section, stored_card, weights_digest
+from udml_stream.evaluate.card import write_markdown as write_card_markdown
 from udml_stream.evaluate.joint import joint_sweep, plot, render_markdown
 from udml_stream.model import checkpoint
 from udml_stream.model.device import resolve_device
@@ -20,13 +23,19 @@ log = logging.getLogger(__name__)
 
 
 def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
-         limit: int = 0, device: str = "cpu", threads: int = 1, split: str = "test") -> str:
+         limit: int = 0, device: str = "cpu", threads: int = 1, split: str = "test",
+         card: Path | None = None) -> str:
     """Score ``ckpt`` on ``split`` of its own preset (as ``eval-field``: seed 0, 750 samples;
     ``val`` to choose between models without looking at test) with the camera and the
-    microphone degraded together; with ``out`` write ``out.json``, ``out.md`` and ``out.png``.
-    Returns the summary as text."""
+    microphone degraded together; with ``out`` write ``out.json``, ``out.md`` and ``out.png``;
+    with ``card`` add the results to the model card ``eval-field --card`` stored in the
+    checkpoint and rewrite the card's markdown at ``card``. Returns the summary as text."""
     torch.set_num_threads(threads)
     model, meta = checkpoint.load(ckpt, resolve_device(device))
+    # Checked before the sweep, and the weights named as they were loaded.
+    digest = weights_digest(ckpt) if card is not None else ""
+    if card is not None:
+        stored_card(ckpt, digest)
     data = load_data_for_checkpoint(meta, cache_dir)
     samples = data.splits[split]
     if limit:
@@ -41,6 +50,12 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
         out.with_suffix(".md").write_text(render_markdown(result, cmd))
         plot(result, out.with_suffix(".png"))
         log.info("wrote %s.{json,md,png}", out)
+    if card is not None:
+        report = (os.path.relpath(out.with_suffix(".md"), card.parent) if out is not None
+                  else "")
+        facts = add_joint(ckpt, joint_section(result, digest, report))
+        write_card_markdown(facts, card, str(ckpt))
+        log.info("added both streams broken at once to %s and %s", ckpt, card)
     lines = []
     for name in ("trained", "held_out"):
         s = result[name]["summary"]

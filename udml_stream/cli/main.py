@@ -325,6 +325,9 @@ def eval_joint(
         help="test (reports) or val (choosing between models or settings: never on test)")
     ] = "test",
     threads: Annotated[int, typer.Option(help="CPU threads for the model")] = 1,
+    card: Annotated[Path | None, typer.Option(
+        help="Add the results to the model card that `eval-field --card` stored in the "
+             "checkpoint, and rewrite the card here (docs/model-card.md)")] = None,
 ) -> None:
     """CHECKPOINT with the camera and the microphone broken at once (trained families at levels
     5 and 8, held-out degradations at severities 3 and 5): fused against the better stream
@@ -338,8 +341,10 @@ def eval_joint(
         _fail(f"--threads {threads}: expected a whole number ≥ 1")
     if limit < 0:
         _fail(f"--limit {limit}: expected 0 (all) or a positive number of samples")
+    if card is not None and split != "test":
+        _fail("--card needs --split test: the model card reports held-out test numbers")
     typer.echo(_run(probe_joint.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
-                    threads, split))
+                    threads, split, card))
 
 
 @app.command("benchmark-field")

@@ -126,22 +126,64 @@ def stored_card(ckpt: Path, digest: str) -> dict[str, Any]:
     return card
 
 
+#: The worst pairs below the promise that the card names per grid.
+JOINT_LISTED = 8
+
+
+def joint_section(result: dict[str, Any], digest: str, report: str) -> dict[str, Any]:
+    """The card's "both streams broken" part from an ``eval-joint`` result (``joint_sweep``'s
+    output with the ``n_test``, ``split`` and ``seed`` that ``probe_joint.main`` adds): per grid
+    the pairs, the means, and the pairs more than 1 pt below the better stream alone, worst
+    first (at most ``JOINT_LISTED`` named)."""
+    grids = {}
+    for name, key, at in (("trained", "level", "levels"),
+                          ("held_out", "severity", "severities")):
+        s = result[name]["summary"]
+        grids[name] = {
+            "pairs": s["pairs"], "mean_fused": s.get("mean_fused"),
+            "mean_best_alone": s.get("mean_best_alone"), "below": len(s["below_promise"]),
+            "at": result[name][at],
+            "worst": [{"image": r["image"], "audio": r["audio"], "at": r[key],
+                       "vs_best": r["vs_best"], "fused": r["fused"],
+                       "image_alone": r["image_alone"], "audio_alone": r["audio_alone"]}
+                      for r in s["below_promise"][:JOINT_LISTED]]}
+    return {"weights_sha256": digest, "report": report, "n_test": result["n_test"],
+            "split": result.get("split", "test"), **grids}
+
+
+
 def add_held_out(ckpt: Path, section: dict[str, Any]) -> dict[str, Any]:
     """Store ``section`` as the card's ``held_out`` in the checkpoint and return the whole card
     (the card and the section must both have been measured on the same weights)."""
+    return _add_section(ckpt, "held_out", section)
+
+
+def add_joint(ckpt: Path, section: dict[str, Any]) -> dict[str, Any]:
+    """Store ``section`` (``joint_section``) as the card's ``joint`` in the checkpoint and return
+    the whole card (both measured on the same weights)."""
+    return _add_section(ckpt, "joint", section)
+
+
+def _add_section(ckpt: Path, key: str, section: dict[str, Any]) -> dict[str, Any]:
     card = stored_card(ckpt, section["weights_sha256"])
-    card["held_out"] = section
+    card[key] = section
     write_into_checkpoint(ckpt, card)
     return card
+
+
+#: The card's parts that other evaluations add (``eval-unseen --card``, ``eval-joint --card``).
+ADDED_SECTIONS = ("held_out", "joint")
 
 
 def build_card(meta: dict[str, Any], field_result: dict[str, Any], digest: str | None = None,
                report: str = "") -> dict[str, Any]:
     """The card of a checkpoint, with the measured numbers of its field evaluation (``report``:
-    the field report's path from the card's folder). The held-out part of the card stored in
-    ``meta`` stays only if it was measured on the weights with SHA-256 ``digest``."""
-    old = (meta.get("card") or {}).get("held_out")
-    keep = {"held_out": old} if old and digest and old.get("weights_sha256") == digest else {}
+    the field report's path from the card's folder). The parts other evaluations added to the
+    card stored in ``meta`` (``ADDED_SECTIONS``) stay only if they were measured on the weights
+    with SHA-256 ``digest``."""
+    stored = meta.get("card") or {}
+    keep = {k: stored[k] for k in ADDED_SECTIONS
+            if stored.get(k) and digest and stored[k].get("weights_sha256") == digest}
     cfg = meta.get("config", {})
     fams = cfg.get("train", {}).get("families") or {}
     nat_a, nat_i = NaturalAudio(), NaturalImage()
@@ -242,6 +284,35 @@ def _held_out_lines(h: dict[str, Any], ckpt: str) -> list[str]:
         "docs/method.md records what was tried against it.", ""]
 
 
+def _joint_lines(j: dict[str, Any], ckpt: str) -> list[str]:
+    link = f" ([{j['report']}]({j['report']}))" if j.get("report") else ""
+    lines = ["## Both streams broken at once", "",
+             f"`udml eval-joint {ckpt} --card` damages the camera and the microphone together, "
+             f"every one of {j['n_test']} {j['split']} samples{link}. With no clean stream left, "
+             "the promise is that the fused answer never falls more than 1 pt below the better "
+             "of the two streams alone (each scored with the other marked absent).", "",
+             "| grid | pairs | mean fused | mean better stream alone | pairs more than 1 pt "
+             "below |", "| --- | --- | --- | --- | --- |"]
+    names = {"trained": "training families, both at level", "held_out":
+             "held-out degradations, both at severity"}
+    for g, label in names.items():
+        d = j[g]
+        if not d["pairs"]:
+            continue
+        lines.append(f"| {label} {' and '.join(str(a) for a in d['at'])} | {d['pairs']} | "
+                     f"{100 * d['mean_fused']:.2f}% | {100 * d['mean_best_alone']:.2f}% | "
+                     f"{d['below']} |")
+    for g, label in names.items():
+        if j[g]["worst"]:
+            lines += ["", f"Worst, {label.split(',')[0]}: " + "; ".join(
+                f"{w['image']} + {w['audio']} at {w['at']} {100 * w['vs_best']:+.1f} pt (camera "
+                f"alone {100 * w['image_alone']:.1f}%, microphone {100 * w['audio_alone']:.1f}%)"
+                for w in j[g]["worst"])
+                + (f"; {j[g]['below'] - len(j[g]['worst'])} more" if j[g]["below"] >
+                   len(j[g]["worst"]) else "") + "."]
+    return [*lines, ""]
+
+
 def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str | None = None
                    ) -> None:
     """``docs/model-card.md`` from the card (``report``: the field report's path from the
@@ -252,6 +323,8 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str | No
              "field evaluation" + (f" ([{report}]({report}))" if report else "")
              + (f"; `udml eval-unseen {ckpt} --card` added where it breaks"
                 if card.get("held_out") else "")
+             + (f"; `udml eval-joint {ckpt} --card` added both streams broken at once"
+                if card.get("joint") else "")
              + "; the same facts are in the checkpoint's `config.json` under `card`.", "",
              f"Method `{card['model']['method']}` (estimator `{card['model']['estimator']}`), "
              f"trained on the `{card['model']['preset']}` preset; validation accuracy "
@@ -296,5 +369,7 @@ def write_markdown(card: dict[str, Any], path: Path, ckpt: str, report: str | No
     lines += [""]
     if card.get("held_out"):
         lines += _held_out_lines(card["held_out"], ckpt)
+    if card.get("joint"):
+        lines += _joint_lines(card["joint"], ckpt)
     lines += ["## Limits", ""] + [f"- {x}" for x in card["limits"]]
     path.write_text("\n".join(lines) + "\n")
