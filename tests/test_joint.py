@@ -156,8 +156,8 @@ def test_eval_joint_takes_val_or_test_only() -> None:
 
 
 def test_the_card_takes_both_streams_broken_for_its_own_weights(
-        tmp_path: Path, member_copy: Callable[[Path, bool], Path]) -> None:
-    ck = member_copy(tmp_path, True)
+        tmp_path: Path, member_copy: Callable[..., Path]) -> None:
+    ck = member_copy(tmp_path, with_card=True)
     digest = card.weights_digest(ck)
     rows = [_row("blur", "babble", 0.95, 0.90, 0.80), _row("covered", "babble", 0.70, 0.10, 0.80)]
     result = {"n_test": 4, "split": "test", "seed": 0,
@@ -172,7 +172,7 @@ def test_the_card_takes_both_streams_broken_for_its_own_weights(
     text = md.read_text()
     assert "`udml eval-joint ck --card` added both streams broken at once" in text
     assert "| training families, both at level 5 | 2 | 82.50% | 85.00% | 1 |" in text
-    assert "covered + babble at 5 -10.0 pt (camera alone 10.0%, microphone 80.0%)" in text
+    assert "covered + babble at level 5 -10.0 pt (camera alone 10.0%, microphone 80.0%)" in text
     assert text.index("## Both streams broken at once") < text.index("## Limits")
     # eval-field --card rebuilds the card: the joint part stays for the same weights only.
     root = Path(__file__).resolve().parents[1]
@@ -183,7 +183,7 @@ def test_the_card_takes_both_streams_broken_for_its_own_weights(
 
 
 def test_eval_joint_refuses_a_card_it_cannot_add_to(
-        tmp_path: Path, cache_dir: Path, member_copy: Callable[[Path, bool], Path]) -> None:
+        tmp_path: Path, cache_dir: Path, member_copy: Callable[..., Path]) -> None:
     from typer.testing import CliRunner
     from udml_stream_apps.training import probe_joint
 
@@ -192,6 +192,31 @@ def test_eval_joint_refuses_a_card_it_cannot_add_to(
     r = CliRunner().invoke(app, ["eval-joint", "checkpoints/default", "--split", "val",
                                  "--card", str(tmp_path / "card.md")])
     assert r.exit_code != 0 and "--card needs --split test" in r.output
-    bare = member_copy(tmp_path / "a", False)
+    bare = member_copy(tmp_path / "a", with_card=False)
     with pytest.raises(CheckpointError, match="no model card yet: run `udml eval-field"):
         probe_joint.main(bare, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
+
+
+def test_eval_joint_writes_its_report_and_card(
+        tmp_path: Path, cache_dir: Path, member_copy: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from udml_stream_apps.training import probe_joint
+
+    rows = [_row("covered", "babble", 0.70, 0.10, 0.80)]
+
+    def small_sweep(model: object, split: avdigits.Split, seed: int, seen: object) -> dict:
+        # The sweep itself is tested above; here what the program does with its result.
+        return {"trained": {"levels": [5], "rows": rows, "summary": joint.summarise(rows)},
+                "held_out": {"severities": [3], "left_out": list(joint.SWAPS), "rows": [],
+                             "summary": joint.summarise([])}, "absent_throughout": []}
+
+    monkeypatch.setattr(probe_joint, "joint_sweep", small_sweep)
+    ck = member_copy(tmp_path, with_card=True)
+    out, md = tmp_path / "res" / "joint", tmp_path / "card.md"
+    text = probe_joint.main(ck, cache_dir, out, "udml eval-joint ck", limit=4, card=md)
+    assert "trained: 1 pairs" in text and "held_out: no pairs" in text
+    assert out.with_suffix(".png").is_file() and "**✗**" in out.with_suffix(".md").read_text()
+    stored = checkpoint.read_meta(ck)["card"]["joint"]
+    assert stored["report"] == "res/joint.md" and stored["n_test"] == 4
+    assert stored["weights_sha256"] == card.weights_digest(ck)
+    assert "## Both streams broken at once" in md.read_text()

@@ -182,8 +182,8 @@ def test_eval_unseen_takes_val_or_test_only() -> None:
 
 
 def test_the_card_names_where_it_breaks_only_for_the_weights_it_was_measured_on(
-        tmp_path: Path, member_copy: Callable[[Path, bool], Path]) -> None:
-    ck = member_copy(tmp_path, True)
+        tmp_path: Path, member_copy: Callable[..., Path]) -> None:
+    ck = member_copy(tmp_path, with_card=True)
     digest = card.weights_digest(ck)
     section = card.held_out_section(_result(), digest, "results/unseen.md")
     assert [(b["degradation"], b["cause"], b["at"]) for b in section["breaks"]] == [
@@ -210,7 +210,7 @@ def test_the_card_names_where_it_breaks_only_for_the_weights_it_was_measured_on(
 
 def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
         tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch,
-        member_copy: Callable[[Path, bool], Path]) -> None:
+        member_copy: Callable[..., Path]) -> None:
     from typer.testing import CliRunner
     from udml_stream_apps.training import probe_unseen
 
@@ -219,7 +219,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
     r = CliRunner().invoke(app, ["eval-unseen", "checkpoints/default", "--split", "val",
                                  "--card", str(tmp_path / "card.md")])
     assert r.exit_code != 0 and "--card needs --split test" in r.output
-    bare = member_copy(tmp_path / "a", False)
+    bare = member_copy(tmp_path / "a", with_card=False)
     with pytest.raises(CheckpointError, match="no model card yet: run `udml eval-field"):
         probe_unseen.main(bare, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
     # A card measured on other weights, or written before cards named theirs, is not added
@@ -230,7 +230,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
     monkeypatch.setattr(probe_unseen, "unseen_sweep", no_sweep)
     for name, digest, why in (("c", "0" * 64, "not measured on its current weights"),
                               ("d", None, "predates cards that name the weights")):
-        other = member_copy(tmp_path / name, True)
+        other = member_copy(tmp_path / name, with_card=True)
         meta = json.loads((other / checkpoint.CONFIG).read_text())
         if digest is None:
             del meta["card"]["weights_sha256"]
@@ -240,7 +240,7 @@ def test_eval_unseen_adds_to_a_card_and_refuses_one_that_is_not_there(
         with pytest.raises(CheckpointError, match=why):
             probe_unseen.main(other, cache_dir, None, "cmd", limit=2, card=tmp_path / "card.md")
     monkeypatch.undo()
-    ck = member_copy(tmp_path / "b", True)
+    ck = member_copy(tmp_path / "b", with_card=True)
     out, md = tmp_path / "unseen", tmp_path / "card.md"
     probe_unseen.main(ck, cache_dir, out, "cmd", limit=4, card=md)
     result = json.loads(out.with_suffix(".json").read_text())

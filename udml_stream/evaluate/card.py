@@ -3,9 +3,10 @@
 The same facts go into the checkpoint's ``config.json`` (key ``card``, for programs) and into
 ``docs/model-card.md`` (for people), both written by ``udml eval-field CKPT --card``. ``udml
 eval-unseen CKPT --card`` then adds where the model breaks: the held-out degradations on which
-the fused answer falls below dropping the damaged stream. That part names the weights it was
-measured on (their SHA-256), so a card rebuilt for other weights leaves it out rather than
-carry numbers that are no longer true.
+the fused answer falls below dropping the damaged stream; ``udml eval-joint CKPT --card`` adds
+both streams broken at once, against the better stream alone. Each added part names the weights
+it was measured on (their SHA-256), so a card rebuilt for other weights leaves it out rather
+than carry numbers that are no longer true.
 """
 
 from __future__ import annotations
@@ -151,7 +152,6 @@ def joint_section(result: dict[str, Any], digest: str, report: str) -> dict[str,
             "split": result.get("split", "test"), **grids}
 
 
-
 def add_held_out(ckpt: Path, section: dict[str, Any]) -> dict[str, Any]:
     """Store ``section`` as the card's ``held_out`` in the checkpoint and return the whole card
     (the card and the section must both have been measured on the same weights)."""
@@ -293,19 +293,21 @@ def _joint_lines(j: dict[str, Any], ckpt: str) -> list[str]:
              "of the two streams alone (each scored with the other marked absent).", "",
              "| grid | pairs | mean fused | mean better stream alone | pairs more than 1 pt "
              "below |", "| --- | --- | --- | --- | --- |"]
-    names = {"trained": "training families, both at level", "held_out":
-             "held-out degradations, both at severity"}
-    for g, label in names.items():
-        d = j[g]
-        if not d["pairs"]:
-            continue
-        lines.append(f"| {label} {' and '.join(str(a) for a in d['at'])} | {d['pairs']} | "
-                     f"{100 * d['mean_fused']:.2f}% | {100 * d['mean_best_alone']:.2f}% | "
-                     f"{d['below']} |")
-    for g, label in names.items():
+    names = {"trained": ("training families", "level"),
+             "held_out": ("held-out degradations", "severity")}
+    scored = [g for g in names if j[g]["pairs"]]
+    if not scored:
+        return [*lines[:-3], "", "No pairs scored.", ""]
+    for g in scored:
+        d, (label, at) = j[g], names[g]
+        lines.append(f"| {label}, both at {at} {' and '.join(str(a) for a in d['at'])} | "
+                     f"{d['pairs']} | {100 * d['mean_fused']:.2f}% | "
+                     f"{100 * d['mean_best_alone']:.2f}% | {d['below']} |")
+    for g in scored:
+        (label, at) = names[g]
         if j[g]["worst"]:
-            lines += ["", f"Worst, {label.split(',')[0]}: " + "; ".join(
-                f"{w['image']} + {w['audio']} at {w['at']} {100 * w['vs_best']:+.1f} pt (camera "
+            lines += ["", f"Worst, {label}: " + "; ".join(
+                f"{w['image']} + {w['audio']} at {at} {w['at']} {100 * w['vs_best']:+.1f} pt (camera "
                 f"alone {100 * w['image_alone']:.1f}%, microphone {100 * w['audio_alone']:.1f}%)"
                 for w in j[g]["worst"])
                 + (f"; {j[g]['below'] - len(j[g]['worst'])} more" if j[g]["below"] >
