@@ -293,18 +293,19 @@ def _joint_lines(j: dict[str, Any], ckpt: str) -> list[str]:
              "of the two streams alone (each scored with the other marked absent).", "",
              "| grid | pairs | mean fused | mean better stream alone | pairs more than 1 pt "
              "below |", "| --- | --- | --- | --- | --- |"]
-    names = {"trained": ("training families", "level"),
-             "held_out": ("held-out degradations", "severity")}
+    names = {"trained": ("training families", "level", "levels"),
+             "held_out": ("held-out degradations", "severity", "severities")}
     scored = [g for g in names if j[g]["pairs"]]
     if not scored:
         return [*lines[:-3], "", "No pairs scored.", ""]
     for g in scored:
-        d, (label, at) = j[g], names[g]
+        d, (label, one, many) = j[g], names[g]
+        at = one if len(d["at"]) == 1 else many
         lines.append(f"| {label}, both at {at} {' and '.join(str(a) for a in d['at'])} | "
                      f"{d['pairs']} | {100 * d['mean_fused']:.2f}% | "
                      f"{100 * d['mean_best_alone']:.2f}% | {d['below']} |")
     for g in scored:
-        (label, at) = names[g]
+        label, at, _ = names[g]
         if j[g]["worst"]:
             lines += ["", f"Worst, {label}: " + "; ".join(
                 f"{w['image']} + {w['audio']} at {at} {w['at']} {100 * w['vs_best']:+.1f} pt (camera "
