@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from udml_stream_apps.training import sweep_setup
 from udml_stream_apps.training.field_eval import seen_families
 
-from udml_stream.evaluate.card import add_joint, joint_section, stored_card, weights_digest
-from udml_stream.evaluate.card import write_markdown as write_card_markdown
+from udml_stream.evaluate.card import add_joint, joint_section
 from udml_stream.evaluate.joint import joint_sweep, plot, render_markdown
-from udml_stream.model import checkpoint
-from udml_stream.model.device import resolve_device
-from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +24,8 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
     microphone degraded together; with ``out`` write ``out.json``, ``out.md`` and ``out.png``;
     with ``card`` add the results to the model card ``eval-field --card`` stored in the
     checkpoint and rewrite the card's markdown at ``card``. Returns the summary as text."""
-    torch.set_num_threads(threads)
-    model, meta = checkpoint.load(ckpt, resolve_device(device))
-    # Checked before the sweep, and the weights named as they were loaded.
-    digest = weights_digest(ckpt) if card is not None else ""
-    if card is not None:
-        stored_card(ckpt, digest)
-    data = load_data_for_checkpoint(meta, cache_dir)
-    samples = data.splits[split]
-    if limit:
-        samples = samples.rows(np.arange(min(limit, len(samples))))
+    ld = sweep_setup.load(ckpt, cache_dir, device, threads, split, limit, card)
+    model, meta, data, samples, digest = ld.model, ld.meta, ld.data, ld.samples, ld.digest
     result: dict[str, Any] = joint_sweep(model, samples, seed, seen_families(meta))
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
                    "preset": data.preset.name, "seed": seed, "n_test": len(samples),
@@ -51,10 +37,8 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
         plot(result, out.with_suffix(".png"))
         log.info("wrote %s.{json,md,png}", out)
     if card is not None:
-        report = (os.path.relpath(out.with_suffix(".md"), card.parent) if out is not None
-                  else "")
-        facts = add_joint(ckpt, joint_section(result, digest, report))
-        write_card_markdown(facts, card, str(ckpt))
+        sweep_setup.add_to_card(ckpt, card, out, add_joint,
+                                lambda report: joint_section(result, digest, report))
         log.info("added both streams broken at once to %s and %s", ckpt, card)
     lines = []
     for name in ("trained", "held_out"):

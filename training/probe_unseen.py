@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from udml_stream_apps.training import sweep_setup
 
 from udml_stream.evaluate.card import (
     add_held_out,
     held_out_section,
-    stored_card,
-    weights_digest,
 )
-from udml_stream.evaluate.card import write_markdown as write_card_markdown
 from udml_stream.evaluate.unseen import render_markdown, summary, unseen_sweep
-from udml_stream.model import checkpoint
-from udml_stream.model.device import resolve_device
-from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +27,8 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
     the degradations that break the promise to the model card ``eval-field --card`` stored in
     the checkpoint, and rewrite the card's markdown at ``card``. Returns the summary as text
     (one finding a line)."""
-    torch.set_num_threads(threads)  # a shared machine: one core, and comparable timings
-    dev = resolve_device(device)
-    model, meta = checkpoint.load(ckpt, dev)
-    # Checked before the sweep, and the weights named as they were loaded.
-    digest = weights_digest(ckpt) if card is not None else ""
-    if card is not None:
-        stored_card(ckpt, digest)
-    data = load_data_for_checkpoint(meta, cache_dir)
-    test = data.splits[split]
-    if limit:
-        test = test.rows(np.arange(min(limit, len(test))))
+    ld = sweep_setup.load(ckpt, cache_dir, device, threads, split, limit, card)
+    model, meta, data, test, digest = ld.model, ld.meta, ld.data, ld.samples, ld.digest
     result: dict[str, Any] = unseen_sweep(model, test, seed)
     result.update({"checkpoint": str(ckpt), "method": meta["model"]["method"],
                    "preset": data.preset.name, "seed": seed, "n_test": len(test),
@@ -57,10 +40,8 @@ def main(ckpt: Path, cache_dir: Path, out: Path | None, cmd: str, seed: int = 0,
         out.with_suffix(".md").write_text(render_markdown(result, cmd))
         log.info("wrote %s and %s", out.with_suffix(".json"), out.with_suffix(".md"))
     if card is not None:
-        report = (os.path.relpath(out.with_suffix(".md"), card.parent) if out is not None
-                  else "")
-        facts = add_held_out(ckpt, held_out_section(result, digest, report))
-        write_card_markdown(facts, card, str(ckpt))
+        sweep_setup.add_to_card(ckpt, card, out, add_held_out,
+                                lambda report: held_out_section(result, digest, report))
         log.info("added the held-out part to %s and %s", ckpt, card)
     s = result["summary"]
     fooled = ", ".join(f"{k} ({100 * v['min_above_clean']:.1f}%)"

@@ -53,6 +53,14 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _check_split(split: str, card: Path | None) -> None:
+    """The evaluations' ``--split`` (test or val) and ``--card`` (test numbers only)."""
+    if split not in ("test", "val"):
+        _fail(f"--split {split!r}: expected 'test' or 'val'")
+    if card is not None and split != "test":
+        _fail("--card needs --split test: the model card reports held-out test numbers")
+
+
 def _run(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
@@ -187,10 +195,7 @@ def eval_field(
 
     from udml_stream.evaluate.field_report import goals
 
-    if split not in ("test", "val"):
-        _fail(f"--split {split!r}: expected 'test' or 'val'")
-    if card is not None and split != "test":
-        _fail("--card needs --split test: the model card reports held-out test numbers")
+    _check_split(split, card)
     command = "udml eval-field " + " ".join(sys.argv[2:])
     result = _run(field_eval.main, checkpoint, cache_dir, seed, device, limit, out, command, card,
                   split)
@@ -304,10 +309,7 @@ def eval_unseen(
     stream, fused against dropping that stream, and whether σ̂ rises."""
     from udml_stream_apps.training import probe_unseen
 
-    if split not in ("test", "val"):
-        _fail(f"--split {split!r}: expected 'test' or 'val'")
-    if card is not None and split != "test":
-        _fail("--card needs --split test: the model card reports held-out test numbers")
+    _check_split(split, card)
     command = "udml eval-unseen " + " ".join(sys.argv[2:])
     typer.echo(_run(probe_unseen.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
                     1, split, card))
@@ -334,15 +336,12 @@ def eval_joint(
     alone."""
     from udml_stream_apps.training import probe_joint
 
-    if split not in ("test", "val"):
-        _fail(f"--split {split!r}: expected 'test' or 'val'")
-    command = "udml eval-joint " + " ".join(sys.argv[2:])
+    _check_split(split, card)
     if threads < 1:
         _fail(f"--threads {threads}: expected a whole number ≥ 1")
     if limit < 0:
         _fail(f"--limit {limit}: expected 0 (all) or a positive number of samples")
-    if card is not None and split != "test":
-        _fail("--card needs --split test: the model card reports held-out test numbers")
+    command = "udml eval-joint " + " ".join(sys.argv[2:])
     typer.echo(_run(probe_joint.main, checkpoint, cache_dir, out, command, seed, limit, "cpu",
                     threads, split, card))
 

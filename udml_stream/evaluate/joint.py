@@ -55,13 +55,12 @@ SWAPS = ("stale_frame", "talker_swap")
 #: The promise: fused − the better stream alone ≥ this (accuracy), as against dropping a stream.
 VS_BEST = VS_DROPPED
 
-#: An in-place change of a batch, as ``run_pass`` takes it (``edit(batch, rng)``).
+#: An in-place change of a batch, as ``run_pass`` takes it (``edit(batch, rng)``); also one
+#: stream's damage, given that stream's own generator.
 Edit = Callable[[Batch, np.random.Generator], None]
-#: Damages one stream of a batch in place with the generator it is given.
-Damage = Callable[[Batch, np.random.Generator], None]
 
 
-def _stream_edit(m: str, seed: int, condition: str, damage: Damage) -> Edit:
+def _stream_edit(m: str, seed: int, condition: str, damage: Edit) -> Edit:
     """An edit that damages stream ``m`` (where the batch holds it) with a generator keyed by
     ``seed``, the batch's first row and ``condition``: never by the other stream's damage."""
 
@@ -102,7 +101,7 @@ class _Grid:
             self._alone[key] = float(p.correct.mean())
         return self._alone[key]
 
-    def cell(self, conditions: Mapping[str, tuple[str, Damage]]) -> dict[str, Any]:
+    def cell(self, conditions: Mapping[str, tuple[str, Edit]]) -> dict[str, Any]:
         """Fused accuracy, each of the pair alone and the camera's share of the effective
         multiplier, with each stream under its (condition name, damage)."""
         edits = {m: _stream_edit(m, self.seed, c, d) for m, (c, d) in conditions.items()}
@@ -118,7 +117,7 @@ class _Grid:
         return row
 
 
-def _family_damage(m: str, key: str, family: str, level: int) -> Damage:
+def _family_damage(m: str, key: str, family: str, level: int) -> Edit:
     def damage(b: Batch, rng: np.random.Generator) -> None:
         corrupt_stream(b, m, key, family, np.full(len(b.labels), level, np.int64), rng)
 
