@@ -73,12 +73,13 @@ def tiny_checkpoint(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def member_copy() -> Callable[..., Path]:
-    """``copy(folder, with_card=...)``: one shipped model's files (the shipped ensemble's first
-    member) in ``folder/ck``, with or without its stored card (named as measured on these
-    weights), its data set the small test build."""
-    src = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members" / "0"
+    """``copy(folder, with_card=..., member=0)``: one shipped model's files (the shipped
+    ensemble's first member, or another) in ``folder/ck``, with or without its stored card
+    (named as measured on these weights), its data set the small test build."""
+    members = Path(__file__).resolve().parents[1] / "checkpoints" / "default" / "members"
 
-    def copy(folder: Path, *, with_card: bool) -> Path:
+    def copy(folder: Path, *, with_card: bool, member: int = 0) -> Path:
+        src = members / str(member)
         ck = folder / "ck"
         ck.mkdir(parents=True)
         shutil.copy(src / checkpoint.WEIGHTS, ck / checkpoint.WEIGHTS)

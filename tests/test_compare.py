@@ -1,0 +1,87 @@
+"""The replacement rule as code (``training.compare_checkpoints``): both models score the very
+same batches, a model against itself changes nothing, and the count criterion sees a
+candidate that breaks a promise the incumbent keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import compare_checkpoints as cc
+from training import probe_fresh
+from udml_stream.data import avdigits
+from udml_stream.evaluate import field, unseen
+from udml_stream.model import checkpoint
+
+HELD = (unseen.get("image", "jpeg"), unseen.get("audio", "reverb"))
+PROBE = tuple(d for d in probe_fresh.DEGRADATIONS if d.name in ("edges", "crowd"))
+
+
+def test_both_models_score_the_same_batches(
+        field_data: avdigits.AVDigits, member_copy: Callable[..., Path],
+        tmp_path: Path) -> None:
+    first, _ = checkpoint.load(member_copy(tmp_path / "a", with_card=False))
+    second, _ = checkpoint.load(member_copy(tmp_path / "b", with_card=False, member=1))
+    split = field_data.splits["val"].rows(np.arange(40))
+    paired = cc.Paired(first, second).eval()
+    passes: cc.Passes = {}
+    original = field.run_pass
+    kw = {"levels": {"image": 7}, "kinds": {"image": "gaussian"}, "tag": "image/gaussian@7"}
+    with cc.recording(paired, passes):
+        answered = field.run_pass(paired, split, 1, **kw)
+        field.run_pass(paired, split, 1, missing=("audio",))
+    assert set(passes) == {("image/gaussian@7", ()), ("", ("audio",))}
+    got = passes[("image/gaussian@7", ())]
+    # Each model's correctness is what it scores alone on that pass; the pass answers as the
+    # incumbent.
+    np.testing.assert_array_equal(got["incumbent"], field.run_pass(first, split, 1, **kw).correct)
+    np.testing.assert_array_equal(got["candidate"],
+                                  field.run_pass(second, split, 1, **kw).correct)
+    np.testing.assert_array_equal(answered.correct, got["incumbent"])
+    # Outside the context the sweeps' own run_pass is back.
+    assert field.run_pass is original and unseen.run_pass is original
+
+
+def test_a_model_against_itself_changes_nothing_and_does_not_replace(
+        field_data: avdigits.AVDigits, member_copy: Callable[..., Path], cache_dir: Path,
+        tmp_path: Path) -> None:
+    ck = member_copy(tmp_path, with_card=False)
+    r = cc.compare(ck, ck, cache_dir, resamples=50, limit=30, held_out=HELD, probe=PROBE)
+    for s in r["held_out_means"].values():
+        assert s["incumbent"] == s["candidate"]
+        assert s["difference"] == 0.0 and s["interval_90"] == [0.0, 0.0]
+    counts = r["below_dropping"]
+    assert counts["point"]["incumbent"] == counts["point"]["candidate"]
+    assert counts["difference_p5"] == 0.0 == counts["difference_p95"]
+    assert r["trained"]["incumbent"] == r["trained"]["candidate"]
+    # (a) asks that some stream gain beyond its sampling noise: an unchanged model does not.
+    assert r["rule"]["a"] is False and r["replaces"] is False
+    assert "does not replace" in cc.render_markdown(r, "cmd")
+
+
+def test_the_count_sees_a_candidate_that_breaks_a_promise() -> None:
+    n = 100
+    fine = np.zeros(n)
+    worse = np.zeros(n)
+    worse[:5] = -1.0  # the candidate wrong on 5 samples the dropped stream gets right: −5 pt
+    streams = {"audio": {"degradations": {"hum": {"3": {"incumbent": fine, "candidate": worse}}}}}
+    c = cc._counts([(streams, cc._weights(n, 500, 0))])
+    assert c["point"] == {"incumbent": 0, "candidate": 1}
+    assert c["breaks"]["candidate"] == ["audio/hum (-5.0 pt)"]
+    # In nearly every resample the candidate still breaks it: (b) fails.
+    assert c["difference_p5"] == 1.0
+
+
+def test_the_bootstrap_interval_brackets_a_paired_gain() -> None:
+    n = 400
+    rng = np.random.default_rng(0)
+    inc = (rng.random(n) < 0.8).astype(float)
+    cand = inc.copy()
+    cand[np.flatnonzero(inc == 0)[:20]] = 1.0  # the candidate right on 20 more: +5 pt
+    s = cc._bootstrap_stream([{"incumbent": inc, "candidate": cand}], cc._weights(n, 500, 0))
+    assert s["difference"] == pytest.approx(0.05)
+    lo, hi = s["interval_90"]
+    assert 0.0 < lo < 0.05 < hi
