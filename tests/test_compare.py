@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from udml_stream_apps.training import compare_checkpoints as cc
+from udml_stream_apps.training import probe_fresh
 
-from training import compare_checkpoints as cc
-from training import probe_fresh
 from udml_stream.data import avdigits
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint

@@ -4,6 +4,7 @@ loses its weight, as far as another stream is healthy; an unfitted gate changes 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,15 @@ from safetensors.torch import load_file, save_file
 
 from udml_stream.data import avdigits
 from udml_stream.data.batching import NaturalInput, make_batch
+from udml_stream.data.field import place_words
 from udml_stream.model import checkpoint
 from udml_stream.model.rules.udml import PRETEXT_CLASSES
-from udml_stream.train.pregate import TRANSFORMS, calibrate_pretext_gate, fit_head
+from udml_stream.train.pregate import (
+    TRANSFORMS,
+    WordsPlaced,
+    calibrate_pretext_gate,
+    fit_head,
+)
 from udml_stream.train.trainer import to_torch
 
 from .test_confgate import _inputs, _switch_model
@@ -143,6 +150,45 @@ def test_the_shipped_checkpoint_closes_a_camera_turned_on_its_side(
     assert float(turned.aux["gate/image"].mean()) < float(upright.aux["gate/image"].mean()) - 0.5
 
 
+def test_words_are_placed_whole_anywhere_in_their_window() -> None:
+    n, rows = 100, 300
+    x = np.zeros((rows, n), np.float32)
+    x[:, 40:60] = np.arange(1, 21, dtype=np.float32)  # a word: 20 samples, none alike
+    x[:, 38] = 0.01  # below 2% of the peak: room, not word (it moves with the window)
+    x[-1] = 0.0  # a silent window stays as it was
+    out = place_words(x, np.random.default_rng(0))
+    starts = []
+    for i in range(rows - 1):
+        start = int(np.flatnonzero(out[i] >= 1.0)[0])
+        np.testing.assert_array_equal(out[i], np.roll(x[i], start - 40))  # moved, not changed
+        assert start + 20 <= n  # whole: never wrapped round the window's end
+        starts.append(start)
+    assert min(starts) <= 5 and max(starts) >= n - 25  # anywhere, ends included
+    np.testing.assert_array_equal(out[-1], x[-1])
+
+
+def test_the_fit_places_words_on_a_generator_of_its_own(
+        field_data: avdigits.AVDigits) -> None:
+    split = field_data.splits["train"].rows(np.arange(16))
+    placed = WordsPlaced(split, np.random.default_rng(0))
+    rows = np.arange(16)
+    raw, got = split.batch(rows), placed.batch(rows)
+    np.testing.assert_array_equal(got["image"], raw["image"])  # the camera as it was
+    moved = 0
+    for a, b in zip(raw["audio"], got["audio"], strict=True):
+        lags = [k for k in range(len(a)) if np.array_equal(np.roll(a, k), b)][:1]
+        assert lags, "each window is its own, rolled"
+        moved += lags[0] != 0
+    assert moved >= 14
+    # The fit's other draws come from the caller's generator, untouched by the placement.
+    one, two = np.random.default_rng(5), np.random.default_rng(5)
+    ones = {m: np.ones(16, np.int64) for m in split.tables}
+    b1 = make_batch(split, rows, ones, one, natural=NaturalInput())
+    b2 = make_batch(placed, rows, ones, two, natural=NaturalInput())
+    np.testing.assert_array_equal(b1.inputs["image"], b2.inputs["image"])
+    assert one.random() == two.random()
+
+
 def test_fitting_features_stay_within_their_memory_budget(small_data, monkeypatch) -> None:
     import udml_stream.train.pregate as pregate
 
@@ -197,3 +243,37 @@ def test_the_joint_pretext_term_needs_the_switch_rule(cache_dir: Path, tmp_path:
                         "train": {"pretext_weight": 0.5, "epochs": 1, "out_dir": str(tmp_path)}})
     with pytest.raises(ConfigError, match=r"pretext_weight = 0\.5: only the switch rule"):
         train(cfg, progress=False)
+
+
+def test_udml_recalibrate_refits_the_gates_in_place_and_leaves_the_classifier(
+        field_data: avdigits.AVDigits, member_copy, cache_dir: Path, tmp_path: Path,
+        monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import udml_stream.train.pregate as pregate
+    from udml_stream.cli.main import app
+
+    ck = member_copy(tmp_path, with_card=False)
+    # A quick run: subsets of the splits (as a config may ask) and a short fit of the heads.
+    meta = json.loads((ck / checkpoint.CONFIG).read_text())
+    meta["config"]["data"].update(train_subset=200, val_subset=100)
+    (ck / checkpoint.CONFIG).write_text(json.dumps(meta))
+    monkeypatch.setattr(pregate, "STEPS", 100)
+    before = load_file(str(ck / checkpoint.WEIGHTS))
+    r = CliRunner().invoke(app, ["recalibrate", str(ck), "--cache-dir", str(cache_dir)])
+    assert r.exit_code == 0, r.output
+    new = json.loads(r.output)
+    after = load_file(str(ck / checkpoint.WEIGHTS))
+    _, meta = checkpoint.load(ck)
+    assert meta["pretext_gate"] == new["pretext_gate"]
+    assert meta["gate"] == new["gate"]
+    # The classifier as trained; the pretext heads fitted afresh on this data.
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        if k.startswith("pretext."):
+            continue
+        assert torch.equal(v, after[k]) or k.startswith(("gate_", "conf_", "typ_", "pre_")), k
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("pretext."))
+    # An ensemble is refused with the way round it.
+    r = CliRunner().invoke(app, ["recalibrate", str(CKPT)])
+    assert r.exit_code != 0 and "ensemble" in r.output

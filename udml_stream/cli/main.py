@@ -251,6 +251,22 @@ def ensemble(
 
 
 @app.command()
+def recalibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="A trained switch-rule checkpoint (one "
+                                               "model: an ensemble's member)")],
+    cache_dir: CacheOpt = Path("data_cache"),
+) -> None:
+    """Calibrate the switch rule's gates of CHECKPOINT again, in place, exactly as training
+    ends (the same data, seed and families; the pretext head refitted): after a change to how
+    the gates are fitted. The classifier is untouched. For an ensemble, recalibrate each
+    member's copy, then build the ensemble again with `udml ensemble`."""
+    from udml_stream.train.trainer import recalibrate as recal
+
+    new = _run(recal, checkpoint, cache_dir)
+    typer.echo(json.dumps(new, indent=1))
+
+
+@app.command()
 def adapt(
     checkpoint: Path,
     logs: Annotated[list[str], typer.Argument(help="Your robot's logs (files or globs); no "

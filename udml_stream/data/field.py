@@ -12,6 +12,8 @@ This module makes that input, seeded, for training and for the natural-input eva
 * ``writer_images`` / ``mic_response`` (training only): the variation between writers and between
   microphones that one data set does not hold: pen width and slant, a capsule's high- and
   low-pass corners;
+* ``place_words`` (the pretext head's fit only, ``train.pregate``): the word anywhere in the
+  window where it fits whole;
 * ``naturalise_audio``: a level and a room-noise floor of random colour, plus the active power
   of the clean speech (the reference for every SNR) and the degradation that the floor itself
   amounts to on the ``gaussian`` family's SNR scale (a loud floor under quiet speech *is* noise).
@@ -153,6 +155,25 @@ def mic_response(x: np.ndarray, rng: np.random.Generator, spec: NaturalAudio = N
             out[i] = signal.sosfilt(signal.butter(2, lp[i], "lowpass", fs=sample_rate,
                                                   output="sos"), out[i])
     return out.astype(np.float32)
+
+
+def place_words(x: np.ndarray, rng: np.random.Generator, threshold: float = 0.02) -> np.ndarray:
+    """Each window ``[B, N]`` with its word moved to a uniformly random place where it fits
+    whole. The cached windows centre the word (``sources.fit_window``); a live window ends at
+    the frame's capture time, so the word lies anywhere in it. The word is the span above
+    ``threshold`` of the window's peak (``fit_window``'s own); the window is rolled, so what lay
+    around the word (zeros in the cache) fills the other side."""
+    out = np.asarray(x, dtype=np.float32).copy()
+    n = out.shape[1]
+    for i in range(out.shape[0]):
+        a = np.abs(out[i])
+        voiced = np.flatnonzero(a > threshold * (a.max() + 1e-9))
+        if voiced.size == 0:
+            continue
+        first, length = int(voiced[0]), int(voiced[-1] - voiced[0] + 1)
+        start = int(rng.integers(0, n - length + 1))
+        out[i] = np.roll(out[i], start - first)
+    return out
 
 
 def naturalise_image(x: np.ndarray, rng: np.random.Generator,
