@@ -36,9 +36,9 @@ from unittest import mock
 import numpy as np
 import torch
 from torch import Tensor, nn
+from udml_stream_apps.training import probe_fresh
+from udml_stream_apps.training.field_eval import seen_families
 
-from training import probe_fresh
-from training.field_eval import seen_families
 from udml_stream.data.avdigits import Split
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
