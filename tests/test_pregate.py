@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 from udml_stream.data import avdigits
 from udml_stream.data.batching import NaturalInput, make_batch
 from udml_stream.data.field import place_words
+from udml_stream.evaluate import unseen
 from udml_stream.model import checkpoint
 from udml_stream.model.rules.udml import PRETEXT_CLASSES
+from udml_stream.model.rules.weighting import gate_openness
 from udml_stream.train.pregate import (
     TRANSFORMS,
     WordsPlaced,
@@ -150,6 +152,28 @@ def test_the_shipped_checkpoint_closes_a_camera_turned_on_its_side(
     assert float(turned.aux["gate/image"].mean()) < float(upright.aux["gate/image"].mean()) - 0.5
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("ck", MEMBERS, ids=lambda p: f"member{p.name}")
+def test_the_shipped_microphone_is_open_to_a_word_off_its_moment(
+        ck: Path, field_data: avdigits.AVDigits) -> None:
+    # A live window ends at the frame's capture time, so its word is rarely centred. Before the
+    # head was fitted with words placed anywhere, a word 0.2 s off left the microphone's
+    # pretext gate half open (member 0, validation: 0.50) though the microphone was 99% right.
+    model, _ = checkpoint.load(ck, torch.device("cpu"))
+    i_mic = model.cfg.modalities.index("audio")
+    lo, hi = float(model.pre_clean[i_mic]), float(model.pre_broken[i_mic])
+    split = field_data.splits["test"].subset(64, seed=2)
+    ones = {m: np.ones(len(split), np.int64) for m in field_data.modalities}
+    b = make_batch(split, np.arange(len(split)), ones, np.random.default_rng(0))
+    unseen.edit(unseen.get("audio", "shift"), 2)(b, np.random.default_rng(1))  # 0.2 s off
+    inputs, present, _, y = to_torch(b, torch.device("cpu"))
+    out = model(inputs, present)
+    assert float((out.unimodal_logits["audio"].argmax(1) == y).float().mean()) > 0.9
+    openness = gate_openness(out.aux["pretext/audio"][:, None], torch.tensor([lo]),
+                             torch.tensor([hi]))
+    assert float(openness.mean()) > 0.85
+
+
 def test_words_are_placed_whole_anywhere_in_their_window() -> None:
     n, rows = 100, 300
     x = np.zeros((rows, n), np.float32)
@@ -176,9 +200,9 @@ def test_the_fit_places_words_on_a_generator_of_its_own(
     np.testing.assert_array_equal(got["image"], raw["image"])  # the camera as it was
     moved = 0
     for a, b in zip(raw["audio"], got["audio"], strict=True):
-        lags = [k for k in range(len(a)) if np.array_equal(np.roll(a, k), b)][:1]
-        assert lags, "each window is its own, rolled"
-        moved += lags[0] != 0
+        lag = int(np.argmax(b != 0)) - int(np.argmax(a != 0))  # where the word now starts
+        np.testing.assert_array_equal(np.roll(a, lag), b)  # each window is its own, rolled
+        moved += lag != 0
     assert moved >= 14
     # The fit's other draws come from the caller's generator, untouched by the placement.
     one, two = np.random.default_rng(5), np.random.default_rng(5)
@@ -264,9 +288,11 @@ def test_udml_recalibrate_refits_the_gates_in_place_and_leaves_the_classifier(
     assert r.exit_code == 0, r.output
     new = json.loads(r.output)
     after = load_file(str(ck / checkpoint.WEIGHTS))
-    _, meta = checkpoint.load(ck)
+    model, meta = checkpoint.load(ck)
+    # The ends as stored with the weights, and as the checkpoint's facts name them.
+    assert model.pre_clean.tolist() == pytest.approx(new["pretext_gate"]["clean"])
+    assert model.pre_broken.tolist() == pytest.approx(new["pretext_gate"]["broken"])
     assert meta["pretext_gate"] == new["pretext_gate"]
-    assert meta["gate"] == new["gate"]
     # The classifier as trained; the pretext heads fitted afresh on this data.
     assert before.keys() == after.keys()
     for k, v in before.items():

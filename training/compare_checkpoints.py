@@ -5,8 +5,8 @@ replacement rule") compares two checkpoints on a validation draw that nothing wa
 the validation split under corruption and natural-variation seed 1, through the held-out
 degradations (``udml eval-unseen``), the probe set (``training.probe_fresh``, its first 500
 samples) and the trained families at levels 2-11 (``udml eval-field``'s family sweep). Both
-models score the very same batches (``Paired``), and a bootstrap over samples, paired across
-the two models (2,000 resamples, generator seed 0), decides:
+models score the very same batches (``Paired``), and one bootstrap over samples, paired across
+the two models and shared by the sweeps (2,000 resamples, generator seed 0), decides:
 
 (a) for each stream, the 90% interval of the candidate's mean fused accuracy over its held-out
     degradations minus the incumbent's does not lie wholly below 0, and for at least one stream
@@ -90,7 +90,12 @@ def recording(paired: Paired, passes: Passes) -> Iterator[None]:
             v.clear()
         p = original(model, split, seed, **kw)
         key = (kw.get("tag", ""), tuple(kw.get("missing", ())))
-        passes[key] = {k: np.concatenate(paired.preds[k]) == split.labels for k in MODELS}
+        got = {k: np.concatenate(paired.preds[k]) == split.labels for k in MODELS}
+        # Two sweeps may run the same pass (each drops a stream with tag ""): the same draw,
+        # so the same answers; anything else would mean two passes share a key.
+        if key in passes and any(not np.array_equal(passes[key][k], got[k]) for k in MODELS):
+            raise RuntimeError(f"two different passes recorded under {key}")
+        passes[key] = got
         return p
 
     with ExitStack() as stack:
@@ -100,10 +105,19 @@ def recording(paired: Paired, passes: Passes) -> Iterator[None]:
 
 
 def _weights(n: int, resamples: int, seed: int) -> np.ndarray:
-    """``[resamples, n]``: how often each sample is drawn in each bootstrap resample."""
+    """``[resamples, n]``: how often each sample is drawn in each bootstrap resample. One
+    bootstrap serves every sweep: the probe set's samples are the first of the validation
+    split, and its weights are these weights' first columns (``_mean``)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))
     return np.stack([np.bincount(r, minlength=n) for r in idx]).astype(np.float64)
+
+
+def _mean(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per resample, the weighted mean of per-sample values ``x`` (``[n]`` → ``[R]``, or
+    ``[S, n]`` → ``[R, S]``) over the first ``n`` samples the resample drew."""
+    w = weights[:, : x.shape[-1]]
+    return (w @ x.T) / (w.sum(axis=1) if x.ndim == 1 else w.sum(axis=1, keepdims=True))
 
 
 def _held_out(result: dict[str, Any], passes: Passes) -> dict[str, Any]:
@@ -127,9 +141,8 @@ def _bootstrap_stream(passes_fused: list[dict[str, np.ndarray]],
                       weights: np.ndarray) -> dict[str, Any]:
     """Mean fused accuracy over a stream's held-out passes: per model, and the candidate's
     difference with its 90% interval over the resamples."""
-    n = weights.shape[1]
     mean = {k: np.mean([p[k] for p in passes_fused], axis=0) for k in MODELS}  # per sample
-    diff = weights @ (mean["candidate"] - mean["incumbent"]) / n
+    diff = _mean(weights, mean["candidate"] - mean["incumbent"])
     return {"incumbent": float(mean["incumbent"].mean()),
             "candidate": float(mean["candidate"].mean()),
             "difference": float((mean["candidate"] - mean["incumbent"]).mean()),
@@ -144,7 +157,6 @@ def _counts(sets: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
     boot = {k: 0 for k in MODELS}
     breaks: dict[str, list[str]] = {k: [] for k in MODELS}
     for streams, weights in sets:
-        n = weights.shape[1]
         for m, entry in streams.items():
             for name, sevs in entry["degradations"].items():
                 for k in MODELS:
@@ -153,7 +165,7 @@ def _counts(sets: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
                     if worst < VS_DROPPED:
                         point[k] += 1
                         breaks[k].append(f"{m}/{name} ({100 * worst:+.1f} pt)")
-                    boot[k] = boot[k] + ((weights @ vs.T / n).min(axis=1) < VS_DROPPED)
+                    boot[k] = boot[k] + (_mean(weights, vs).min(axis=1) < VS_DROPPED)
     diff = boot["candidate"] - boot["incumbent"]
     return {"point": point, "breaks": breaks,
             "bootstrap_mean": {k: float(np.mean(boot[k])) for k in MODELS},
@@ -200,6 +212,8 @@ def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = 
     passes: Passes = {}
     probe_passes: Passes = {}
     seen = seen_families(meta)
+    if seen_families(cmeta) != seen:
+        raise SystemExit(f"{incumbent} and {candidate} were trained on different families")
     with recording(paired, passes):
         log.info("held-out degradations (eval-unseen's sweep)")
         held = unseen.unseen_sweep(paired, val, SEED, held_out)
@@ -209,7 +223,7 @@ def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = 
         log.info("probe set (training.probe_fresh's sweep)")
         fresh = unseen.unseen_sweep(paired, probe_rows, SEED, probe)
     w_val = _weights(len(val), resamples, BOOT_SEED)
-    w_probe = _weights(len(probe_rows), resamples, BOOT_SEED + 1)
+    w_probe = w_val  # the probe set is the first samples of the same draw (``_mean``)
     held_d = _held_out(held, passes)
     fresh_d = _held_out(fresh, probe_passes)
     streams = {}
@@ -254,8 +268,8 @@ def render_markdown(r: dict[str, Any], command: str) -> str:
               "| bootstrap mean ± std | "
               f"{c['bootstrap_mean']['incumbent']:.2f} ± {c['bootstrap_std']['incumbent']:.2f} | "
               f"{c['bootstrap_mean']['candidate']:.2f} ± {c['bootstrap_std']['candidate']:.2f} |",
-              "", f"Candidate − incumbent: 5th percentile {c['difference_p5']:+.0f}, 95th "
-              f"{c['difference_p95']:+.0f}. (b) {yes[r['rule']['b']]}.", ""]
+              "", f"Candidate − incumbent: 5th percentile {int(c['difference_p5']):+d}, 95th "
+              f"{int(c['difference_p95']):+d}. (b) {yes[r['rule']['b']]}.", ""]
     for k in MODELS:
         lines.append(f"* {k}: {', '.join(c['breaks'][k]) or 'none'}")
     t = r["trained"]
@@ -283,8 +297,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     r = compare(a.incumbent, a.candidate, a.cache_dir, a.resamples, a.limit)
-    cmd = f"python -m training.compare_checkpoints {a.incumbent} {a.candidate}" + (
-        f" --out {a.out}" if a.out else "")
+    cmd = " ".join(["python -m training.compare_checkpoints", str(a.incumbent), str(a.candidate)]
+                   + ([f"--out {a.out}"] if a.out else [])
+                   + ([f"--limit {a.limit}"] if a.limit else [])
+                   + ([f"--resamples {a.resamples}"] if a.resamples != RESAMPLES else []))
     if a.out is not None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.with_suffix(".json").write_text(json.dumps(r, indent=1))

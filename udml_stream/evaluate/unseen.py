@@ -510,8 +510,11 @@ DEGRADATIONS: tuple[Degradation, ...] = (
     Degradation("audio", "echo", "discrete echoes (speaker coupling, a hard wall)",
                 "{} s delay, gain {}", ((0.05, 0.3), (0.1, 0.5), (0.15, 0.7), (0.2, 0.85),
                                         (0.25, 1.0)), _echo),
+    # Since session 19 the pretext head is fitted with each word placed anywhere in its window
+    # where it fits whole (``train.pregate.WordsPlaced``): a shift that leaves the word whole is
+    # that variation, so near it as well.
     Degradation("audio", "shift", "the word spoken off the frame's moment, cut at the edge",
-                "{} s off", (0.1, 0.2, 0.3, 0.4, 0.5), _shift),
+                "{} s off", (0.1, 0.2, 0.3, 0.4, 0.5), _shift, near=PRETEXT),
     Degradation("audio", "highpass", "a tiny capsule or a wind filter: the low band gone",
                 "below {} Hz removed", (300, 600, 1000, 2000, 3000), _highpass),
     Degradation("audio", "pink", "broadband 1/f machine or traffic noise", "SNR {:+} dB",

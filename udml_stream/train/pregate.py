@@ -25,6 +25,7 @@ degradation does at 90° and 180° (``evaluate/unseen.py`` marks it near them).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 
@@ -87,11 +88,11 @@ class WordsPlaced(avdigits.Split):
     words only, the head read a word 0.2 s off as transformed, and its gate half closed a
     microphone that was 99% right (validation, docs/method.md). The placement draws from a
     generator of its own, so every other draw of the fit (the camera's included) is as before.
+    Its ``rows`` and ``subset`` are plain splits: select first, then place.
     """
 
     def __init__(self, split: avdigits.Split, rng: np.random.Generator) -> None:
-        super().__init__(split.name, split.labels, split.tables, split.index, split.natural,
-                         split.kinds)
+        super().__init__(**{f.name: getattr(split, f.name) for f in dataclasses.fields(split)})
         self.rng = rng
 
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
