@@ -28,6 +28,7 @@ import torch
 
 from udml_stream import corrupt
 from udml_stream.corrupt.core import SAMPLE_RATE
+from udml_stream.data.sources import voiced_span
 from udml_stream.model.preprocess import ImagePrep
 
 
@@ -157,22 +158,20 @@ def mic_response(x: np.ndarray, rng: np.random.Generator, spec: NaturalAudio = N
     return out.astype(np.float32)
 
 
-def place_words(x: np.ndarray, rng: np.random.Generator, threshold: float = 0.02) -> np.ndarray:
+def place_words(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each window ``[B, N]`` with its word moved to a uniformly random place where it fits
     whole. The cached windows centre the word (``sources.fit_window``); a live window ends at
-    the frame's capture time, so the word lies anywhere in it. The word is the span above
-    ``threshold`` of the window's peak (``fit_window``'s own); the window is rolled, so what lay
-    around the word (zeros in the cache) fills the other side."""
+    the frame's capture time, so the word lies anywhere in it. The word is the voiced span
+    ``fit_window`` centred (``sources.voiced_span``); the window is rolled, so what lay around
+    the word (zeros in the cache) fills the other side."""
     out = np.asarray(x, dtype=np.float32).copy()
     n = out.shape[1]
     for i in range(out.shape[0]):
-        a = np.abs(out[i])
-        voiced = np.flatnonzero(a > threshold * (a.max() + 1e-9))
-        if voiced.size == 0:
+        span = voiced_span(out[i])
+        if span is None:
             continue
-        first, length = int(voiced[0]), int(voiced[-1] - voiced[0] + 1)
-        start = int(rng.integers(0, n - length + 1))
-        out[i] = np.roll(out[i], start - first)
+        start = int(rng.integers(0, n - (span[1] - span[0]) + 1))
+        out[i] = np.roll(out[i], start - span[0])
     return out
 
 

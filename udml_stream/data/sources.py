@@ -222,12 +222,23 @@ def synthesize(utt: Utterance, sample_rate: int = 16000) -> np.ndarray:
     return resample_poly(x, sample_rate // g, ESPEAK_RATE // g).astype(np.float32)
 
 
+#: A sample is voiced above this share of the utterance's peak magnitude.
+VOICED_SHARE = 0.02
+
+
+def voiced_span(x: np.ndarray) -> tuple[int, int] | None:
+    """``(first, last + 1)``: the span of ``x`` from its first to its last voiced sample
+    (``VOICED_SHARE``), or None where nothing is voiced."""
+    a = np.abs(x)
+    idx = np.flatnonzero(a > VOICED_SHARE * (a.max() + 1e-9))
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else None
+
+
 def fit_window(x: np.ndarray, n: int) -> np.ndarray:
     """Centre the voiced part of ``x`` in a window of ``n`` samples (crop or zero-pad)."""
-    energy = np.abs(x) > 0.02 * (np.abs(x).max() + 1e-9)
-    idx = np.flatnonzero(energy)
-    if idx.size:
-        x = x[idx[0] : idx[-1] + 1]
+    span = voiced_span(x)
+    if span is not None:
+        x = x[span[0] : span[1]]
     if x.size >= n:
         start = (x.size - n) // 2
         return x[start : start + n]
