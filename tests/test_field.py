@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from udml_stream import corrupt
 from udml_stream.data import avdigits
 from udml_stream.data.batching import NaturalInput, make_batch
 from udml_stream.errors import ConfigError
@@ -342,3 +343,30 @@ def test_the_report_says_where_sigma_falls_with_the_level() -> None:
     # Levels in numeric order (10 after 3, not after 1); the largest fall is named.
     assert _largest_dip(entry) == "L10→L11 -0.10"
     assert _largest_dip({"levels": {"1": {"present": 0.0}}}) == "no σ̂ per level"
+
+
+def test_training_can_place_each_word_anywhere_and_evaluation_keeps_it_centred(
+        field_data: avdigits.AVDigits) -> None:
+    """``train.place_words``: a live window ends at the frame's capture time, so its word lies
+    anywhere; training can move each cached (centred) word to a random place where it fits
+    whole. The word is moved, not changed; the camera and the labels are untouched."""
+    split = field_data.splits["train"]
+    rows = np.arange(24)
+    clean = {m: np.full(24, corrupt.CLEAN, np.int64) for m in field_data.modalities}
+    fixed = dict(peak_dbfs=-20.0, floor_dbfs=-np.inf, exposure=False)
+    plain = make_batch(split, rows, clean, np.random.default_rng(4),
+                       natural=NaturalInput(**fixed))
+    placed = make_batch(split, rows, clean, np.random.default_rng(4),
+                        natural=NaturalInput(**fixed, place_words=True))
+    np.testing.assert_array_equal(placed.inputs["image"], plain.inputs["image"])
+    np.testing.assert_array_equal(placed.labels, plain.labels)
+    lags = []
+    for a, b in zip(plain.inputs["audio"], placed.inputs["audio"], strict=True):
+        lag = int(np.argmax(b != 0)) - int(np.argmax(a != 0))  # where the word now starts
+        np.testing.assert_allclose(np.roll(a, lag), b, rtol=1e-5, atol=1e-7)
+        lags.append(lag)
+    assert np.count_nonzero(lags) >= 20 and min(lags) < 0 < max(lags)  # both ways, mostly
+    # The default (evaluation's) keeps the cached window: the same draw gives the same input.
+    again = make_batch(split, rows, clean, np.random.default_rng(4),
+                       natural=NaturalInput(**fixed))
+    np.testing.assert_array_equal(again.inputs["audio"], plain.inputs["audio"])

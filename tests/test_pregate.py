@@ -303,3 +303,20 @@ def test_udml_recalibrate_refits_the_gates_in_place_and_leaves_the_classifier(
     # An ensemble is refused with the way round it.
     r = CliRunner().invoke(app, ["recalibrate", str(CKPT)])
     assert r.exit_code != 0 and "ensemble" in r.output
+
+
+@torch.no_grad()
+def test_the_fit_places_each_word_once_whatever_the_training_did(
+        field_data: avdigits.AVDigits) -> None:
+    # A model trained with train.place_words hands the fit its natural variation; the fit places
+    # the words itself (``WordsPlaced``), so its features are those of a model trained without.
+    import udml_stream.train.pregate as pregate
+
+    model, _ = checkpoint.load(MEMBERS[0], torch.device("cpu"))
+    split = field_data.splits["train"].rows(np.arange(12))
+    cpu = torch.device("cpu")
+    plain = pregate.pretext_features(model, split, None, NaturalInput(), 3, cpu, draws=1)
+    told = pregate.pretext_features(model, split, None, NaturalInput(place_words=True), 3, cpu,
+                                    draws=1)
+    for m, (x, y) in plain.items():
+        assert torch.equal(told[m][0], x) and torch.equal(told[m][1], y)

@@ -15,6 +15,7 @@ from udml_stream.data.field import (
     mic_response,
     naturalise_audio,
     naturalise_image,
+    place_words,
     writer_images,
 )
 
@@ -48,6 +49,8 @@ class NaturalInput:
     jitter: bool = False  # a random pose per image too (training: data.field.jitter_images)
     # Writers and microphones too (training: data.field.writer_images / mic_response).
     sensor: bool = False
+    # The word anywhere in its window where it fits whole (training: data.field.place_words).
+    place_words: bool = False
 
 
 def draw_training_levels(
@@ -107,6 +110,8 @@ def make_batch(
         lv = np.asarray(levels[m])
         out_levels[m] = lv
         if split.natural and kind[m] == "audio":
+            if nat.place_words:  # where the word lies comes first: the rest acts on the window
+                x = place_words(x, rng)
             if nat.sensor:  # the microphone's response acts on the speech, before level and room
                 x = mic_response(x, rng)
             _, raw[m], refs[m], floor_level = naturalise_audio(

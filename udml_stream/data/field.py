@@ -12,8 +12,8 @@ This module makes that input, seeded, for training and for the natural-input eva
 * ``writer_images`` / ``mic_response`` (training only): the variation between writers and between
   microphones that one data set does not hold: pen width and slant, a capsule's high- and
   low-pass corners;
-* ``place_words`` (the pretext head's fit only, ``train.pregate``): the word anywhere in the
-  window where it fits whole;
+* ``place_words`` (training with ``train.place_words``, and the pretext head's fit,
+  ``train.pregate``): the word anywhere in the window where it fits whole;
 * ``naturalise_audio``: a level and a room-noise floor of random colour, plus the active power
   of the clean speech (the reference for every SNR) and the degradation that the floor itself
   amounts to on the ``gaussian`` family's SNR scale (a loud floor under quiet speech *is* noise).

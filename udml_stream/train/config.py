@@ -111,6 +111,10 @@ class TrainSection(_Strict):
     sensor_jitter: bool = Field(False, description="natural presets: in training, a random pen "
                                 "width and slant per image and a random microphone response "
                                 "(high- and low-pass corners) per window")
+    place_words: bool = Field(False, description="natural presets: in training, each audio "
+                              "window's word moved to a random place where it fits whole (the "
+                              "cached windows centre it; a live window ends at the frame's "
+                              "capture time, so its word lies anywhere)")
     pretext_weight: float = Field(0.0, ge=0, description="switch rule: weight of a "
                                   "self-supervised term in training, the pretext heads telling "
                                   "apart the transforms (train.pregate) of each batch's clean "

@@ -133,7 +133,9 @@ def pretext_features(model: FusionNet, split: avdigits.Split,
     mods = model.cfg.modalities
     # The word anywhere in its window: the head must not learn "centred" as part of
     # "untransformed" (``WordsPlaced``).
+    # Placed here with a generator of its own, whatever the training did: not twice.
     split = WordsPlaced(split, np.random.default_rng([seed, 1]))
+    natural = dataclasses.replace(natural, place_words=False)
     rows = _fitting_rows(model, len(split), draws, seed)
     rng = np.random.default_rng(seed)
     feats: dict[str, list[Tensor]] = {m: [] for m in mods}

@@ -449,7 +449,8 @@ def _run_splits(cfg: TrainConfig, data: avdigits.AVDigits
 
 def _training_natural(tc: TrainSection) -> NaturalInput:
     """The natural variation training draws (and the pretext head is fitted with)."""
-    return NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter)
+    return NaturalInput(jitter=tc.image_jitter, sensor=tc.sensor_jitter,
+                        place_words=tc.place_words)
 
 
 def recalibrate(ckpt: Path, cache_dir: Path | None = None) -> dict[str, Any]:
