@@ -193,6 +193,9 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any], digest: str |
     if "paper" in field_result:
         natural[f"{field_result['paper']['peak_dbfs']:g} dBFS, no floor, a digit written on "
                 "paper (dark ink on a light ground)"] = field_result["paper"]["fused"]
+    if "placed" in field_result:
+        natural[f"{field_result['placed']['peak_dbfs']:g} dBFS, no floor, the word anywhere in "
+                "its window (as a live window holds it)"] = field_result["placed"]["fused"]
     sweep = field_result["sweep"]["modalities"]
     return {
         "weights_sha256": digest, "report": report,

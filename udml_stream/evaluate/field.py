@@ -173,6 +173,16 @@ def paper_input(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
                 -6.0, -np.inf), edit=negative, tag="paper")}
 
 
+def placed_input(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
+    """Natural input at −6 dBFS with each word moved to a random place in its window where it
+    fits whole (``data.field.place_words``): a live window ends at the frame's capture time, so
+    its word is rarely centred as the cached ones are. Fused accuracy, each stream's alone, and
+    the shares."""
+    return {"peak_dbfs": -6.0,
+            **_fused_and_alone(model, split, seed, tuple(split.tables), natural=NaturalInput(
+                -6.0, -np.inf, place_words=True), tag="placed")}
+
+
 def gap_costs(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
     """Fused accuracy with one contiguous audio gap of each length in ``GAP_MS``, vs no gap."""
     base = float(run_pass(model, split, seed).correct.mean())
@@ -242,4 +252,5 @@ def evaluate_field(model: FusionNet, split: Split, seed: int,
     """The whole field evaluation of one model (JSON-ready)."""
     return {"n_test": len(split), "natural": natural_input(model, split, seed),
             "paper": paper_input(model, split, seed),
+            "placed": placed_input(model, split, seed),
             "gaps": gap_costs(model, split, seed), "sweep": family_sweep(model, split, seed, seen)}

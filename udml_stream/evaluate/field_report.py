@@ -110,6 +110,13 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         lines += ["", "A digit written on paper (each frame's negative: dark ink on a light ground; "
                   f"speech at {pp['peak_dbfs']:g} dBFS, no floor): fused {_pct(pp['fused'])}, "
                   f"image only {_pct(pp['image_only'])}, image share {pp['share']['image']:.2f}."]
+    if "placed" in result:
+        pl = result["placed"]
+        lines += ["", "Each word anywhere in its window where it fits whole, as a live window "
+                  f"holds it (the cached windows centre it; speech at {pl['peak_dbfs']:g} dBFS, "
+                  f"no floor): fused {_pct(pl['fused'])}, audio only {_pct(pl['audio_only'])}, "
+                  f"image only {_pct(pl['image_only'])}, image share "
+                  f"{pl['share']['image']:.2f}."]
     g = result["gaps"]
     lines += ["", "## Audio gaps (one contiguous run of missing samples in the 1 s window)", "",
               "| gap | fused |", "| --- | --- |", f"| none | {_pct(g['none'])} |"]
