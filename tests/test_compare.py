@@ -85,3 +85,14 @@ def test_the_bootstrap_interval_brackets_a_paired_gain() -> None:
     assert s["difference"] == pytest.approx(0.05)
     lo, hi = s["interval_90"]
     assert 0.0 < lo < 0.05 < hi
+
+
+def test_a_data_key_added_since_a_checkpoint_was_trained_reads_as_its_default() -> None:
+    # The shipped checkpoint's config predates `data.more_digits`; a model trained today stores
+    # it (False). Same data: the comparison must not refuse the pair.
+    meta = checkpoint.read_meta(Path(__file__).parent.parent / "checkpoints" / "default")
+    stored = meta["config"]["data"]
+    today = {"config": {"data": {**stored, "more_digits": False}}}
+    assert cc.trained_on(meta) == cc.trained_on(today)
+    other = {"config": {"data": {**stored, "preset": "balanced"}}}
+    assert cc.trained_on(meta) != cc.trained_on(other)

@@ -42,6 +42,7 @@ from udml_stream_apps.training.field_eval import seen_families
 from udml_stream.data.avdigits import Split
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
+from udml_stream.train.config import DataSection
 from udml_stream.train.trainer import load_data_for_checkpoint
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,12 @@ def _trained(result: dict[str, Any], passes: Passes,
     return out
 
 
+def trained_on(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The data section of a checkpoint's training config, every default filled in: a key
+    added after a checkpoint was trained (stored without it) is that key's default."""
+    return DataSection.model_validate(meta.get("config", {}).get("data", {})).model_dump()
+
+
 def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = RESAMPLES,
             limit: int = 0, held_out: tuple[unseen.Degradation, ...] = unseen.DEGRADATIONS,
             probe: tuple[unseen.Degradation, ...] = probe_fresh.DEGRADATIONS
@@ -201,7 +208,7 @@ def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = 
     (the first N validation samples), ``held_out`` and ``probe`` narrow the draw for tests."""
     inc, meta = checkpoint.load(incumbent, torch.device("cpu"))
     cand, cmeta = checkpoint.load(candidate, torch.device("cpu"))
-    if meta.get("config", {}).get("data") != cmeta.get("config", {}).get("data"):
+    if trained_on(meta) != trained_on(cmeta):
         raise SystemExit(f"{incumbent} and {candidate} were trained on different data")
     data = load_data_for_checkpoint(meta, cache_dir)
     val = data.splits["val"]
