@@ -25,7 +25,7 @@ from udml_stream.train.pregate import (
     calibrate_pretext_gate,
     fit_head,
 )
-from udml_stream.train.trainer import probe_one_stream, to_torch
+from udml_stream.train.trainer import to_torch
 
 from .test_confgate import _inputs, _switch_model
 
@@ -96,18 +96,9 @@ def test_a_surprising_stream_loses_its_weight_and_an_unfitted_gate_changes_nothi
     assert torch.equal(again.logits, open_out.logits)
 
 
-def test_calibration_fits_the_heads_and_sets_the_ends(small_data, monkeypatch) -> None:
-    import udml_stream.train.pregate as pregate
-
+def test_calibration_fits_the_heads_and_sets_the_ends(small_data) -> None:
     model = _switch_model(small_data)
     before = {k: v.clone() for k, v in model.pretext.state_dict().items()}
-    probed = []
-
-    def spy(model, val, *args, **kw):  # the real probe; the split it was given kept
-        probed.append(val)
-        return probe_one_stream(model, val, *args, **kw)
-
-    monkeypatch.setattr(pregate, "probe_one_stream", spy)
     got = calibrate_pretext_gate(model, small_data.splits["train"].subset(64, seed=0),
                                  small_data.splits["val"], None, NaturalInput(), 0,
                                  torch.device("cpu"), n=64)
@@ -121,9 +112,6 @@ def test_calibration_fits_the_heads_and_sets_the_ends(small_data, monkeypatch) -
     for m in model.cfg.modalities:  # weights and standardiser fitted
         for k in (f"{m}.head.0.weight", f"{m}.norm.running_mean"):
             assert not torch.equal(before[k], after[k]), k
-    # The ends are set on validation windows whose words lie anywhere, as live ones do.
-    (split,) = probed
-    assert isinstance(split, WordsPlaced) and len(split) == len(small_data.splits["val"])
 
 
 @torch.no_grad()

@@ -223,9 +223,14 @@ def build_card(meta: dict[str, Any], field_result: dict[str, Any], digest: str |
                          if meta.get("config", {}).get("train", {}).get("sensor_jitter") else ""),
             "audio": f"AV-Digits preset {meta.get('preset')}" if meta.get("preset") != "field"
             else "espeak-ng spoken digits (synthetic speech; 8 English accents), split by "
-                     "voice, each word centred in its 1 s window (a live window ends at the "
-                     "frame's capture time, so there its word may lie anywhere); peak level "
-                     f"uniform in {nat_a.peak_dbfs} dBFS; a room floor "
+                     "voice, "
+                     + ("each word moved to a random place in its 1 s window where it fits "
+                        "whole (a live window ends at the frame's capture time, so its word may "
+                        "lie anywhere, or be cut at the edge)"
+                        if meta.get("config", {}).get("train", {}).get("place_words") else
+                        "each word centred in its 1 s window (a live window ends at the "
+                        "frame's capture time, so there its word may lie anywhere)")
+                     + f"; peak level uniform in {nat_a.peak_dbfs} dBFS; a room floor "
                      f"(white, pink or brown noise, {nat_a.floor_dbfs} dBFS RMS) on "
                      f"{100 * nat_a.floor_share:.0f}% of windows"
                      + (f"; microphones varied: a high-pass corner in {nat_a.highpass_hz} Hz and a "

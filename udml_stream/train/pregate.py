@@ -14,8 +14,8 @@ nothing in it lies in between (shipped: camera 2.33 nats, microphone 0.71).
 The head is fitted on clean *training* input (natural variation and the training pose jitter,
 two draws per sample, the four transforms of each), each word moved to a random place in its
 window (``WordsPlaced``: live windows end at the frame's capture time, so their words are rarely
-centred as the cached ones are); the ends are set on validation input, its words placed the
-same way, with ``set_gate_ends`` as the other gates': open up to the 90th percentile of the clean surprise,
+centred as the cached ones are); the ends are set on validation input with
+``set_gate_ends`` as the other gates': open up to the 90th percentile of the clean surprise,
 closed at the median over the training families of each family's median surprise on
 information-free input, and left open where that does not lie beyond the open end. No degraded
 input is used to fit the head; but its quarter turns are what the held-out ``rotate``
@@ -221,11 +221,10 @@ def calibrate_pretext_gate(model: FusionNet, train: avdigits.Split, val: avdigit
         log.info("pretext head for %s: %.3f of %d transformed training inputs told apart",
                  m, accuracy[-1], x.shape[0])
     model.to(device)
-    # The ends too are set on windows whose word lies anywhere, as in a live window: set on
-    # centred words, the open end sat at the surprise of a word where a live one rarely is.
-    # The placement has its own generator: the camera's ends are as before.
-    placed_val = WordsPlaced(val, np.random.default_rng([seed + 20_047, 1]))
-    probes = probe_one_stream(model, placed_val, kinds, seed + 20_047, device, n,
+    # The ends are set on validation windows as cached (centred words): set on words placed
+    # anywhere instead, the shipped members' open ends moved by at most 0.02 nats against
+    # closed ends of 1.2-2.5 (session 20, docs/method.md), so the simpler draw stays.
+    probes = probe_one_stream(model, val, kinds, seed + 20_047, device, n,
                               lambda res, m: res.aux["pretext/" + m])
     # On wherever information-free input lies beyond the open end. Unlike the typicality gate
     # this does not ask for it to lie beyond the clean 99th percentile: a few clean inputs are
