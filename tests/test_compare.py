@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,3 +97,36 @@ def test_a_data_key_added_since_a_checkpoint_was_trained_reads_as_its_default() 
     assert cc.trained_on(meta) == cc.trained_on(today)
     other = {"config": {"data": {**stored, "preset": "balanced"}}}
     assert cc.trained_on(meta) != cc.trained_on(other)
+
+
+def test_the_sweeps_without_their_alone_passes_score_the_rest_the_same(
+        field_data: avdigits.AVDigits, member_copy: Callable[..., Path],
+        tmp_path: Path) -> None:
+    # The rule reads fused and dropped passes only; the tool skips the stream-alone ones (half
+    # the passes). Each pass draws from its own seeded generator, so nothing else may move.
+    model, _ = checkpoint.load(member_copy(tmp_path, with_card=False))
+    split = field_data.splits["val"].rows(np.arange(30))
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    original = field.run_pass
+
+    def counting(*a: Any, **kw: Any) -> field.Pass:
+        calls.append((kw.get("tag", ""), tuple(kw.get("missing", ()))))
+        return original(*a, **kw)
+
+    full = unseen.unseen_sweep(model, split, 1, HELD)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(unseen, "run_pass", counting)
+        lean = unseen.unseen_sweep(model, split, 1, HELD, alone=False)
+    # Degraded passes with every stream present only; the clean pass and one drop per stream.
+    assert all(not missing for tag, missing in calls if tag)
+    assert len(calls) == 1 + len(HELD) * 5 + len(split.tables)
+    for m, entry in full["modalities"].items():
+        other = lean["modalities"][m]
+        assert other["dropped"] == entry["dropped"] and other["alone_clean"] is None
+        for name, deg in entry["degradations"].items():
+            assert other["degradations"][name]["worst_vs_dropped"] == deg["worst_vs_dropped"]
+            for s, row in deg["severities"].items():
+                got = other["degradations"][name]["severities"][s]
+                assert got["alone"] is None
+                assert {k: v for k, v in got.items() if k != "alone"} == \
+                    {k: v for k, v in row.items() if k != "alone"}

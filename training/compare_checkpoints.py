@@ -223,12 +223,12 @@ def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = 
         raise SystemExit(f"{incumbent} and {candidate} were trained on different families")
     with recording(paired, passes):
         log.info("held-out degradations (eval-unseen's sweep)")
-        held = unseen.unseen_sweep(paired, val, SEED, held_out)
+        held = unseen.unseen_sweep(paired, val, SEED, held_out, alone=False)
         log.info("trained families (eval-field's family sweep)")
-        fam = field.family_sweep(paired, val, SEED, seen)
+        fam = field.family_sweep(paired, val, SEED, seen, alone=False)
     with recording(paired, probe_passes):
         log.info("probe set (training.probe_fresh's sweep)")
-        fresh = unseen.unseen_sweep(paired, probe_rows, SEED, probe)
+        fresh = unseen.unseen_sweep(paired, probe_rows, SEED, probe, alone=False)
     w_val = _weights(len(val), resamples, BOOT_SEED)
     w_probe = w_val  # the probe set is the first samples of the same draw (``_mean``)
     held_d = _held_out(held, passes)

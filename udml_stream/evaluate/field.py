@@ -194,12 +194,14 @@ def gap_costs(model: FusionNet, split: Split, seed: int) -> dict[str, Any]:
 
 
 def family_sweep(model: FusionNet, split: Split, seed: int,
-                 seen: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+                 seen: Mapping[str, tuple[str, ...]], alone: bool = True) -> dict[str, Any]:
     """Every family of every modality at every level 1..11, every sample corrupted.
 
     Per (modality, family, level): fused accuracy, the accuracy with that stream marked absent
     (the floor a broken stream must never drag the answer below), σ̂, the share of samples whose
-    σ̂ exceeds their own clean σ̂, and the stream's share of the effective multiplier."""
+    σ̂ exceeds their own clean σ̂, and the stream's share of the effective multiplier. ``alone``
+    False skips the stream-alone passes (half the passes) and their monotonicity check; every
+    other number is the same (each pass draws from its own seeded generator)."""
     mods = tuple(split.tables)
     clean = run_pass(model, split, seed)
     out: dict[str, Any] = {"clean": float(clean.correct.mean()), "modalities": {}}
@@ -215,10 +217,11 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
                               tag=f"{m}/{fam}@{lv}"))
                 # The stream alone (the others marked absent): the family's calibration check,
                 # its accuracy should fall with the level.
-                alone = run_pass(model, split, seed, levels={m: lv}, kinds={m: fam},
-                                 missing=tuple(k for k in mods if k != m), tag=f"{m}/{fam}@{lv}")
+                only = (float(run_pass(model, split, seed, levels={m: lv}, kinds={m: fam},
+                                       missing=tuple(k for k in mods if k != m),
+                                       tag=f"{m}/{fam}@{lv}").correct.mean()) if alone else None)
                 row = {"fused": float(p.correct.mean()), "share": weight_share(p.multipliers, m),
-                       "alone": float(alone.correct.mean())}
+                       "alone": only}
                 # σ̂ of a stream the gap policy made absent is never used: judge the others.
                 keep = p.present[m]
                 row["present"] = float(keep.mean())
@@ -239,9 +242,10 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
             worst = min(levels[str(lv)]["fused"] - float(dropped.correct.mean())
                         for lv in corrupt.LEVELS)
             entry["worst_vs_dropped"] = worst
-            alone_acc = [levels[str(lv)]["alone"] for lv in corrupt.LEVELS]
-            # Monotone up to sampling noise: no level more than 1 pt above the one before it.
-            entry["alone_monotone"] = bool(np.all(np.diff(alone_acc) <= 0.01))
+            if alone:
+                alone_acc = [levels[str(lv)]["alone"] for lv in corrupt.LEVELS]
+                # Monotone up to sampling noise: no level more than 1 pt above the one before.
+                entry["alone_monotone"] = bool(np.all(np.diff(alone_acc) <= 0.01))
             fams[fam] = entry
         out["modalities"][m] = {"dropped": float(dropped.correct.mean()), "families": fams}
     return out

@@ -607,12 +607,16 @@ VS_DROPPED = -0.01
 
 
 def unseen_sweep(model: FusionNet, split: Split, seed: int,
-                 degs: tuple[Degradation, ...] = DEGRADATIONS) -> dict[str, Any]:
+                 degs: tuple[Degradation, ...] = DEGRADATIONS, alone: bool = True
+                 ) -> dict[str, Any]:
     """Every held-out degradation at every severity, every sample corrupted in that one stream.
 
     Per (modality, degradation, severity): fused accuracy, the stream alone, ``fused − dropped``
     (dropped: that stream marked absent), the stream's share of the effective multiplier, the
-    share of present samples whose σ̂ exceeds their own clean σ̂, and the mean σ̂."""
+    share of present samples whose σ̂ exceeds their own clean σ̂, and the mean σ̂. ``alone``
+    False skips the stream-alone passes (half the passes) and what is judged from them (where
+    the stream is hurt, so whether σ̂ rose there): every other number is the same, as each pass
+    draws from its own seeded generator."""
     mods = tuple(split.tables)
     clean = run_pass(model, split, seed)
     out: dict[str, Any] = {"clean": float(clean.correct.mean()), "modalities": {}}
@@ -623,7 +627,8 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
             continue
         others = tuple(k for k in mods if k != m)
         dropped = float(run_pass(model, split, seed, missing=(m,)).correct.mean())
-        alone_clean = float(run_pass(model, split, seed, missing=others).correct.mean())
+        alone_clean = (float(run_pass(model, split, seed, missing=others).correct.mean())
+                       if alone else None)
         entry: dict[str, Any] = {
             "dropped": dropped, "alone_clean": alone_clean,
             "share_clean": weight_share(clean.multipliers, m),
@@ -634,10 +639,10 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
             for s in deg.severities:
                 tag = f"unseen/{m}/{deg.name}@{s}"
                 p = run_pass(model, split, seed, edit=edit(deg, s), tag=tag)
-                alone = run_pass(model, split, seed, edit=edit(deg, s), tag=tag, missing=others)
+                only = (float(run_pass(model, split, seed, edit=edit(deg, s), tag=tag,
+                                       missing=others).correct.mean()) if alone else None)
                 row: dict[str, Any] = {
-                    "param": deg.describe(s), "fused": float(p.correct.mean()),
-                    "alone": float(alone.correct.mean()),
+                    "param": deg.describe(s), "fused": float(p.correct.mean()), "alone": only,
                     "share": weight_share(p.multipliers, m),
                     "present": float(p.present[m].mean())}
                 row["vs_dropped"] = row["fused"] - dropped
@@ -649,7 +654,7 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
                 rows[str(s)] = row
             worst = min(rows, key=lambda k: rows[k]["vs_dropped"])
             hurt = {k: r.get("above_clean", 1.0) for k, r in rows.items()
-                    if alone_clean - r["alone"] >= HURT_DROP}
+                    if alone and alone_clean - r["alone"] >= HURT_DROP}
             low = min(hurt, key=lambda k: hurt[k]) if hurt else None
             entry["degradations"][deg.name] = {
                 "cause": deg.cause, "near": deg.near, "severities": rows,
