@@ -86,6 +86,20 @@ def cnn_audio_small(in_channels: int = 1) -> nn.Module:
     )
 
 
+@register("cnn_audio_deep")
+def cnn_audio_deep(in_channels: int = 1) -> nn.Module:
+    """32×63 log-mel → 64×4×7: four 3×3 conv blocks, three 2× poolings (~25k parameters).
+
+    The small encoder's last map has receptive fields of 18 frames by 18 mel bands (about
+    0.3 s), and the embedding averages that map, so no unit hears a whole word; one more block
+    hears about 0.6 s and the whole band, as ``cnn_image_deep`` sees a whole digit."""
+    return _Plain(
+        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
+        nn.MaxPool2d(2), _conv(32, 64),
+        out_channels=64,
+    )
+
+
 @register("conv1d_mfcc")
 def conv1d_mfcc(in_channels: int = 13) -> nn.Module:
     """MFCC ``[B, 13, T, 1]`` → 64×T/2×1: temporal convolutions (kernel 5 along time)."""
