@@ -130,3 +130,22 @@ def test_the_sweeps_without_their_alone_passes_score_the_rest_the_same(
                 assert got["alone"] is None
                 assert {k: v for k, v in got.items() if k != "alone"} == \
                     {k: v for k, v in row.items() if k != "alone"}
+
+
+def test_the_family_sweep_without_its_alone_passes_scores_the_rest_the_same(
+        field_data: avdigits.AVDigits, member_copy: Callable[..., Path],
+        tmp_path: Path) -> None:
+    model, _ = checkpoint.load(member_copy(tmp_path, with_card=False))
+    split = field_data.splits["val"].rows(np.arange(16))
+    seen = {"image": ("gaussian",), "audio": ("gaussian",)}
+    full = field.family_sweep(model, split, 1, seen)
+    lean = field.family_sweep(model, split, 1, seen, alone=False)
+    for m, entry in full["modalities"].items():
+        assert lean["modalities"][m]["dropped"] == entry["dropped"]
+        for fam, got in lean["modalities"][m]["families"].items():
+            want = entry["families"][fam]
+            assert "alone_monotone" not in got and got["worst_vs_dropped"] == want["worst_vs_dropped"]
+            for lv, row in want["levels"].items():
+                assert got["levels"][lv]["alone"] is None
+                assert {k: v for k, v in got["levels"][lv].items() if k != "alone"} == \
+                    {k: v for k, v in row.items() if k != "alone"}
