@@ -77,3 +77,18 @@ def test_portable_paths_make_paths_under_the_root_relative_and_leave_the_rest(tm
     assert got["train"] == {"out_dir": "runs/x", "seed": 3}
     # Resolving from the root gives the same files back.
     assert resolve_paths(got, root)["train"]["out_dir"] == str(root / "runs" / "x")
+
+
+def test_a_run_stored_before_a_key_was_added_still_resumes() -> None:
+    # Each member of the shipped model stores the config it was trained with, from before some
+    # keys existed (data.more_digits, train.place_words). Read by today's code the same run
+    # must not count as a different one: every key added since sits in ADDED_KEYS with the
+    # value that behaves as before.
+    import json
+
+    from udml_stream.train.config import absolute_config, training_differences
+
+    root = Path(__file__).parent.parent / "checkpoints" / "default"
+    stored = json.loads((root / "members" / "0" / "config.json").read_text())["config"]
+    today = absolute_config(parse_config(json.loads(json.dumps(stored))))
+    assert training_differences(stored, today) == []

@@ -37,6 +37,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 from udml_stream_apps.training import probe_fresh
 from udml_stream_apps.training.field_eval import seen_families
@@ -197,9 +198,15 @@ def _trained(result: dict[str, Any], passes: Passes,
 
 
 def trained_on(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The data section of a checkpoint's training config, every default filled in: a key
-    added after a checkpoint was trained (stored without it) is that key's default."""
-    return DataSection.model_validate(meta.get("config", {}).get("data", {})).model_dump()
+    """The data section of a checkpoint's training config, every default filled in (a key
+    added after a checkpoint was trained, stored without it, is that key's default), less
+    where the data was cached (the same data under another path is the same data)."""
+    try:
+        data = DataSection.model_validate(meta.get("config", {}).get("data", {})).model_dump()
+    except ValidationError as e:
+        raise SystemExit(f"a checkpoint's stored data section no longer reads as one: {e}") from e
+    data.pop("cache_dir", None)
+    return data
 
 
 def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = RESAMPLES,

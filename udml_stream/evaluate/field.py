@@ -201,7 +201,8 @@ def family_sweep(model: FusionNet, split: Split, seed: int,
     (the floor a broken stream must never drag the answer below), σ̂, the share of samples whose
     σ̂ exceeds their own clean σ̂, and the stream's share of the effective multiplier. ``alone``
     False skips the stream-alone passes (half the passes) and their monotonicity check; every
-    other number is the same (each pass draws from its own seeded generator)."""
+    other number is the same (each pass draws from its own seeded generator). Such a result is
+    for ``training.compare_checkpoints`` only: the report and its goals read the alone passes."""
     mods = tuple(split.tables)
     clean = run_pass(model, split, seed)
     out: dict[str, Any] = {"clean": float(clean.correct.mean()), "modalities": {}}

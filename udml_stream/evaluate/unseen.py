@@ -616,7 +616,8 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
     share of present samples whose σ̂ exceeds their own clean σ̂, and the mean σ̂. ``alone``
     False skips the stream-alone passes (half the passes) and what is judged from them (where
     the stream is hurt, so whether σ̂ rose there): every other number is the same, as each pass
-    draws from its own seeded generator."""
+    draws from its own seeded generator. Such a result is for ``training.compare_checkpoints``
+    only: the report, the card and ``summary`` read the alone passes."""
     mods = tuple(split.tables)
     clean = run_pass(model, split, seed)
     out: dict[str, Any] = {"clean": float(clean.correct.mean()), "modalities": {}}
@@ -654,7 +655,7 @@ def unseen_sweep(model: FusionNet, split: Split, seed: int,
                 rows[str(s)] = row
             worst = min(rows, key=lambda k: rows[k]["vs_dropped"])
             hurt = {k: r.get("above_clean", 1.0) for k, r in rows.items()
-                    if alone and alone_clean - r["alone"] >= HURT_DROP}
+                    if alone_clean is not None and alone_clean - r["alone"] >= HURT_DROP}
             low = min(hurt, key=lambda k: hurt[k]) if hurt else None
             entry["degradations"][deg.name] = {
                 "cause": deg.cause, "near": deg.near, "severities": rows,

@@ -188,7 +188,8 @@ PATH_KEYS = ("data.cache_dir", "data.logs.train", "data.logs.val", "data.logs.te
 #: Keys added after runs were made, with the value that behaves as those runs did: a stored
 #: config without the key reads it (so adding a setting does not block resuming an old run).
 ADDED_KEYS: dict[str, Any] = {"train.sensor_jitter": False, "train.pretext_weight": 0.0,
-                              "train.weight_ema": 0.0, "data.more_digits": False}
+                              "train.weight_ema": 0.0, "data.more_digits": False,
+                              "train.place_words": False}
 #: Keys that change how a run is executed or where it is written, not what it learns: a run
 #: may be resumed with different values (``train.epochs``: a finished run is extended).
 RESUMABLE_KEYS = frozenset({"train.threads", "train.device", "train.log_interval",
