@@ -8,6 +8,7 @@ probabilistic heads and the fusion head live in the fusion model.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from torch import nn
@@ -53,13 +54,22 @@ class _Plain(nn.Sequential):
         self.out_channels = out_channels
 
 
+def _stacked(in_channels: int, widths: tuple[int, ...]) -> _Plain:
+    """3×3 conv blocks of ``widths`` channels with a 2× max-pool between each two (the small
+    and deep encoders of both kinds: the same stack, three or four blocks deep)."""
+    layers: list[nn.Module] = [_conv(in_channels, widths[0])]
+    for cin, cout in itertools.pairwise(widths):
+        layers += [nn.MaxPool2d(2), _conv(cin, cout)]
+    return _Plain(*layers, out_channels=widths[-1])
+
+
+SMALL, DEEP = (8, 16, 32), (8, 16, 32, 64)
+
+
 @register("cnn_image_small")
 def cnn_image_small(in_channels: int = 1) -> nn.Module:
     """28×28 → 32×7×7: three 3×3 conv blocks, two 2× poolings (~6k parameters)."""
-    return _Plain(
-        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
-        out_channels=32,
-    )
+    return _stacked(in_channels, SMALL)
 
 
 @register("cnn_image_deep")
@@ -70,34 +80,23 @@ def cnn_image_deep(in_channels: int = 1) -> nn.Module:
     small encoder's 7×7 map of 18-pixel receptive fields never sees a whole digit; one more
     block sees all of it. Image-only probe on natural camera views, small vs deep, with and
     without pose jitter: docs/results/image_encoders.md."""
-    return _Plain(
-        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
-        nn.MaxPool2d(2), _conv(32, 64),
-        out_channels=64,
-    )
+    return _stacked(in_channels, DEEP)
 
 
 @register("cnn_audio_small")
 def cnn_audio_small(in_channels: int = 1) -> nn.Module:
     """32×63 log-mel → 32×8×15: three 3×3 conv blocks, two 2× poolings (~6k parameters)."""
-    return _Plain(
-        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
-        out_channels=32,
-    )
+    return _stacked(in_channels, SMALL)
 
 
 @register("cnn_audio_deep")
 def cnn_audio_deep(in_channels: int = 1) -> nn.Module:
-    """32×63 log-mel → 64×4×7: four 3×3 conv blocks, three 2× poolings (~25k parameters).
+    """32×63 log-mel → 64×4×7: ``cnn_image_deep``'s stack on a spectrogram (~25k parameters).
 
     The small encoder's last map has receptive fields of 18 frames by 18 mel bands (about
     0.3 s), and the embedding averages that map, so no unit hears a whole word; one more block
     hears about 0.6 s and the whole band, as ``cnn_image_deep`` sees a whole digit."""
-    return _Plain(
-        _conv(in_channels, 8), nn.MaxPool2d(2), _conv(8, 16), nn.MaxPool2d(2), _conv(16, 32),
-        nn.MaxPool2d(2), _conv(32, 64),
-        out_channels=64,
-    )
+    return _stacked(in_channels, DEEP)
 
 
 @register("conv1d_mfcc")
