@@ -17,6 +17,8 @@ from udml_stream.data import avdigits
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
 
+from .conftest import SMALL
+
 HELD = (unseen.get("image", "jpeg"), unseen.get("audio", "reverb"))
 PROBE = tuple(d for d in probe_fresh.DEGRADATIONS if d.name in ("edges", "crowd"))
 
@@ -102,6 +104,18 @@ def test_a_data_key_added_since_a_checkpoint_was_trained_reads_as_its_default() 
     assert cc.trained_on(before) != cc.trained_on(other)
     with pytest.raises(SystemExit, match="no longer reads"):
         cc.trained_on({"config": {"data": {**stored, "removed_key": 1}}})
+
+
+def test_more_handwriting_is_judged_on_the_same_validation_split(
+        cache_dir: Path, field_data: avdigits.AVDigits) -> None:
+    # A candidate trained with `data.more_digits` has another data section, but the rule only
+    # needs both models judged on one validation split: the tool compares the splits' samples.
+    val = field_data.splits["val"]
+    more = avdigits.load("field", cache_dir, **SMALL, more_digits=True)
+    assert cc.same_split(val, more.splits["val"])
+    assert not cc.same_split(field_data.splits["train"], more.splits["train"])
+    assert not cc.same_split(val, val.rows(np.arange(len(val))[::-1]))
+    assert not cc.same_split(val, field_data.splits["test"])
 
 
 def test_the_sweeps_without_their_alone_passes_score_the_rest_the_same(
