@@ -118,6 +118,16 @@ def test_more_handwriting_is_judged_on_the_same_validation_split(
     assert not cc.same_split(val, field_data.splits["test"])
 
 
+class _Calls(list[tuple[str, tuple[str, ...]]]):
+    """The passes a sweep runs, as (tag, missing streams) (a ``field.PassObserver``)."""
+
+    def pass_started(self) -> None:
+        pass
+
+    def pass_ended(self, split: Any, tag: str, missing: tuple[str, ...]) -> None:
+        self.append((tag, missing))
+
+
 def test_the_sweeps_without_their_alone_passes_score_the_rest_the_same(
         field_data: avdigits.AVDigits, member_copy: Callable[..., Path],
         tmp_path: Path) -> None:
@@ -125,16 +135,9 @@ def test_the_sweeps_without_their_alone_passes_score_the_rest_the_same(
     # the passes). Each pass draws from its own seeded generator, so nothing else may move.
     model, _ = checkpoint.load(member_copy(tmp_path, with_card=False))
     split = field_data.splits["val"].rows(np.arange(30))
-    calls: list[tuple[str, tuple[str, ...]]] = []
-    original = field.run_pass
-
-    def counting(*a: Any, **kw: Any) -> field.Pass:
-        calls.append((kw.get("tag", ""), tuple(kw.get("missing", ()))))
-        return original(*a, **kw)
-
     full = unseen.unseen_sweep(model, split, 1, HELD)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(unseen, "run_pass", counting)
+    calls = _Calls()
+    with field.observe_passes(calls):
         lean = unseen.unseen_sweep(model, split, 1, HELD, alone=False)
     # Degraded passes with every stream present only; the clean pass and one drop per stream.
     assert all(not missing for tag, missing in calls if tag)
@@ -158,15 +161,8 @@ def test_the_family_sweep_without_its_alone_passes_scores_the_rest_the_same(
     split = field_data.splits["val"].rows(np.arange(16))
     seen = {"image": ("gaussian",), "audio": ("gaussian",)}
     full = field.family_sweep(model, split, 1, seen)
-    calls: list[tuple[str, tuple[str, ...]]] = []
-    original = field.run_pass
-
-    def counting(*a: Any, **kw: Any) -> field.Pass:
-        calls.append((kw.get("tag", ""), tuple(kw.get("missing", ()))))
-        return original(*a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(field, "run_pass", counting)
+    calls = _Calls()
+    with field.observe_passes(calls):
         lean = field.family_sweep(model, split, 1, seen, alone=False)
     assert calls and all(not missing for tag, missing in calls if tag)  # no alone pass
     for m, entry in full["modalities"].items():

@@ -30,10 +30,9 @@ import argparse
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -82,29 +81,33 @@ class Paired(nn.Module):
 Passes = dict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]]
 
 
+class _Recorder:
+    """Stores both models' correctness per pass (``field.PassObserver``)."""
+
+    def __init__(self, paired: Paired, passes: Passes) -> None:
+        self.paired, self.passes = paired, passes
+
+    def pass_started(self) -> None:
+        for v in self.paired.preds.values():
+            v.clear()
+
+    def pass_ended(self, split: Split, tag: str, missing: tuple[str, ...]) -> None:
+        key = (tag, tuple(missing))
+        got = {k: np.concatenate(self.paired.preds[k]) == split.labels for k in MODELS}
+        # Two sweeps may run the same pass (each drops a stream with tag ""): the same draw,
+        # so the same answers; anything else would mean two passes share a key.
+        if key in self.passes and any(not np.array_equal(self.passes[key][k], got[k])
+                                      for k in MODELS):
+            raise RuntimeError(f"two different passes recorded under {key}")
+        self.passes[key] = got
+
+
 @contextmanager
 def recording(paired: Paired, passes: Passes) -> Iterator[None]:
     """While open, every ``run_pass`` of the field and held-out sweeps stores both models'
     correctness in ``passes`` (the sweeps themselves run as documented, on the incumbent's
     answers)."""
-    original = field.run_pass
-
-    def run(model: nn.Module, split: Split, seed: int, **kw: Any) -> field.Pass:
-        for v in paired.preds.values():
-            v.clear()
-        p = original(model, split, seed, **kw)
-        key = (kw.get("tag", ""), tuple(kw.get("missing", ())))
-        got = {k: np.concatenate(paired.preds[k]) == split.labels for k in MODELS}
-        # Two sweeps may run the same pass (each drops a stream with tag ""): the same draw,
-        # so the same answers; anything else would mean two passes share a key.
-        if key in passes and any(not np.array_equal(passes[key][k], got[k]) for k in MODELS):
-            raise RuntimeError(f"two different passes recorded under {key}")
-        passes[key] = got
-        return p
-
-    with ExitStack() as stack:
-        for module in (field, unseen):
-            stack.enter_context(mock.patch.object(module, "run_pass", run))
+    with field.observe_passes(_Recorder(paired, passes)):
         yield
 
 

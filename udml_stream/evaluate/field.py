@@ -12,9 +12,10 @@ the corruption: σ̂ is compared with the same sample's clean σ̂.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +48,32 @@ def _natural_rng(seed: int, start: int) -> np.random.Generator:
     return np.random.default_rng([seed, start, 7])
 
 
+class PassObserver(Protocol):
+    """Told where each ``run_pass`` starts and ends (``observe_passes``): a tool that scores
+    the sweeps' passes its own way (``training.compare_checkpoints`` scores two models on
+    each) learns which pass a forward belongs to without changing the sweeps."""
+
+    def pass_started(self) -> None:
+        """A pass is about to run its first batch."""
+
+    def pass_ended(self, split: Split, tag: str, missing: tuple[str, ...]) -> None:
+        """The pass over ``split`` tagged ``tag``, with ``missing`` streams absent, is done."""
+
+
+_observers: list[PassObserver] = []
+
+
+@contextmanager
+def observe_passes(observer: PassObserver) -> Iterator[None]:
+    """While open, ``observer`` hears of every ``run_pass`` (the field, held-out and probe
+    sweeps all score through it)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
 @torch.no_grad()
 def run_pass(
     model: FusionNet,
@@ -65,6 +92,8 @@ def run_pass(
     """Score every sample of ``split``: ``levels``/``kinds`` corrupt (all samples), ``missing``
     marks streams absent, ``edit(batch, rng)`` may alter the inputs in place (e.g. a gap)."""
     model.eval()
+    for o in _observers:
+        o.pass_started()
     mods = tuple(split.tables)
     n = len(split)
     correct, mult, sig = [], {m: [] for m in mods}, {m: [] for m in mods}
@@ -87,6 +116,8 @@ def run_pass(
             pres[m].append(out.present[m].cpu().numpy())
             if m in out.sigma_hat:
                 sig[m].append(out.sigma_hat[m].cpu().numpy())
+    for o in _observers:
+        o.pass_ended(split, tag, missing)
     return Pass(np.concatenate(correct), {m: np.concatenate(v) for m, v in mult.items()},
                 {m: np.concatenate(v) for m, v in sig.items() if v},
                 {m: np.concatenate(v) for m, v in pres.items()})
