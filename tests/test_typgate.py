@@ -88,7 +88,18 @@ def test_the_shipped_checkpoint_carries_a_fitted_typicality_gate(ck: Path) -> No
     clean, broken = model.typ_clean.tolist(), model.typ_broken.tolist()
     assert meta["typicality_gate"] == {"clean": pytest.approx(clean),
                                        "broken": pytest.approx(broken)}
-    # At least one stream's gate is on, and every gate that is on opens below where it closes.
-    assert any(b > c > 0 for c, b in zip(clean, broken, strict=True))
+    # Every gate that is on opens below where it closes. A member's calibration may leave a
+    # stream's gate off, where information-free input does not lie beyond its clean 99th
+    # percentile (session 21's member 2: both streams); the ensemble's are checked below.
     assert all(c == b == 0 or b > c > 0 for c, b in zip(clean, broken, strict=True))
     assert torch.isfinite(model.typ_prec).all()
+
+
+def test_the_shipped_ensemble_has_a_typicality_gate_on_for_each_stream() -> None:
+    on = []  # per member, per stream: is its typicality gate on?
+    for ck in MEMBERS:
+        model, _ = checkpoint.load(ck, torch.device("cpu"))
+        on.append([b > c > 0 for c, b in zip(model.typ_clean.tolist(),
+                                             model.typ_broken.tolist(), strict=True)])
+    # For each stream, at least one member's typicality gate acts.
+    assert all(any(row[i] for row in on) for i in range(len(on[0]))), on
