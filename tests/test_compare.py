@@ -17,7 +17,7 @@ from udml_stream.data import avdigits
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
 
-from .conftest import SMALL
+from .conftest import SMALL, npm_tarball
 
 HELD = (unseen.get("image", "jpeg"), unseen.get("audio", "reverb"))
 PROBE = tuple(d for d in probe_fresh.DEGRADATIONS if d.name in ("edges", "crowd"))
@@ -31,7 +31,6 @@ def test_both_models_score_the_same_batches(
     split = field_data.splits["val"].rows(np.arange(40))
     paired = cc.Paired(first, second).eval()
     passes: cc.Passes = {}
-    original = field.run_pass
     kw = {"levels": {"image": 7}, "kinds": {"image": "gaussian"}, "tag": "image/gaussian@7"}
     with cc.recording(paired, passes):
         answered = field.run_pass(paired, split, 1, **kw)
@@ -44,8 +43,11 @@ def test_both_models_score_the_same_batches(
     np.testing.assert_array_equal(got["candidate"],
                                   field.run_pass(second, split, 1, **kw).correct)
     np.testing.assert_array_equal(answered.correct, got["incumbent"])
-    # Outside the context the sweeps' own run_pass is back.
-    assert field.run_pass is original and unseen.run_pass is original
+    # Outside the context nothing is left listening, also when a pass inside it failed.
+    assert field._observers == []
+    with pytest.raises(RuntimeError, match="a pass failed"), cc.recording(paired, passes):
+        raise RuntimeError("a pass failed")
+    assert field._observers == []
 
 
 def test_a_model_against_itself_changes_nothing_and_does_not_replace(
@@ -91,8 +93,8 @@ def test_the_bootstrap_interval_brackets_a_paired_gain() -> None:
 
 
 def test_a_data_key_added_since_a_checkpoint_was_trained_reads_as_its_default() -> None:
-    # The shipped checkpoint's config predates `data.more_digits`; a model trained today stores
-    # it (False). Same data: the comparison must not refuse the pair.
+    # A checkpoint stored before `data.more_digits` existed lacks the key; one trained today
+    # stores it (False). Same data: the comparison must not refuse the pair.
     meta = checkpoint.read_meta(Path(__file__).parent.parent / "checkpoints" / "default")
     stored = {k: v for k, v in meta["config"]["data"].items() if k != "more_digits"}
     before = {"config": {"data": stored}}
@@ -109,11 +111,20 @@ def test_a_data_key_added_since_a_checkpoint_was_trained_reads_as_its_default() 
 def test_more_handwriting_is_judged_on_the_same_validation_split(
         cache_dir: Path, field_data: avdigits.AVDigits) -> None:
     # A candidate trained with `data.more_digits` has another data section, but the rule only
-    # needs both models judged on one validation split: the tool compares the splits' samples.
+    # needs both models judged on one validation split: the tool reads each checkpoint's own
+    # data section and compares the validation samples.
+    npm_tarball(cache_dir)
+    inc = {"config": {"data": {"preset": "field", **SMALL}}}
+    more = {"config": {"data": {"preset": "field", **SMALL, "more_digits": True}}}
+    cc.check_one_validation_split(inc, more, cache_dir)  # accepted
+    assert cc.same_split(cc.validation_split(more, cache_dir), field_data.splits["val"])
+    other = {"config": {"data": {"preset": "balanced", **SMALL}}}
+    with pytest.raises(SystemExit, match="different validation splits"):
+        cc.check_one_validation_split(inc, other, cache_dir)
+    logs = {"config": {"data": {"source": "logs", "logs": {"train": ["a.mcap"], "val": ["b.mcap"]}}}}
+    with pytest.raises(SystemExit, match="from logs"):
+        cc.check_one_validation_split(inc, logs, cache_dir)
     val = field_data.splits["val"]
-    more = avdigits.load("field", cache_dir, **SMALL, more_digits=True)
-    assert cc.same_split(val, more.splits["val"])
-    assert not cc.same_split(field_data.splits["train"], more.splits["train"])
     assert not cc.same_split(val, val.rows(np.arange(len(val))[::-1]))
     assert not cc.same_split(val, field_data.splits["test"])
 

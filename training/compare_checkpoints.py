@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from udml_stream_apps.training import probe_fresh
 from udml_stream_apps.training.field_eval import seen_families
 
+from udml_stream.data import avdigits
 from udml_stream.data.avdigits import Split
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
@@ -213,11 +214,40 @@ def trained_on(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def same_split(a: Split, b: Split) -> bool:
-    """Whether two splits hold the same samples: labels, and every modality's rows."""
-    if set(a.tables) != set(b.tables) or not np.array_equal(a.labels, b.labels):
+    """Whether two splits hold the same samples: labels, every modality's rows (NaN, a
+    missing sample, equal to NaN), and how a batch of them is prepared."""
+    if (set(a.tables) != set(b.tables) or a.natural != b.natural or a.kinds != b.kinds
+            or not np.array_equal(a.labels, b.labels)):
         return False
-    return all(np.array_equal(a.tables[m][a.index[m]], b.tables[m][b.index[m]])
+    return all(np.array_equal(a.tables[m][a.index[m]], b.tables[m][b.index[m]],
+                              equal_nan=np.issubdtype(a.tables[m].dtype, np.floating))
                for m in a.tables)
+
+
+def validation_split(meta: Mapping[str, Any], cache_dir: Path) -> Split:
+    """The validation split of the data a checkpoint was trained on, read with its whole data
+    section (``more_digits`` included: the rule's own draw, ``load_data_for_checkpoint``, reads
+    only what the evaluation needs)."""
+    d = trained_on(meta)
+    if d["source"] != "avdigits":
+        raise SystemExit("the rule's draw is an AV-Digits validation split; a checkpoint trained "
+                         "from logs has none")
+    return avdigits.load(d["preset"], cache_dir, seed=d["build_seed"],
+                         variants_per_accent=d["variants_per_accent"],
+                         renditions=d["renditions"], more_digits=d["more_digits"]).splits["val"]
+
+
+def check_one_validation_split(meta: Mapping[str, Any], cmeta: Mapping[str, Any],
+                               cache_dir: Path) -> None:
+    """Refuse (SystemExit) two checkpoints whose training data hold different validation
+    splits. Different training data is a candidate like any other (``data.more_digits`` adds
+    handwriting to the train split only); the rule needs both judged on one validation split."""
+    if trained_on(meta) == trained_on(cmeta):
+        return
+    if not same_split(validation_split(meta, cache_dir), validation_split(cmeta, cache_dir)):
+        raise SystemExit("the two checkpoints were trained on data with different validation "
+                         "splits")
+    log.info("the two were trained on different data with the same validation split")
 
 
 def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = RESAMPLES,
@@ -228,16 +258,11 @@ def compare(incumbent: Path, candidate: Path, cache_dir: Path, resamples: int = 
     (the first N validation samples), ``held_out`` and ``probe`` narrow the draw for tests."""
     inc, meta = checkpoint.load(incumbent, torch.device("cpu"))
     cand, cmeta = checkpoint.load(candidate, torch.device("cpu"))
+    check_one_validation_split(meta, cmeta, cache_dir)
     data = load_data_for_checkpoint(meta, cache_dir)
+    if "val" not in data.splits:
+        raise SystemExit(f"{incumbent} has no AV-Digits validation split for the rule's draw")
     val = data.splits["val"]
-    if trained_on(meta) != trained_on(cmeta):
-        # Different training data is a candidate like any other (e.g. ``data.more_digits``
-        # adds handwriting to the train split only); what the rule needs is that both models
-        # are judged on the same validation split.
-        if not same_split(val, load_data_for_checkpoint(cmeta, cache_dir).splits["val"]):
-            raise SystemExit(f"{incumbent} and {candidate} were trained on data with different "
-                             "validation splits")
-        log.info("the two were trained on different data with the same validation split")
     if limit:
         val = val.rows(np.arange(min(limit, len(val))))
     probe_rows = val.rows(np.arange(min(PROBE_LIMIT, len(val))))

@@ -71,7 +71,8 @@ def observe_passes(observer: PassObserver) -> Iterator[None]:
     try:
         yield
     finally:
-        _observers.remove(observer)
+        # By identity: two observers may compare equal (an empty list-like one, say).
+        del _observers[next(i for i, o in enumerate(_observers) if o is observer)]
 
 
 @torch.no_grad()
