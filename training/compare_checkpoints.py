@@ -41,12 +41,11 @@ from torch import Tensor, nn
 from udml_stream_apps.training import probe_fresh
 from udml_stream_apps.training.field_eval import seen_families
 
-from udml_stream.data import avdigits
 from udml_stream.data.avdigits import Split
 from udml_stream.evaluate import field, unseen
 from udml_stream.model import checkpoint
 from udml_stream.train.config import DataSection
-from udml_stream.train.trainer import load_data_for_checkpoint
+from udml_stream.train.trainer import load_data_for_checkpoint, load_data_section
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +200,19 @@ def _trained(result: dict[str, Any], passes: Passes,
     return out
 
 
-def trained_on(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The data section of a checkpoint's training config, every default filled in (a key
-    added after a checkpoint was trained, stored without it, is that key's default), less
-    where the data was cached (the same data under another path is the same data)."""
+def _data_section(meta: Mapping[str, Any]) -> DataSection:
+    """A checkpoint's stored data section, every default filled in (a key added after the
+    checkpoint was trained, stored without it, is that key's default)."""
     try:
-        data = DataSection.model_validate(meta.get("config", {}).get("data", {})).model_dump()
+        return DataSection.model_validate(meta.get("config", {}).get("data", {}))
     except ValidationError as e:
         raise SystemExit(f"a checkpoint's stored data section no longer reads as one: {e}") from e
+
+
+def trained_on(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The data section of a checkpoint's training config, every default filled in, less
+    where the data was cached (the same data under another path is the same data)."""
+    data = _data_section(meta).model_dump()
     data.pop("cache_dir", None)
     return data
 
@@ -228,13 +232,11 @@ def validation_split(meta: Mapping[str, Any], cache_dir: Path) -> Split:
     """The validation split of the data a checkpoint was trained on, read with its whole data
     section (``more_digits`` included: the rule's own draw, ``load_data_for_checkpoint``, reads
     only what the evaluation needs)."""
-    d = trained_on(meta)
-    if d["source"] != "avdigits":
+    d = _data_section(meta)
+    if d.source != "avdigits":
         raise SystemExit("the rule's draw is an AV-Digits validation split; a checkpoint trained "
                          "from logs has none")
-    return avdigits.load(d["preset"], cache_dir, seed=d["build_seed"],
-                         variants_per_accent=d["variants_per_accent"],
-                         renditions=d["renditions"], more_digits=d["more_digits"]).splits["val"]
+    return load_data_section(d.model_copy(update={"cache_dir": cache_dir})).splits["val"]
 
 
 def check_one_validation_split(meta: Mapping[str, Any], cmeta: Mapping[str, Any],

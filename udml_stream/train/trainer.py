@@ -37,6 +37,7 @@ from udml_stream.model.preprocess import (
 )
 from udml_stream.model.rules.udml import PRETEXT_CLASSES
 from udml_stream.train.config import (
+    DataSection,
     LogsSection,
     ModelSection,
     TrainConfig,
@@ -297,7 +298,11 @@ def with_init_model(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
 
 def load_data(cfg: TrainConfig) -> avdigits.AVDigits:
     """The data set a training config names: AV-Digits (built on first use) or recorded logs."""
-    d = cfg.data
+    return load_data_section(cfg.data)
+
+
+def load_data_section(d: DataSection) -> avdigits.AVDigits:
+    """The data set a config's data section names (``load_data``)."""
     if d.source == "logs":
         from udml_stream.data.logset import load_logs
 
